@@ -1,0 +1,57 @@
+# airflow-provider-mlops — the two commands: `make demo` and `make test`.
+# Everything is set up from nothing: uv, the control-plane venv (.venv), and the training,
+# serving and drift runtime environments (.runtimes/), each from docker/<name>/requirements.txt.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+PYTHON_BOOTSTRAP ?= python3.11
+# uv: the one on PATH, else a private copy installed with pip into .tools/
+UV := $(or $(shell command -v uv 2>/dev/null),$(ROOT)/.tools/bin/uv)
+export PATH := $(dir $(UV)):$(PATH)
+VENV := $(ROOT)/.venv
+RUNTIMES := $(ROOT)/.runtimes
+PYTEST_ARGS ?=
+
+.PHONY: help setup venv runtimes demo stop test lint lock clean
+
+help:
+	@echo "make demo   set up everything, run the pipeline end to end, leave Airflow and MLflow UIs up"
+	@echo "make stop   stop what make demo started"
+	@echo "make test   set up everything and run the test suite"
+	@echo "make lint   ruff"
+	@echo "make lock   re-resolve docker/airflow/requirements.txt from requirements.in"
+
+$(ROOT)/.tools/bin/uv:
+	$(PYTHON_BOOTSTRAP) -m venv $(ROOT)/.tools
+	$(ROOT)/.tools/bin/pip install --quiet uv
+
+venv: $(UV)
+	bash scripts/runtime_env.sh airflow $(VENV)
+
+runtimes: $(UV)
+	bash scripts/runtime_env.sh drift $(RUNTIMES)/drift
+	bash scripts/runtime_env.sh serving $(RUNTIMES)/serving
+	bash scripts/runtime_env.sh training $(RUNTIMES)/training
+
+setup: venv runtimes
+
+demo: setup
+	$(VENV)/bin/python scripts/stack.py demo
+
+stop:
+	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python scripts/stack.py stop; fi
+
+test: setup
+	MLOPS_RUNTIMES_DIR=$(RUNTIMES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check provider dags tests bench scripts plugins
+	$(VENV)/bin/ruff format --check provider dags tests bench scripts plugins
+
+lock: $(UV)
+	UV_FIND_LINKS="$$(echo $${PIP_FIND_LINKS:-} | tr ' ' ',')" $(UV) pip compile --quiet --python 3.11 \
+	    docker/airflow/requirements.in -o docker/airflow/requirements.txt
+	# keep the lock portable: the CPU build's local label only exists in a local wheel folder
+	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' docker/airflow/requirements.txt
+
+clean: stop
+	rm -rf .mlops

@@ -1,0 +1,40 @@
+"""Feast definitions for the flight-delay example: hourly weather per origin airport.
+
+The offline source is the folder of versioned weather snapshots written by the ingest task
+(``$MLOPS_DATA_DIR/datasets/weather/data``; the Feast hook sets MLOPS_DATA_DIR to the
+provider's ``[mlops] data_dir``). Point ``path`` at your own Parquet folder or bucket.
+"""
+
+import os
+from datetime import timedelta
+
+from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64
+
+DATA_DIR = os.environ.get("MLOPS_DATA_DIR", "/tmp/airflow-mlops")
+
+airport = Entity(
+    name="origin",
+    join_keys=["origin"],
+    value_type=ValueType.STRING,
+    description="New York departure airport (EWR, JFK, LGA)",
+)
+
+weather_snapshots = FileSource(
+    name="weather_snapshots",
+    path=os.path.join(DATA_DIR, "datasets", "weather", "data"),
+    timestamp_field="time_hour",
+)
+
+weather_hourly = FeatureView(
+    name="weather_hourly",
+    entities=[airport],
+    # a flight sees the weather of its departure hour, or at most 3 hours older
+    ttl=timedelta(hours=3),
+    schema=[
+        Field(name=name, dtype=Float64)
+        for name in ("temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib")
+    ],
+    source=weather_snapshots,
+    online=True,
+)

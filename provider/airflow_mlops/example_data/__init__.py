@@ -1,0 +1,1 @@
+"""Real example data used by the example DAGs, tests and benchmarks."""

@@ -1,0 +1,144 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
+
+Validated in tests against ``airflow/provider_info.schema.json`` of the installed Airflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PKG = "airflow_mlops"
+
+
+def _modules(kind: str, *names: str) -> list[str]:
+    return [f"{_PKG}.{kind}.{name}" for name in names]
+
+
+def _string_field(label: str, description: str | None = None, **schema: Any) -> dict[str, Any]:
+    field: dict[str, Any] = {"label": label, "schema": {"type": ["string", "null"], **schema}}
+    if description:
+        field["description"] = description
+    return field
+
+
+def _connection_types() -> list[dict[str, Any]]:
+    return [
+        {
+            "hook-class-name": f"{_PKG}.hooks.mlflow.MlflowHook",
+            "hook-name": "MLflow",
+            "connection-type": "mlflow",
+            "conn-fields": {
+                "experiment": _string_field(
+                    "Default experiment", "Experiment used when an operator names none."
+                ),
+                "registry_uri": _string_field(
+                    "Registry URI", "Model registry URI when it differs from the tracking URI."
+                ),
+            },
+            "ui-field-behaviour": {
+                "hidden-fields": ["schema", "port"],
+                "relabeling": {"host": "Tracking URI", "login": "Username", "password": "Password or token"},
+                "placeholders": {"host": "http://127.0.0.1:5000"},
+            },
+        },
+        {
+            "hook-class-name": f"{_PKG}.hooks.feast.FeastHook",
+            "hook-name": "Feast",
+            "connection-type": "feast",
+            "conn-fields": {
+                "repo_path": _string_field("Feature repo path", "Folder with the feature definitions."),
+                "project": _string_field("Project", default="flights"),
+                "registry_path": _string_field("Registry path", "SQLite registry file (registry.db)."),
+                "online_store": _string_field(
+                    "Online store", "sqlite (default) or redis", enum=["sqlite", "redis", None]
+                ),
+                "online_store_path": _string_field("SQLite online store path"),
+                "redis_connection_string": _string_field(
+                    "Redis connection string", "host:port,db=0 (online_store = redis)"
+                ),
+            },
+            "ui-field-behaviour": {
+                "hidden-fields": ["host", "schema", "login", "password", "port"],
+                "relabeling": {},
+                "placeholders": {},
+            },
+        },
+        {
+            "hook-class-name": f"{_PKG}.hooks.seldon.SeldonHook",
+            "hook-name": "Seldon",
+            "connection-type": "seldon",
+            "conn-fields": {
+                "mode": _string_field(
+                    "Mode", "local (microservice on this machine) or kubernetes",
+                    enum=["local", "kubernetes", None], default="local",
+                ),
+                "namespace": _string_field("Kubernetes namespace", default="default"),
+                "kubernetes_conn_id": _string_field("Kubernetes connection id"),
+            },
+            "ui-field-behaviour": {
+                "hidden-fields": ["schema", "login", "password", "port"],
+                "relabeling": {"host": "Bind host (local mode)"},
+                "placeholders": {"host": "127.0.0.1"},
+            },
+        },
+    ]
+
+
+def get_provider_info() -> dict[str, Any]:
+    from airflow_mlops import __version__
+
+    return {
+        "package-name": "airflow-provider-mlops",
+        "name": "MLOps",
+        "description": "The ML lifecycle from DAG files: ingestion, Great Expectations validation, "
+        "Feast features, Horovod training, MLflow registry, Seldon serving and alibi-detect drift.",
+        "versions": [__version__],
+        "integrations": [
+            {"integration-name": "MLOps", "external-doc-url": "https://github.com/", "tags": ["software"]}
+        ],
+        "operators": [
+            {
+                "integration-name": "MLOps",
+                "python-modules": _modules(
+                    "operators", "ingest", "validate", "feast", "train", "registry", "deploy", "drift"
+                ),
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "MLOps",
+                "python-modules": _modules(
+                    "hooks", "mlflow", "feast", "great_expectations", "seldon", "runtime"
+                ),
+            }
+        ],
+        "connection-types": _connection_types(),
+        "extra-links": [
+            f"{_PKG}.links.mlflow.MlflowRunLink",
+            f"{_PKG}.links.mlflow.MlflowModelVersionLink",
+            f"{_PKG}.links.seldon.SeldonEndpointLink",
+        ],
+        "config": {
+            "mlops": {
+                "description": "Where the MLOps provider keeps its files and finds its runtime environments.",
+                "options": {
+                    "data_dir": {
+                        "description": "Root for dataset snapshots, features, reports and local "
+                        "deployments. Any local path; defaults to $AIRFLOW_HOME/mlops.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/lib/airflow/mlops",
+                        "default": "",
+                    },
+                    "runtimes_dir": {
+                        "description": "Folder holding the training, serving and drift virtual "
+                        "environments (one sub-folder each) used in local mode.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/opt/mlops/runtimes",
+                        "default": "",
+                    },
+                },
+            }
+        },
+    }
