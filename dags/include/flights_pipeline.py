@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, task
-
 from airflow_mlops.operators.deploy import SeldonDeployOperator
 from airflow_mlops.operators.feast import FeastApplyOperator, FeastMaterializeOperator
 from airflow_mlops.operators.ingest import IngestOperator
@@ -44,7 +43,6 @@ DRIFT = Asset(name="flights_delay_drift", uri="x-mlops://drift/flights_delay")
 def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) -> dict[str, Any]:
     """Label the flights and join point-in-time weather features from Feast; split a holdout."""
     import pandas as pd
-
     from airflow_mlops import settings
     from airflow_mlops.hooks.feast import FeastHook
 
@@ -73,12 +71,17 @@ def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) 
     return result
 
 
-def ingest_tasks(start: str, end: str, suffix: str = "") -> tuple[IngestOperator, IngestOperator]:
+FLIGHTS_SOURCE = "airflow_mlops.example_data.nycflights13:load_flights"
+
+
+def ingest_tasks(
+    start: str, end: str, suffix: str = "", flights_source: Any = FLIGHTS_SOURCE
+) -> tuple[IngestOperator, IngestOperator]:
     """Snapshot flights and weather of ``[start, end)``."""
     flights = IngestOperator(
         task_id=f"ingest_flights{suffix}",
         dataset="flights",
-        source="airflow_mlops.example_data.nycflights13:load_flights",
+        source=flights_source,
         timestamp_column="time_hour",
         interval_start=start,
         interval_end=end,
@@ -96,9 +99,15 @@ def ingest_tasks(start: str, end: str, suffix: str = "") -> tuple[IngestOperator
     return flights, weather
 
 
-def train_register_deploy(start: str, end: str) -> dict[str, Any]:
+def train_register_deploy(
+    start: str,
+    end: str,
+    model_name: str = MODEL_NAME,
+    deployment_name: str = DEPLOYMENT_NAME,
+    flights_source: Any = FLIGHTS_SOURCE,
+) -> dict[str, Any]:
     """Ingest → validate → features → train (Horovod) → register (gate) → deploy, for ``[start, end)``."""
-    ingest_flights, ingest_weather = ingest_tasks(start, end)
+    ingest_flights, ingest_weather = ingest_tasks(start, end, flights_source=flights_source)
     validate = GreatExpectationsValidateOperator(
         task_id="validate_flights", data_path=ingest_flights.output["path"], suite=FLIGHTS_SUITE
     )
@@ -113,18 +122,18 @@ def train_register_deploy(start: str, end: str) -> dict[str, Any]:
         inputs={"train": table["train"], "holdout": table["holdout"]},
         hyperparameters={"epochs": 6, "batch_size": 256, "lr": 0.002, "hidden": 32},
         num_proc=2,
-        experiment_name=MODEL_NAME,
+        experiment_name=model_name,
         tags={"dataset_version": ingest_flights.output["version"], "validation": "passed"},
     )
     register = MlflowRegisterModelOperator(
         task_id="register",
         run_id=train.output["run_id"],
-        model_name=MODEL_NAME,
+        model_name=model_name,
         evaluation={"data_path": table["holdout"], "features": FEATURES, "label": LABEL, "metric": "roc_auc"},
         version_tags={"dataset_version": ingest_flights.output["version"], "airflow.run_id": "{{ run_id }}"},
         outlets=[MODEL],
     )
-    deploy = SeldonDeployOperator(task_id="deploy", deployment_name=DEPLOYMENT_NAME, model_name=MODEL_NAME)
+    deploy = SeldonDeployOperator(task_id="deploy", deployment_name=deployment_name, model_name=model_name)
 
     validate >> [apply, table]
     ingest_weather >> apply >> materialize >> table

@@ -12,8 +12,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-FEATURES = ["hour", "day_of_week", "distance", "temp", "dewp", "humid", "wind_speed", "precip",
-            "pressure", "visib"]
+FEATURES = [
+    "hour",
+    "day_of_week",
+    "distance",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_speed",
+    "precip",
+    "pressure",
+    "visib",
+]
 LABEL = "delayed"
 
 
@@ -25,7 +35,10 @@ class FlightDelayNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.net = nn.Sequential(
-            nn.Linear(len(mean), hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU(),
+            nn.Linear(len(mean), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
             nn.Linear(hidden // 2, 1),
         )
 

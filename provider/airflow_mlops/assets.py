@@ -15,9 +15,7 @@ def attach_outlet_extra(context: Any, outlets: Iterable[Any], extra: dict[str, A
             context["outlet_events"][outlet].extra.update(extra)
 
 
-def emit_through_aliases(
-    context: Any, outlets: Iterable[Any], asset: Asset, extra: dict[str, Any]
-) -> bool:
+def emit_through_aliases(context: Any, outlets: Iterable[Any], asset: Asset, extra: dict[str, Any]) -> bool:
     """
     Emit an event for ``asset`` through every AssetAlias outlet.
 

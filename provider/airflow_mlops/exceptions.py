@@ -26,9 +26,9 @@ class MissingRuntimeError(MlopsError):
         self.name = name
         super().__init__(
             f"The '{name}' runtime environment was not found at {path}. "
-            f"Create it with `python -m airflow_mlops.runtimes.create {name}` "
-            "(or `make runtimes` in a checkout), or point [mlops] runtimes_dir "
-            "(AIRFLOW__MLOPS__RUNTIMES_DIR) at the folder that holds it."
+            f"Create it from a checkout of airflow-provider-mlops with `make runtimes` "
+            f"(or `scripts/runtime_env.sh {name} <runtimes_dir>/{name}`), and point [mlops] "
+            "runtimes_dir (AIRFLOW__MLOPS__RUNTIMES_DIR) at the folder that holds it."
         )
 
 

@@ -69,8 +69,10 @@ def _connection_types() -> list[dict[str, Any]]:
             "connection-type": "seldon",
             "conn-fields": {
                 "mode": _string_field(
-                    "Mode", "local (microservice on this machine) or kubernetes",
-                    enum=["local", "kubernetes", None], default="local",
+                    "Mode",
+                    "local (microservice on this machine) or kubernetes",
+                    enum=["local", "kubernetes", None],
+                    default="local",
                 ),
                 "namespace": _string_field("Kubernetes namespace", default="default"),
                 "kubernetes_conn_id": _string_field("Kubernetes connection id"),

@@ -68,7 +68,9 @@ class FeastHook(BaseHook):
             conn = self.extras.get("redis_connection_string") or "127.0.0.1:6379"
             return {"type": "redis", "connection_string": conn}
         if kind != "sqlite":
-            raise ValueError(f"Unsupported online_store '{kind}' in '{self.feast_conn_id}': use sqlite or redis.")
+            raise ValueError(
+                f"Unsupported online_store '{kind}' in '{self.feast_conn_id}': use sqlite or redis."
+            )
         default = settings.data_dir() / "feast" / "online_store.db"
         return {"type": "sqlite", "path": str(self.extras.get("online_store_path") or default)}
 

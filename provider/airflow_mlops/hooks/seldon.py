@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from functools import cached_property
 from pathlib import Path
@@ -54,8 +53,12 @@ def pid_alive(pid: int | None) -> bool:
 def seldon_payload(df: pd.DataFrame) -> dict[str, Any]:
     """A Seldon protocol request body for the rows of ``df`` (missing values as JSON null)."""
     rows = df.astype("float64").to_numpy()
-    return {"data": {"names": [str(c) for c in df.columns],
-                     "ndarray": [[None if v != v else float(v) for v in row] for row in rows]}}
+    return {
+        "data": {
+            "names": [str(c) for c in df.columns],
+            "ndarray": [[None if v != v else float(v) for v in row] for row in rows],
+        }
+    }
 
 
 class SeldonHook(BaseHook):
@@ -127,7 +130,9 @@ class SeldonHook(BaseHook):
             return False
 
     # -- local microservice --------------------------------------------------------------------
-    def start_local(self, name: str, model_dir: str, version: str, ready_timeout: float = 180) -> dict[str, Any]:
+    def start_local(
+        self, name: str, model_dir: str, version: str, ready_timeout: float = 180
+    ) -> dict[str, Any]:
         """Start a microservice for ``model_dir`` on a new port and wait until it answers."""
         from airflow_mlops.hooks.runtime import RuntimeHook
 
@@ -144,16 +149,34 @@ class SeldonHook(BaseHook):
             "INFERENCE_LOG_DIR": str(self.deployment_dir(name) / "inference_log"),
         }
         args = [
-            runtime.python, str(settings.runtime_script("seldon_serve")), "--host", host,
-            "seldon_model.MlflowModel", "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-            "--grpc-workers", "0", "--grpc-port", str(free_port(host)), "--workers", "1",
+            runtime.python,
+            str(settings.runtime_script("seldon_serve")),
+            "--host",
+            host,
+            "seldon_model.MlflowModel",
+            "--http-port",
+            str(http_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--grpc-workers",
+            "0",
+            "--grpc-port",
+            str(free_port(host)),
+            "--workers",
+            "1",
         ]
         with open(log_path, "ab") as log_file:
             # its own session: the server outlives this task process (and its process group)
             proc = runtime.start(args, env=env, cwd=str(workdir), stdout=log_file)
         state = {
-            "name": name, "version": str(version), "pid": proc.pid, "host": host, "port": http_port,
-            "endpoint": f"http://{host}:{http_port}", "model_dir": str(model_dir), "log": str(log_path),
+            "name": name,
+            "version": str(version),
+            "pid": proc.pid,
+            "host": host,
+            "port": http_port,
+            "endpoint": f"http://{host}:{http_port}",
+            "model_dir": str(model_dir),
+            "log": str(log_path),
             "started_at": time.time(),
         }
         (workdir / "state.json").write_text(json.dumps(state))
@@ -198,7 +221,9 @@ class SeldonHook(BaseHook):
         with requests.Session() as session:
             for start in range(0, len(df), batch_size):
                 chunk = df.iloc[start : start + batch_size]
-                response = session.post(f"{endpoint}{PREDICT_PATH}", json=seldon_payload(chunk), timeout=timeout)
+                response = session.post(
+                    f"{endpoint}{PREDICT_PATH}", json=seldon_payload(chunk), timeout=timeout
+                )
                 if not response.ok:
                     raise DeploymentError(
                         f"{endpoint} answered {response.status_code} to a prediction: {response.text[:500]}"

@@ -111,23 +111,32 @@ class SeldonDeployOperator(MlopsBaseOperator):
         self._seldon = seldon = SeldonHook(self.seldon_conn_id, self.runtimes_dir)
         if seldon.mode != "local":
             raise NotImplementedError(
-                f"Seldon mode '{seldon.mode}' is not supported yet; set mode=local on '{self.seldon_conn_id}'."
+                f"Seldon mode '{seldon.mode}' is not supported yet; "
+                f"set mode=local on connection '{self.seldon_conn_id}'."
             )
         mlflow_hook = MlflowHook(self.mlflow_conn_id)
         version = self._resolve_version(mlflow_hook)
         current = seldon.current(self.deployment_name)
         if current and current.get("version") == version and seldon.is_healthy(current):
-            self.log.info("Version %s already serves %s at %s", version, self.deployment_name, current["endpoint"])
+            self.log.info(
+                "Version %s already serves %s at %s", version, self.deployment_name, current["endpoint"]
+            )
             return self._result(context, current, changed=False)
 
         model_dir = self._download(mlflow_hook, version)
-        self._pending = new = seldon.start_local(self.deployment_name, str(model_dir), version, self.ready_timeout)
+        self._pending = new = seldon.start_local(
+            self.deployment_name, str(model_dir), version, self.ready_timeout
+        )
         try:
             example = input_example(model_dir)
             probabilities = seldon.predict(new["endpoint"], example)
             if len(probabilities) != len(example):
-                raise DeploymentError(f"Smoke prediction returned {len(probabilities)} values for {len(example)} rows.")
-            self.log.info("Smoke prediction on %d example rows: %s", len(example), probabilities.round(4).tolist())
+                raise DeploymentError(
+                    f"Smoke prediction returned {len(probabilities)} values for {len(example)} rows."
+                )
+            self.log.info(
+                "Smoke prediction on %d example rows: %s", len(example), probabilities.round(4).tolist()
+            )
         except Exception as err:
             seldon.stop_state(new)
             raise DeploymentError(
@@ -136,8 +145,13 @@ class SeldonDeployOperator(MlopsBaseOperator):
             ) from err
         previous = seldon.switch(self.deployment_name, new)
         self._pending = None
-        self.log.info("%s now serves version %s at %s (replaced %s)", self.deployment_name, version,
-                      new["endpoint"], (previous or {}).get("version"))
+        self.log.info(
+            "%s now serves version %s at %s (replaced %s)",
+            self.deployment_name,
+            version,
+            new["endpoint"],
+            (previous or {}).get("version"),
+        )
         return self._result(context, new, changed=True)
 
     def _result(self, context: Context, state: dict[str, Any], changed: bool) -> dict[str, Any]:

@@ -21,7 +21,8 @@ class DriftDetectOperator(MlopsBaseOperator):
     Compare a window of recent data with the training reference and report drift.
 
     When ``endpoint`` is set, the window's rows are first scored through the deployed model
-    (every request lands in the deployment's inference log) and the scores are tested too.
+    (every request lands in the deployment's inference log); the score distribution is
+    tested too when the reference file also carries a ``prediction`` column.
     The test itself — Kolmogorov-Smirnov per numeric feature, Chi-squared per categorical one,
     corrected for multiple tests — runs in the isolated drift runtime (alibi-detect cannot
     live beside Airflow). The JSON report and a p-value plot are stored under ``report_dir``.
@@ -102,8 +103,12 @@ class DriftDetectOperator(MlopsBaseOperator):
         df = pd.read_parquet(current)
         features = self.model_features or self.numeric_features
         df["prediction"] = SeldonHook(self.seldon_conn_id).predict(self.endpoint, df[features])
-        self.log.info("Scored %d rows through %s (mean score %.4f)", len(df), self.endpoint,
-                      float(df["prediction"].mean()))
+        self.log.info(
+            "Scored %d rows through %s (mean score %.4f)",
+            len(df),
+            self.endpoint,
+            float(df["prediction"].mean()),
+        )
         scored = out_dir / "current_scored.parquet"
         df.to_parquet(scored, index=False)
         return scored
@@ -143,8 +148,13 @@ class DriftDetectOperator(MlopsBaseOperator):
             "report": str(out_dir / "report.json"),
             "plot": str(out_dir / "pvalues.png"),
         }
-        self.log.info("Drift %s: score %.3f, drifted %s (report %s)", "FOUND" if summary["is_drift"] else "not found",
-                      summary["drift_score"], summary["drifted_features"], summary["report"])
+        self.log.info(
+            "Drift %s: score %.3f, drifted %s (report %s)",
+            "FOUND" if summary["is_drift"] else "not found",
+            summary["drift_score"],
+            summary["drifted_features"],
+            summary["report"],
+        )
         if summary["is_drift"] and self.drift_asset is not None:
             if not emit_through_aliases(context, self.outlets, self.drift_asset, summary):
                 self.log.warning("Drift found but the task has no AssetAlias outlet: no event emitted.")

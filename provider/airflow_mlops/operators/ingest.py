@@ -113,7 +113,9 @@ class IngestOperator(MlopsBaseOperator):
             "dag_id": context["dag"].dag_id,
             "run_id": context["run_id"],
             "task_id": self.task_id,
-            "source": self.source if isinstance(self.source, str) else getattr(self.source, "__qualname__", "?"),
+            "source": self.source
+            if isinstance(self.source, str)
+            else getattr(self.source, "__qualname__", "?"),
         }
         root = self.output_dir or str(settings.data_dir() / "datasets")
         snapshot, written = write_snapshot(df, root, self.dataset, start, end, lineage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.assets import attach_outlet_extra
 from airflow_mlops.links.mlflow import MlflowModelVersionLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 
@@ -80,15 +81,21 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
     def _register(self, hook: MlflowHook, context: Context) -> tuple[str, bool]:
         existing = hook.find_version_for_run(self.model_name, self.run_id)
         if existing is not None:
-            self.log.info("Run %s is already version %s of %s; reusing it", self.run_id, existing.version,
-                          self.model_name)
+            self.log.info(
+                "Run %s is already version %s of %s; reusing it",
+                self.run_id,
+                existing.version,
+                self.model_name,
+            )
             return str(existing.version), False
         tags = {
             "airflow.dag_id": context["ti"].dag_id,
             "airflow.run_id": context["ti"].run_id,
             **{k: str(v) for k, v in self.version_tags.items()},
         }
-        mv = hook.mlflow.register_model(f"runs:/{self.run_id}/{self.artifact_path}", self.model_name, tags=tags)
+        mv = hook.mlflow.register_model(
+            f"runs:/{self.run_id}/{self.artifact_path}", self.model_name, tags=tags
+        )
         hook.wait_until_ready(self.model_name, mv.version)
         return str(mv.version), True
 
@@ -107,14 +114,17 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             return evaluate_model(hook, uri, ev["data_path"], ev["features"], ev["label"], metric)
 
         challenger_score = score(version)
-        hook.client.set_model_version_tag(self.model_name, version, f"eval.{metric}", f"{challenger_score:.6f}")
+        hook.client.set_model_version_tag(
+            self.model_name, version, f"eval.{metric}", f"{challenger_score:.6f}"
+        )
         if champion is None:
             return {"promote": True, "reason": "first model", metric: challenger_score}
         champion_score = score(champion)
         better = challenger_score > champion_score if higher else challenger_score < champion_score
         return {
             "promote": better,
-            "reason": f"challenger {metric}={challenger_score:.4f} vs champion v{champion} {champion_score:.4f}",
+            "reason": f"challenger {metric}={challenger_score:.4f} "
+            f"vs champion v{champion} {champion_score:.4f}",
             metric: challenger_score,
             f"champion_{metric}": champion_score,
             "previous_champion": champion,
@@ -129,10 +139,20 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         decision = self._champion_decision(hook, version)
         if decision["promote"]:
             hook.client.set_registered_model_alias(self.model_name, self.champion_alias, version)
-        self.log.info("%s version %s: %s -> %s", self.model_name, version, decision["reason"],
-                      f"now {self.champion_alias}" if decision["promote"] else f"stays {self.alias}")
+        self.log.info(
+            "%s version %s: %s -> %s",
+            self.model_name,
+            version,
+            decision["reason"],
+            f"now {self.champion_alias}" if decision["promote"] else f"stays {self.alias}",
+        )
         MlflowModelVersionLink.persist(context, hook.model_version_url(self.model_name, version))
         champion = hook.alias_version(self.model_name, self.champion_alias)
+        attach_outlet_extra(
+            context,
+            self.outlets,
+            {"name": self.model_name, "version": version, "champion": champion, "run_id": self.run_id},
+        )
         return {
             "name": self.model_name,
             "version": version,

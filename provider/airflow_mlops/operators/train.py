@@ -39,7 +39,13 @@ class HorovodTrainOperator(MlopsBaseOperator):
     :param execution_timeout: as for any operator; the job is killed when it is exceeded.
     """
 
-    template_fields: Sequence[str] = ("training_script", "inputs", "hyperparameters", "tags", "experiment_name")
+    template_fields: Sequence[str] = (
+        "training_script",
+        "inputs",
+        "hyperparameters",
+        "tags",
+        "experiment_name",
+    )
     operator_extra_links = (MlflowRunLink(),)
     ui_color = "#fff4d6"
 
@@ -110,8 +116,10 @@ class HorovodTrainOperator(MlopsBaseOperator):
                 [
                     runtime.bin("horovodrun"),
                     "--gloo",
-                    "-np", str(self.num_proc),
-                    "-H", f"localhost:{self.num_proc}",
+                    "-np",
+                    str(self.num_proc),
+                    "-H",
+                    f"localhost:{self.num_proc}",
                     runtime.python,
                     str(settings.runtime_script("horovod_entry")),
                     str(config_path),

@@ -38,5 +38,8 @@ def accuracy(y_true, y_prob, threshold: float = 0.5) -> float:
 
 
 def classification_metrics(y_true, y_prob) -> dict[str, float]:
-    return {"roc_auc": roc_auc(y_true, y_prob), "log_loss": log_loss(y_true, y_prob),
-            "accuracy": accuracy(y_true, y_prob)}
+    return {
+        "roc_auc": roc_auc(y_true, y_prob),
+        "log_loss": log_loss(y_true, y_prob),
+        "accuracy": accuracy(y_true, y_prob),
+    }

@@ -1,0 +1,49 @@
+"""A real local stack for the system tests: MLflow server + ``airflow standalone``.
+
+Started once per session in a temporary folder on free ports, with the example DAGs and
+the test DAGs of ``tests/system/dags`` in its DAG folder; stopped (by pid) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "dags"))
+
+from stack import Stack, free_port  # noqa: E402
+
+
+def _runtimes_dir() -> Path:
+    return Path(os.environ.get("MLOPS_RUNTIMES_DIR", REPO / ".runtimes"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    runtimes = _runtimes_dir()
+    missing = [n for n in ("training", "serving", "drift") if not (runtimes / n / "bin" / "python").exists()]
+    if missing:
+        pytest.skip(f"runtime environments {missing} not found under {runtimes}: run `make runtimes`")
+    home = tmp_path_factory.mktemp("stack")
+    dags = home / "dags"
+    shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    for dag_file in (Path(__file__).parent / "dags").glob("*.py"):
+        shutil.copy(dag_file, dags / dag_file.name)
+    s = Stack(
+        home=home, airflow_port=free_port(), mlflow_port=free_port(), dags_folder=dags, runtimes_dir=runtimes
+    )
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        for name in ("airflow", "mlflow"):
+            log = home / "logs" / f"{name}.log"
+            if log.exists():
+                print(f"--- end of {name} log ---\n{log.read_text(errors='replace')[-2000:]}")

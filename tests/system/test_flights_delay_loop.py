@@ -1,0 +1,170 @@
+"""The whole loop under the real scheduler, on real data, against a real MLflow server.
+
+``airflow standalone`` (LocalExecutor, SQLite) runs the example DAGs triggered through
+Airflow's REST API: January 2013 trains, registers and deploys the first model; the drift
+check scores July through the Seldon endpoint, finds drift and announces it; the
+retraining DAG runs without a person. A month with a broken column fails validation and
+registers nothing. Re-running the register task creates no second version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(3000)]
+
+PIPELINE, RETRAIN, BAD = "flights_delay_pipeline", "flights_delay_retrain", "flights_delay_bad_input"
+JANUARY = ("2013-01-01T00:00:00Z", "2013-02-01T00:00:00Z")
+MODEL = "flights_delay"
+
+
+def mlflow_get(stack, path: str, **params):
+    return requests.get(f"{stack.mlflow_url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+
+
+def versions_of(stack, name: str) -> list[dict]:
+    response = mlflow_get(stack, "model-versions/search", filter=f"name='{name}'")
+    response.raise_for_status()
+    return response.json().get("model_versions", [])
+
+
+def alias_version(stack, name: str, alias: str) -> str:
+    response = mlflow_get(stack, "registered-models/alias", name=name, alias=alias)
+    response.raise_for_status()
+    return response.json()["model_version"]["version"]
+
+
+@pytest.fixture(scope="module")
+def runs(stack):
+    """Trigger the bad month and the real pipeline together and wait for both."""
+    for dag_id in (PIPELINE, RETRAIN, BAD):
+        stack.wait_for_dag(dag_id)
+    bad = stack.trigger(BAD, *JANUARY)
+    good = stack.trigger(PIPELINE, *JANUARY, conf={"drift_check_offset_months": 6})
+    return {
+        "bad": (bad, stack.wait_run(BAD, bad, timeout=1200)),
+        "good": (good, stack.wait_run(PIPELINE, good, timeout=1800)),
+    }
+
+
+def test_bad_month_fails_validation_and_registers_nothing(stack, runs):
+    run_id, state = runs["bad"]
+    assert state == "failed"
+    states = stack.task_states(BAD, run_id)
+    assert states["ingest_flights"] == "success"
+    assert states["validate_flights"] == "failed"
+    for downstream in ("build_training_set", "train", "register", "deploy"):
+        assert states[downstream] == "upstream_failed", (downstream, states)
+    log = stack.task_log(BAD, run_id, "validate_flights")
+    assert "Data validation failed" in log
+    assert "arr_delay" in log
+    # nothing reached the registry or the tracking server
+    missing = mlflow_get(stack, "registered-models/get", name="flights_delay_bad_input")
+    assert missing.status_code == 404
+    assert versions_of(stack, "flights_delay_bad_input") == []
+
+
+def test_pipeline_registers_champion_with_lineage(stack, runs):
+    run_id, state = runs["good"]
+    assert state == "success", stack.task_states(PIPELINE, run_id)
+    ingest = stack.xcom(PIPELINE, run_id, "ingest_flights")
+    train = stack.xcom(PIPELINE, run_id, "train")
+    registered = stack.xcom(PIPELINE, run_id, "register")
+    assert ingest["rows"] > 20000  # January 2013 has 27,004 flights
+    assert train["num_proc"] == 2
+    assert 0.5 < train["metrics"]["holdout_roc_auc"] <= 1.0
+    mine = [v for v in versions_of(stack, MODEL) if v["run_id"] == train["run_id"]]
+    assert len(mine) == 1
+    version = mine[0]
+    assert alias_version(stack, MODEL, "champion") == registered["version"] == version["version"]
+    tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    assert tags["dataset_version"] == ingest["version"]
+    assert tags["airflow.run_id"] == run_id
+    run = mlflow_get(stack, "runs/get", run_id=train["run_id"]).json()["run"]
+    run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert run_tags["airflow.dag_id"] == PIPELINE and run_tags["airflow.task_id"] == "train"
+    assert run_tags["dataset_version"] == ingest["version"]
+
+
+def test_endpoint_serves_probabilities_for_real_rows(stack, runs):
+    import mlflow
+
+    run_id, _ = runs["good"]
+    deployed = stack.xcom(PIPELINE, run_id, "deploy")
+    table = stack.xcom(PIPELINE, run_id, "build_training_set")
+    from include.flights_pipeline import FEATURES  # the example DAGs' folder is on sys.path
+
+    rows = pd.read_parquet(table["holdout"]).head(3)
+    body = {"data": {"names": FEATURES, "ndarray": rows[FEATURES].astype(float).values.tolist()}}
+    # the endpoint may have moved on to the retrained version: ask the current deployment
+    current = json.loads((stack.data_dir / "deployments" / "flights-delay" / "current.json").read_text())
+    answer = requests.post(f"{current['endpoint']}/api/v1.0/predictions", json=body, timeout=30)
+    assert answer.ok, answer.text
+    probabilities = answer.json()["data"]["ndarray"]
+    assert len(probabilities) == 3 and all(0.0 < p < 1.0 for p in probabilities)
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{current['version']}")
+    expected = model.predict(rows[FEATURES].astype("float64"))
+    assert probabilities == pytest.approx(list(pd.DataFrame(expected).iloc[:, -1]), abs=1e-5)
+    assert deployed["endpoint"].startswith("http://127.0.0.1:")
+
+
+def test_drift_found_on_july_and_requests_logged(stack, runs):
+    run_id, _ = runs["good"]
+    drift = stack.xcom(PIPELINE, run_id, "detect_drift")
+    recent = stack.xcom(PIPELINE, run_id, "build_recent_features")
+    report = json.loads(Path(drift["report"]).read_text())
+    assert report["is_drift"] is True and drift["is_drift"] is True
+    assert "temp" in report["drifted_features"]
+    assert Path(drift["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drift["window"]["start"].startswith("2013-07-01")
+    # every July row went through the endpoint and landed in the inference log
+    log_dir = stack.data_dir / "deployments" / "flights-delay" / "inference_log"
+    logged = sum(len(json.loads(line)["rows"]) for f in log_dir.glob("*.jsonl") for line in f.open())
+    assert logged >= recent["rows"]
+
+
+def test_drift_event_triggers_retraining_that_registers_a_new_version(stack, runs):
+    run_id, _ = runs["good"]
+    first = stack.xcom(PIPELINE, run_id, "register")
+    retrain = stack.wait_for_new_run(RETRAIN, timeout=300)
+    state = stack.wait_run(RETRAIN, retrain["dag_run_id"], timeout=1800)
+    assert state == "success", stack.task_states(RETRAIN, retrain["dag_run_id"])
+    ingest = stack.xcom(RETRAIN, retrain["dag_run_id"], "ingest_flights")
+    assert ingest["interval_start"].startswith("2013-07-01")  # trained on the drifted window
+    second = stack.xcom(RETRAIN, retrain["dag_run_id"], "register")
+    assert int(second["version"]) == int(first["version"]) + 1
+    champion = alias_version(stack, MODEL, "champion")
+    assert champion == (second["version"] if second["promoted"] else first["version"])
+    deployed = stack.xcom(RETRAIN, retrain["dag_run_id"], "deploy")
+    assert deployed["version"] == champion
+
+
+def test_rerunning_register_creates_no_second_version(stack, runs):
+    run_id, _ = runs["good"]
+    train = stack.xcom(PIPELINE, run_id, "train")
+    before = len(versions_of(stack, MODEL))
+    stack.api(
+        "POST",
+        f"/dags/{PIPELINE}/clearTaskInstances",
+        json={
+            "dag_run_id": run_id,
+            "task_ids": ["register"],
+            "only_failed": False,
+            "dry_run": False,
+            "include_downstream": False,
+            "reset_dag_runs": True,
+        },
+    )
+    assert stack.wait_run(PIPELINE, run_id, timeout=900) == "success"
+    assert len(versions_of(stack, MODEL)) == before
+    again = stack.xcom(PIPELINE, run_id, "register")
+    assert again["created"] is False
+    assert [v["version"] for v in versions_of(stack, MODEL) if v["run_id"] == train["run_id"]] == [
+        again["version"]
+    ]
