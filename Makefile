@@ -41,11 +41,12 @@ stop:
 	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python scripts/stack.py stop; fi
 
 test: setup
+	$(VENV)/bin/ruff check provider dags tests bench scripts
 	MLOPS_RUNTIMES_DIR=$(RUNTIMES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check provider dags tests bench scripts plugins
-	$(VENV)/bin/ruff format --check provider dags tests bench scripts plugins
+	$(VENV)/bin/ruff check provider dags tests bench scripts
+	$(VENV)/bin/ruff format --check provider dags tests bench scripts
 
 lock: $(UV)
 	UV_FIND_LINKS="$$(echo $${PIP_FIND_LINKS:-} | tr ' ' ',')" $(UV) pip compile --quiet --python 3.11 \

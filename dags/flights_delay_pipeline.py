@@ -21,6 +21,7 @@ from include.flights_pipeline import (
     FEATURES,
     WEATHER_FEATURES,
     build_feature_table,
+    compute_carrier_stats,
     ingest_tasks,
     train_register_deploy,
 )
@@ -54,8 +55,11 @@ with DAG(
 
     # Monitoring: a later month's flights stand in for production traffic.
     recent_flights, recent_weather = ingest_tasks(WINDOW_START, WINDOW_END, suffix="_recent")
+    recent_stats = compute_carrier_stats.override(task_id="compute_carrier_stats_recent")(
+        recent_flights.output
+    )
     recent_table = build_feature_table.override(task_id="build_recent_features")(recent_flights.output)
-    [recent_weather, stages["apply"]] >> recent_table
+    [recent_weather, recent_stats, stages["apply"]] >> recent_table
     detect_drift = DriftDetectOperator(
         task_id="detect_drift",
         reference_path=stages["table"]["train"],

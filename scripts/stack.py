@@ -379,23 +379,13 @@ def demo() -> int:
 
 
 def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
-    example = {
-        "data": {
-            "names": [
-                "hour",
-                "day_of_week",
-                "distance",
-                "temp",
-                "dewp",
-                "humid",
-                "wind_speed",
-                "precip",
-                "pressure",
-                "visib",
-            ],
-            "ndarray": [[17, 4, 1400, 85.0, 70.0, 60.0, 14.0, 0.3, 1009.0, 3.0]],
-        }
-    }
+    # a real row: the input example MLflow stored with the served model
+    served = json.loads(
+        (stack.data_dir / "deployments" / deployed["deployment"] / "current.json").read_text()
+    )
+    sample = json.loads((Path(served["model_dir"]) / "input_example.json").read_text())
+    sample = sample.get("dataframe_split", sample)
+    example = {"data": {"names": sample["columns"], "ndarray": sample["data"][:1]}}
     lines = [
         "",
         "=" * 78,

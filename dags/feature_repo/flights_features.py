@@ -38,3 +38,32 @@ weather_hourly = FeatureView(
     source=weather_snapshots,
     online=True,
 )
+
+
+carrier = Entity(
+    name="carrier",
+    join_keys=["carrier"],
+    value_type=ValueType.STRING,
+    description="Airline code (UA, AA, B6, ...)",
+)
+
+carrier_daily_snapshots = FileSource(
+    name="carrier_daily_snapshots",
+    path=os.path.join(DATA_DIR, "datasets", "carrier_daily", "data"),
+    # a day's statistics are known once the day is over: stamped at the next midnight (UTC),
+    # so a flight never sees statistics that include itself or later flights of its day
+    timestamp_field="event_timestamp",
+)
+
+carrier_daily = FeatureView(
+    name="carrier_daily",
+    entities=[carrier],
+    ttl=timedelta(days=3),
+    schema=[
+        Field(name="carrier_flights", dtype=Float64),
+        Field(name="carrier_dep_delay_mean", dtype=Float64),
+        Field(name="carrier_delayed_share", dtype=Float64),
+    ],
+    source=carrier_daily_snapshots,
+    online=True,
+)

@@ -28,8 +28,9 @@ TRAINING_SCRIPT = str(HERE / "train_flights_delay.py")
 MODEL_NAME = "flights_delay"
 DEPLOYMENT_NAME = "flights-delay"
 WEATHER_FEATURES = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
+CARRIER_FEATURES = ["carrier_flights", "carrier_dep_delay_mean", "carrier_delayed_share"]
 #: model inputs, in order (must match FEATURES in train_flights_delay.py; a unit test checks)
-FEATURES = ["hour", "day_of_week", "distance", *WEATHER_FEATURES]
+FEATURES = ["hour", "day_of_week", "distance", *WEATHER_FEATURES, *CARRIER_FEATURES]
 LABEL = "delayed"
 
 FLIGHTS = Asset(name="nycflights13_flights", uri="x-mlops://datasets/flights")
@@ -37,6 +38,39 @@ WEATHER = Asset(name="nycflights13_weather", uri="x-mlops://datasets/weather")
 MODEL = Asset(name="flights_delay_model", uri="x-mlops://models/flights_delay")
 #: announced by the drift check when recent flights drift; the retraining DAG is scheduled on it
 DRIFT = Asset(name="flights_delay_drift", uri="x-mlops://drift/flights_delay")
+
+
+@task(multiple_outputs=True)
+def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
+    """Per carrier and day: flights, mean departure delay, share delayed; a Feast source."""
+    import pandas as pd
+    from airflow_mlops import settings
+    from airflow_mlops.datasets import write_snapshot
+
+    df = pd.read_parquet(flights["path"])
+    df["day"] = df["time_hour"].dt.floor("D")
+    df["late"] = (df["arr_delay"] > 15).where(df["arr_delay"].notna())
+    stats = (
+        df.groupby(["carrier", "day"])
+        .agg(
+            carrier_flights=("flight", "size"),
+            carrier_dep_delay_mean=("dep_delay", "mean"),
+            carrier_delayed_share=("late", "mean"),
+        )
+        .reset_index()
+    )
+    stats["carrier_flights"] = stats["carrier_flights"].astype("float64")
+    stats["event_timestamp"] = stats.pop("day") + pd.Timedelta(days=1)
+    start, end = (pd.Timestamp(flights[k]).to_pydatetime() for k in ("interval_start", "interval_end"))
+    snapshot, _ = write_snapshot(
+        stats,
+        settings.data_dir() / "datasets",
+        "carrier_daily",
+        start,
+        end,
+        {"derived_from": flights["version"]},
+    )
+    return snapshot.to_dict()
 
 
 @task(multiple_outputs=True)
@@ -53,11 +87,13 @@ def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) 
     df = df.rename(columns={"time_hour": "event_timestamp"})
     # Feast answers one row per (entity, timestamp): ask once per airport-hour, join back
     entity_df = df[["origin", "event_timestamp"]].drop_duplicates()
-    weather = FeastHook().historical_features(
-        entity_df, [f"weather_hourly:{name}" for name in WEATHER_FEATURES]
-    )
+    feast = FeastHook()
+    weather = feast.historical_features(entity_df, [f"weather_hourly:{name}" for name in WEATHER_FEATURES])
+    carrier_df = df[["carrier", "event_timestamp"]].drop_duplicates()
+    carriers = feast.historical_features(carrier_df, [f"carrier_daily:{name}" for name in CARRIER_FEATURES])
     columns = ["origin", "event_timestamp", "hour", "day_of_week", "distance", "carrier", LABEL]
     features = df[columns].merge(weather, on=["origin", "event_timestamp"], how="left", validate="m:1")
+    features = features.merge(carriers, on=["carrier", "event_timestamp"], how="left", validate="m:1")
     features = features.sort_values(["event_timestamp", "origin"], kind="mergesort").reset_index(drop=True)
     out = settings.data_dir() / "feature_tables" / flights["dataset"] / flights["version"]
     out.mkdir(parents=True, exist_ok=True)
@@ -112,8 +148,9 @@ def train_register_deploy(
         task_id="validate_flights", data_path=ingest_flights.output["path"], suite=FLIGHTS_SUITE
     )
     apply = FeastApplyOperator(task_id="feast_apply")
+    carrier_stats = compute_carrier_stats.override(task_id="compute_carrier_stats")(ingest_flights.output)
     materialize = FeastMaterializeOperator(
-        task_id="feast_materialize", feature_views=["weather_hourly"], start=start, end=end
+        task_id="feast_materialize", feature_views=["weather_hourly", "carrier_daily"], start=start, end=end
     )
     table = build_feature_table.override(task_id="build_training_set")(ingest_flights.output, 0.2)
     train = HorovodTrainOperator(
@@ -135,7 +172,13 @@ def train_register_deploy(
     )
     deploy = SeldonDeployOperator(task_id="deploy", deployment_name=deployment_name, model_name=model_name)
 
-    validate >> [apply, table]
-    ingest_weather >> apply >> materialize >> table
+    validate >> [carrier_stats, table]
+    [ingest_weather, carrier_stats] >> apply >> materialize >> table
     register >> deploy
-    return {"flights": ingest_flights, "apply": apply, "table": table, "deploy": deploy}
+    return {
+        "flights": ingest_flights,
+        "apply": apply,
+        "carrier_stats": carrier_stats,
+        "table": table,
+        "deploy": deploy,
+    }

@@ -23,6 +23,10 @@ FEATURES = [
     "precip",
     "pressure",
     "visib",
+    # the carrier's statistics of the previous day (from the carrier_daily feature view)
+    "carrier_flights",
+    "carrier_dep_delay_mean",
+    "carrier_delayed_share",
 ]
 LABEL = "delayed"
 
@@ -44,7 +48,8 @@ class FlightDelayNet(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.where(torch.isnan(x), self.mean, x)
-        return self.net((x - self.mean) / self.std).squeeze(-1)
+        # clip standardised values: months unlike the training one must not saturate the output
+        return self.net(torch.clamp((x - self.mean) / self.std, -5.0, 5.0)).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (n, 1) probabilities that the flight arrives more than 15 minutes late

@@ -4,7 +4,7 @@ Layout under ``<root>/<dataset>/``::
 
     data/<interval>/<version>.parquet     one file per (interval, version); a Feast FileSource
                                           can point at ``data/`` and read every interval
-    manifests/<version>.json              version, schema, rows, source, interval, run ids
+    manifests/<interval>/<version>.json   version, schema, rows, source, interval, run ids
 
 Writing the same content twice yields the same version and writes nothing.
 """
@@ -83,7 +83,7 @@ def write_snapshot(
     version = content_version(df)
     base = Path(root) / dataset
     data_path = base / "data" / interval_key(start, end) / f"{version}.parquet"
-    manifest_path = base / "manifests" / f"{version}.json"
+    manifest_path = base / "manifests" / interval_key(start, end) / f"{version}.json"
     snapshot = Snapshot(
         dataset=dataset,
         version=version,

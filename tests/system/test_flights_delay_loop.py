@@ -106,7 +106,7 @@ def test_endpoint_serves_probabilities_for_real_rows(stack, runs):
     answer = requests.post(f"{current['endpoint']}/api/v1.0/predictions", json=body, timeout=30)
     assert answer.ok, answer.text
     probabilities = answer.json()["data"]["ndarray"]
-    assert len(probabilities) == 3 and all(0.0 < p < 1.0 for p in probabilities)
+    assert len(probabilities) == 3 and all(0.0 <= p <= 1.0 for p in probabilities)
     mlflow.set_tracking_uri(stack.mlflow_url)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{current['version']}")
     expected = model.predict(rows[FEATURES].astype("float64"))
@@ -168,3 +168,35 @@ def test_rerunning_register_creates_no_second_version(stack, runs):
     assert [v["version"] for v in versions_of(stack, MODEL) if v["run_id"] == train["run_id"]] == [
         again["version"]
     ]
+
+
+def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
+    """Feast's SQLite online store holds, per entity, the latest source row of the interval."""
+    from feast import FeatureStore, RepoConfig
+
+    run_id, _ = runs["good"]
+    weather = pd.read_parquet(stack.xcom(PIPELINE, run_id, "ingest_weather")["path"])
+    carrier = pd.read_parquet(stack.xcom(PIPELINE, run_id, "compute_carrier_stats")["path"])
+    feast_dir = stack.data_dir / "feast"
+    store = FeatureStore(
+        config=RepoConfig(
+            project="flights",
+            registry=str(feast_dir / "registry.db"),
+            provider="local",
+            online_store={"type": "sqlite", "path": str(feast_dir / "online_store.db")},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+        )
+    )
+    online = store.get_online_features(
+        features=["weather_hourly:temp", "weather_hourly:visib", "carrier_daily:carrier_delayed_share"],
+        entity_rows=[{"origin": "JFK", "carrier": "UA"}, {"origin": "LGA", "carrier": "DL"}],
+    ).to_dict()
+    end = pd.Timestamp(JANUARY[1])
+    for i, (origin, code) in enumerate([("JFK", "UA"), ("LGA", "DL")]):
+        w = weather[(weather.origin == origin) & (weather.time_hour <= end)].sort_values("time_hour").iloc[-1]
+        c = carrier[(carrier.carrier == code) & (carrier.event_timestamp <= end)]
+        c = c.sort_values("event_timestamp").iloc[-1]
+        assert online["temp"][i] == pytest.approx(w.temp)
+        assert online["visib"][i] == pytest.approx(w.visib)
+        assert online["carrier_delayed_share"][i] == pytest.approx(c.carrier_delayed_share)

@@ -80,7 +80,8 @@ class JobResult:
         """Fail the calling test, with the end of the output, unless the job exited 0."""
         if self.returncode != 0:
             pytest.fail(
-                f"job {self.name} ({' '.join(self.argv)}) exited with {self.returncode}:\n{self.output[-6000:]}",
+                f"job {self.name} ({' '.join(self.argv)}) exited with {self.returncode}:\n"
+                + self.output[-6000:],
                 pytrace=False,
             )
         return self
@@ -127,7 +128,9 @@ class Jobs:
         with self._lock:
             if name in self._futures:
                 return
-            self._futures[name] = self._pool.submit(self._run, name, [str(a) for a in argv], env, cwd, timeout)
+            self._futures[name] = self._pool.submit(
+                self._run, name, [str(a) for a in argv], env, cwd, timeout
+            )
 
     def result(self, name: str) -> JobResult:
         if name not in self._futures:
@@ -180,7 +183,14 @@ def _jobs(config: pytest.Config) -> Jobs:
     return config.stash[_JOBS_KEY]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the modules that wait for background jobs last, so their jobs overlap the others."""
+    items.sort(key=lambda item: callable(getattr(getattr(item, "module", None), "start_jobs", None)))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     seen = set()
     for item in session.items:
         module = getattr(item, "module", None)

@@ -146,7 +146,8 @@ def test_pipeline_features_match_the_training_script():
     assigned = [
         node.value
         for node in tree.body
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "FEATURES" for t in node.targets)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "FEATURES" for t in node.targets)
     ]
     assert len(assigned) == 1, "train_flights_delay.py must assign FEATURES exactly once at top level"
     assert FEATURES == ast.literal_eval(assigned[0])

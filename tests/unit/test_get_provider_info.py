@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from airflow_mlops.get_provider_info import get_provider_info
 
 DIST = "airflow-provider-mlops"
@@ -64,7 +63,10 @@ def schema() -> dict:
 def _schema_errors(schema: dict, instance: dict) -> list[str]:
     validator_cls = jsonschema.validators.validator_for(schema)
     validator_cls.check_schema(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator_cls(schema).iter_errors(instance)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator_cls(schema).iter_errors(instance)
+    ]
 
 
 # --- the metadata itself ---------------------------------------------------------------
@@ -77,7 +79,9 @@ def test_provider_info_validates_against_the_installed_airflow_schema(schema):
 @pytest.mark.parametrize(
     "breakage",
     [
-        pytest.param(lambda info: info["connection-types"][0].pop("hook-class-name"), id="conn-type-without-hook"),
+        pytest.param(
+            lambda info: info["connection-types"][0].pop("hook-class-name"), id="conn-type-without-hook"
+        ),
         pytest.param(lambda info: info.__setitem__("extra-links", "not-a-list"), id="extra-links-not-a-list"),
         pytest.param(lambda info: info.pop("description"), id="no-description"),
     ],
@@ -183,7 +187,9 @@ def test_every_declared_module_and_extra_link_imports(discovery):
 
 def test_discovery_and_module_imports_load_no_heavy_library(discovery):
     assert discovery["heavy_after_discovery"] == []
-    assert discovery["heavy_after_imports"] == [], "an operator or hook module imports a heavy library at top level"
+    assert discovery["heavy_after_imports"] == [], (
+        "an operator or hook module imports a heavy library at top level"
+    )
 
 
 def test_provider_config_section_is_registered(discovery):

@@ -44,10 +44,22 @@ def _describe_failure(res: Any) -> str:
         )
     elif "observed_value" in detail:
         parts.append(f"observed {detail['observed_value']!r}")
-    exc = res.exception_info or {}
-    if exc.get("raised_exception"):
-        parts.append(f"error: {exc.get('exception_message')}")
+    for message in _exception_messages(res.exception_info or {}):
+        parts.append(f"error: {message}")
     return ": ".join(parts)
+
+
+def _exception_messages(info: dict[str, Any]) -> list[str]:
+    """GE 1.x reports an error either flat or nested under one key per metric."""
+    if "raised_exception" in info:
+        return [str(info.get("exception_message"))] if info.get("raised_exception") else []
+    return list(
+        dict.fromkeys(
+            str(v.get("exception_message"))
+            for v in info.values()
+            if isinstance(v, dict) and v.get("raised_exception")
+        )
+    )
 
 
 class GreatExpectationsHook(BaseHook):

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -100,25 +101,48 @@ class RuntimeHook(BaseHook):
         """
         Run ``args`` to completion, each output line going to the task log as it comes.
 
+        :param timeout: seconds after which the command and its children are stopped.
         :return: the last 200 output lines.
-        :raises RuntimeCommandError: on a non-zero exit, with the end of the output.
+        :raises RuntimeCommandError: on a non-zero exit or a timeout, naming the error lines.
         """
         self._proc = proc = self.start(args, env=env, cwd=cwd)
         tail: deque[str] = deque(maxlen=200)
+        errors: deque[str] = deque(maxlen=20)  # kept apart: a long traceback must not push them out
+        # output may stop while the command hangs: a timer, not the read loop, enforces the timeout
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            self.terminate()
+
+        watchdog = threading.Timer(timeout, expire) if timeout else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
+                if _ERROR_LINE.search(line):
+                    errors.append(line)
                 self.log.info("%s%s", log_prefix, line)
-            code = proc.wait(timeout=timeout)
+            code = proc.wait()
         finally:
+            if watchdog:
+                watchdog.cancel()
             if proc.poll() is None:
                 self.terminate()
+        program = Path(str(args[0])).name
+        if timed_out.is_set():
+            raise RuntimeCommandError(
+                f"{program} in the {self.runtime} runtime did not finish within {timeout:.0f}s and was "
+                f"stopped.\n" + _explain(list(errors), list(tail))
+            )
         if code != 0:
             raise RuntimeCommandError(
-                f"{Path(str(args[0])).name} in the {self.runtime} runtime exited with status {code}.\n"
-                + _explain(list(tail))
+                f"{program} in the {self.runtime} runtime exited with status {code}.\n"
+                + _explain(list(errors), list(tail))
             )
         return list(tail)
 
@@ -137,9 +161,8 @@ class RuntimeHook(BaseHook):
             proc.wait()
 
 
-def _explain(lines: list[str]) -> str:
+def _explain(errors: list[str], lines: list[str]) -> str:
     """The error lines of the output first (a launcher's own traceback buries a worker's), then its end."""
-    errors = [line for line in lines if _ERROR_LINE.search(line)]
     parts = []
     if errors:
         parts.append("Errors reported:\n" + "\n".join(dict.fromkeys(errors[-10:])))

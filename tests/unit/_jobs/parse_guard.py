@@ -25,7 +25,7 @@ def main(dag_file: str, dags_folder: str, result_path: str) -> None:
     seconds = time.monotonic() - started
     loaded = sorted({name.split(".")[0] for name in sys.modules} & set(HEAVY))
     dag_ids = sorted(
-        {getattr(v, "dag_id") for v in namespace.values() if type(v).__name__ == "DAG" and hasattr(v, "dag_id")}
+        {v.dag_id for v in namespace.values() if type(v).__name__ == "DAG" and hasattr(v, "dag_id")}
     )
     with open(result_path, "w") as f:
         json.dump({"heavy": loaded, "dag_ids": dag_ids, "parse_seconds": seconds}, f)

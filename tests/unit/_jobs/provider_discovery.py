@@ -20,7 +20,12 @@ def _import_all(info: dict) -> dict:
     """Import every module and extra-link class the provider declares."""
     from airflow.sdk import BaseOperatorLink
 
-    modules = [m for section in ("operators", "hooks") for entry in info.get(section, []) for m in entry["python-modules"]]
+    modules = [
+        m
+        for section in ("operators", "hooks")
+        for entry in info.get(section, [])
+        for m in entry["python-modules"]
+    ]
     imported: dict[str, str | None] = {}
     for module in modules:
         try:
@@ -58,13 +63,17 @@ def main(result_path: str) -> None:
     hooks = {}
     for conn_type in CONN_TYPES:
         hook = pm.hooks.get(conn_type)
-        hooks[conn_type] = None if hook is None else {
-            "hook_class_name": hook.hook_class_name,
-            "connection_id_attribute_name": hook.connection_id_attribute_name,
-            "package_name": hook.package_name,
-            "hook_name": hook.hook_name,
-            "connection_type": hook.connection_type,
-        }
+        hooks[conn_type] = (
+            None
+            if hook is None
+            else {
+                "hook_class_name": hook.hook_class_name,
+                "connection_id_attribute_name": hook.connection_id_attribute_name,
+                "package_name": hook.package_name,
+                "hook_name": hook.hook_name,
+                "connection_type": hook.connection_type,
+            }
+        )
     widgets = {
         key: {
             "hook_class_name": w.hook_class_name,
