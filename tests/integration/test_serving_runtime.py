@@ -297,6 +297,10 @@ def test_metadata_and_metrics_endpoints(server: dict) -> None:
 def test_bound_to_loopback_only(server: dict) -> None:
     ports = server["ports"]
     for name, port in ports.items():
+        # the gRPC server is its own process that loads the model again: it may listen later
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _can_connect("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert _can_connect("127.0.0.1", port), f"{name} port {port} not reachable on loopback"
     addresses = _non_loopback_addresses()
     if not addresses:

@@ -171,12 +171,20 @@ def test_rerunning_register_creates_no_second_version(stack, runs):
 
 
 def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
-    """Feast's SQLite online store holds, per entity, the latest source row of the interval."""
+    """Feast's SQLite online store holds, per entity, the latest source row materialized.
+
+    The retraining run materializes the drifted window (July) after the pipeline's January:
+    once it is done, the online store must answer with July's last rows.
+    """
     from feast import FeatureStore, RepoConfig
 
-    run_id, _ = runs["good"]
-    weather = pd.read_parquet(stack.xcom(PIPELINE, run_id, "ingest_weather")["path"])
-    carrier = pd.read_parquet(stack.xcom(PIPELINE, run_id, "compute_carrier_stats")["path"])
+    retrain = stack.wait_for_new_run(RETRAIN, timeout=300)
+    assert stack.wait_run(RETRAIN, retrain["dag_run_id"], timeout=1800) == "success"
+    weather_snapshot = stack.xcom(RETRAIN, retrain["dag_run_id"], "ingest_weather")
+    weather = pd.read_parquet(weather_snapshot["path"])
+    carrier = pd.read_parquet(stack.xcom(RETRAIN, retrain["dag_run_id"], "compute_carrier_stats")["path"])
+    end = pd.Timestamp(weather_snapshot["interval_end"])
+    assert end == pd.Timestamp("2013-08-01", tz="UTC")
     feast_dir = stack.data_dir / "feast"
     store = FeatureStore(
         config=RepoConfig(
@@ -192,7 +200,6 @@ def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
         features=["weather_hourly:temp", "weather_hourly:visib", "carrier_daily:carrier_delayed_share"],
         entity_rows=[{"origin": "JFK", "carrier": "UA"}, {"origin": "LGA", "carrier": "DL"}],
     ).to_dict()
-    end = pd.Timestamp(JANUARY[1])
     for i, (origin, code) in enumerate([("JFK", "UA"), ("LGA", "DL")]):
         w = weather[(weather.origin == origin) & (weather.time_hour <= end)].sort_values("time_hour").iloc[-1]
         c = carrier[(carrier.carrier == code) & (carrier.event_timestamp <= end)]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops._time import to_utc
+from airflow_mlops._time import resolve_interval
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
@@ -74,8 +74,7 @@ class FeastMaterializeOperator(_FeastOperator):
         self.end = end
 
     def execute(self, context: Context) -> dict[str, Any]:
-        start = to_utc(self.start or context["data_interval_start"])
-        end = to_utc(self.end or context["data_interval_end"])
+        start, end = resolve_interval(context, self.start, self.end, self.task_id)
         self.log.info("Materializing %s for [%s, %s]", self.feature_views or "all feature views", start, end)
         self.hook.materialize(start, end, self.feature_views)
         return {"start": start.isoformat(), "end": end.isoformat(), "feature_views": self.feature_views}

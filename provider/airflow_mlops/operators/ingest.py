@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops._time import to_utc
+from airflow_mlops._time import resolve_interval
 from airflow_mlops.assets import attach_outlet_extra
 from airflow_mlops.operators.base import MlopsBaseOperator
 
@@ -61,18 +61,6 @@ class IngestOperator(MlopsBaseOperator):
         self.output_dir = output_dir
         self.on_empty = on_empty
 
-    def _interval(self, context: Context) -> tuple[datetime, datetime]:
-        start = self.interval_start or context["data_interval_start"]
-        end = self.interval_end or context["data_interval_end"]
-        if start is None or end is None:
-            raise ValueError(
-                f"{self.task_id}: the run has no data interval; pass interval_start and interval_end."
-            )
-        start, end = to_utc(start), to_utc(end)
-        if end <= start:
-            raise ValueError(f"{self.task_id}: interval end {end} is not after its start {start}.")
-        return start, end
-
     def _source_callable(self) -> Callable[[datetime, datetime], pd.DataFrame]:
         if callable(self.source):
             return self.source
@@ -102,7 +90,7 @@ class IngestOperator(MlopsBaseOperator):
         from airflow_mlops import settings
         from airflow_mlops.datasets import write_snapshot
 
-        start, end = self._interval(context)
+        start, end = resolve_interval(context, self.interval_start, self.interval_end, self.task_id)
         df = self._read(start, end)
         if df.empty:
             message = f"No rows of '{self.dataset}' in [{start}, {end})."
