@@ -43,6 +43,13 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _is_model_server(pid: int) -> bool:
+    try:
+        return b"seldon_serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _log(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
@@ -217,7 +224,9 @@ class Stack:
     def stop(self) -> None:
         """Stop model deployments started by the pipeline, then the servers, by pid."""
         for state_file in (self.data_dir / "deployments").glob("*/processes/*/state.json"):
-            self._kill_group(json.loads(state_file.read_text())["pid"], state_file.parent.name)
+            pid = json.loads(state_file.read_text())["pid"]
+            if _is_model_server(pid):  # an old state file's pid may belong to someone else by now
+                self._kill_group(pid, state_file.parent.name)
         for pid_file in sorted(self.pid_dir.glob("*.pid")):
             self._kill_group(int(pid_file.read_text()), pid_file.stem)
             pid_file.unlink()
@@ -373,7 +382,9 @@ def demo() -> int:
         retrain = stack.wait_for_new_run(RETRAIN_DAG)
         _log(f"drift triggered {RETRAIN_DAG} run {retrain['dag_run_id']}; waiting for it")
         retrain["state"] = stack.wait_run(RETRAIN_DAG, retrain["dag_run_id"])
-        deployed = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "deploy")
+        if retrain["state"] == "success":
+            retrain["register"] = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "register")
+            deployed = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "deploy")
     _print_summary(stack, registered, deployed, drift, retrain)
     return 0
 
@@ -385,7 +396,8 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
     )
     sample = json.loads((Path(served["model_dir"]) / "input_example.json").read_text())
     sample = sample.get("dataframe_split", sample)
-    example = {"data": {"names": sample["columns"], "ndarray": sample["data"][:1]}}
+    row = [None if v is None or v != v else v for v in sample["data"][0]]  # NaN is not JSON
+    example = {"data": {"names": sample["columns"], "ndarray": [row]}}
     lines = [
         "",
         "=" * 78,
@@ -402,6 +414,12 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
     ]
     if retrain:
         lines.append(f"Retraining   {RETRAIN_DAG} run {retrain['dag_run_id']}: {retrain['state']}")
+        if "register" in retrain:
+            again = retrain["register"]
+            lines.append(
+                f"             registered version {again['version']} on July: {again['decision']['reason']}"
+                f" -> champion is version {again['champion_version']}"
+            )
     lines += [
         f"Serving      version {deployed['version']} of {deployed['model_name']} at {deployed['endpoint']}",
         "             curl -s -X POST -H 'Content-Type: application/json' \\",

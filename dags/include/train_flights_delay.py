@@ -102,5 +102,7 @@ def train(ctx) -> dict:
             prob = model(torch.from_numpy(hx).to(ctx.device)).squeeze(-1).cpu().numpy()
         metrics = {f"holdout_{k}": v for k, v in ctx.classification_metrics(hy, prob).items()}
         metrics["holdout_rows"] = len(holdout)
-    example = train_df[FEATURES].head(5).astype("float64")
+    # complete rows make the clearest example (and valid JSON: no NaN)
+    complete = train_df[FEATURES].dropna()
+    example = (complete if len(complete) else train_df[FEATURES]).head(5).astype("float64")
     return {"model": model, "metrics": metrics, "input_example": example}
