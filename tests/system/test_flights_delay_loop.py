@@ -78,6 +78,9 @@ def test_pipeline_registers_champion_with_lineage(stack, runs):
     assert ingest["rows"] > 20000  # January 2013 has 27,004 flights
     assert train["num_proc"] == 2
     assert 0.5 < train["metrics"]["holdout_roc_auc"] <= 1.0
+    # the registry scores the *logged* model (MLflow pyfunc, as serving does) on the same
+    # holdout: it must agree with what the training code measured on the live model
+    assert registered["decision"]["roc_auc"] == pytest.approx(train["metrics"]["holdout_roc_auc"], abs=1e-4)
     mine = [v for v in versions_of(stack, MODEL) if v["run_id"] == train["run_id"]]
     assert len(mine) == 1
     version = mine[0]

@@ -92,16 +92,26 @@ def _system_info(torch, hvd) -> dict[str, str]:
     }
 
 
-def _log_model(mlflow, torch, result: dict[str, Any], script: str, artifact_path: str) -> str:
-    from mlflow.models import infer_signature
+def _signature(example, output):
+    """Column-based signature built explicitly: ``infer_signature`` needs scipy, which
+    mlflow-skinny lacks, and silently falls back to ``Any`` — whose enforcement then mangles
+    a DataFrame's columns at predict time."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
+    inputs = Schema([ColSpec("double", str(name)) for name in example.columns])
+    outputs = Schema([TensorSpec(output.dtype, (-1, *output.shape[1:]))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _log_model(mlflow, torch, result: dict[str, Any], script: str, artifact_path: str) -> str:
     model = result["model"].to("cpu").eval()
     example = result.get("input_example")
     signature = None
     if example is not None:
         with torch.no_grad():
             sample_out = model(torch.tensor(example.to_numpy(dtype="float32"))).numpy()
-        signature = infer_signature(example, sample_out)
+        signature = _signature(example, sample_out)
     info = mlflow.pytorch.log_model(
         model,
         name=artifact_path,
