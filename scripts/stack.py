@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -233,22 +232,10 @@ class Stack:
 
     @staticmethod
     def _kill_group(pid: int, name: str) -> None:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        for _ in range(50):
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _log(f"stopped {name} (pid {pid})")
+        from airflow_mlops.hooks.runtime import stop_process_group
+
+        if stop_process_group(pid):
+            _log(f"stopped {name} (pid {pid})")
 
     # -- Airflow REST API ------------------------------------------------------------------------
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -390,14 +377,14 @@ def demo() -> int:
 
 
 def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
+    from airflow_mlops.hooks.seldon import seldon_payload
+    from airflow_mlops.operators.deploy import input_example
+
     # a real row: the input example MLflow stored with the served model
     served = json.loads(
         (stack.data_dir / "deployments" / deployed["deployment"] / "current.json").read_text()
     )
-    sample = json.loads((Path(served["model_dir"]) / "input_example.json").read_text())
-    sample = sample.get("dataframe_split", sample)
-    row = [None if v is None or v != v else v for v in sample["data"][0]]  # NaN is not JSON
-    example = {"data": {"names": sample["columns"], "ndarray": [row]}}
+    example = seldon_payload(input_example(Path(served["model_dir"])).head(1))
     lines = [
         "",
         "=" * 78,

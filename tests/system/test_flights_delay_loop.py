@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+from airflow_mlops.hooks.seldon import seldon_payload
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(3000)]
 
@@ -103,7 +104,7 @@ def test_endpoint_serves_probabilities_for_real_rows(stack, runs):
     from include.flights_pipeline import FEATURES  # the example DAGs' folder is on sys.path
 
     rows = pd.read_parquet(table["holdout"]).head(3)
-    body = {"data": {"names": FEATURES, "ndarray": rows[FEATURES].astype(float).values.tolist()}}
+    body = seldon_payload(rows[FEATURES])  # a missing feature travels as JSON null
     # the endpoint may have moved on to the retrained version: ask the current deployment
     current = json.loads((stack.data_dir / "deployments" / "flights-delay" / "current.json").read_text())
     answer = requests.post(f"{current['endpoint']}/api/v1.0/predictions", json=body, timeout=30)

@@ -170,22 +170,27 @@ def _explain(errors: list[str], lines: list[str]) -> str:
     return "\n".join(parts)
 
 
-def stop_process_group(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM the process group led by ``pid`` (not our child), then SIGKILL it after ``grace`` s."""
+def stop_process_group(pid: int, grace: float = 10.0) -> bool:
+    """
+    SIGTERM the process group led by ``pid`` (not our child), then SIGKILL it after ``grace`` s.
+
+    :return: whether there was a group to stop.
+    """
     import time
 
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        return False
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.2)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    return True
