@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from airflow_mlops.hooks.seldon import seldon_payload
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(3000)]
 
@@ -101,6 +100,8 @@ def test_endpoint_serves_probabilities_for_real_rows(stack, runs):
     run_id, _ = runs["good"]
     deployed = stack.xcom(PIPELINE, run_id, "deploy")
     table = stack.xcom(PIPELINE, run_id, "build_training_set")
+    # imported here, not at module top: tests/unit isolates AIRFLOW_HOME before airflow loads
+    from airflow_mlops.hooks.seldon import seldon_payload
     from include.flights_pipeline import FEATURES  # the example DAGs' folder is on sys.path
 
     rows = pd.read_parquet(table["holdout"]).head(3)
