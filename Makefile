@@ -49,8 +49,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check provider dags tests bench scripts
 
 lock: $(UV)
+	# --upgrade-package torch: the lock's portable `torch==X` pin would otherwise steer the resolver to
+	# the PyPI (CUDA) build instead of the local CPU wheel, pulling in the nvidia-* packages.
 	UV_FIND_LINKS="$$(echo $${PIP_FIND_LINKS:-} | tr ' ' ',')" $(UV) pip compile --quiet --python 3.11 \
-	    docker/airflow/requirements.in -o docker/airflow/requirements.txt
+	    --upgrade-package torch docker/airflow/requirements.in -o docker/airflow/requirements.txt
 	# keep the lock portable: the CPU build's local label only exists in a local wheel folder
 	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' docker/airflow/requirements.txt
 
