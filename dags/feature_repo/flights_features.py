@@ -1,8 +1,10 @@
 """Feast definitions for the flight-delay example: hourly weather per origin airport.
 
-The offline source is the folder of versioned weather snapshots written by the ingest task
-(``$MLOPS_DATA_DIR/datasets/weather/data``; the Feast hook sets MLOPS_DATA_DIR to the
-provider's ``[mlops] data_dir``). Point ``path`` at your own Parquet folder or bucket.
+The offline sources are the ``current/`` folders of the snapshots written by the ingest
+task (``$MLOPS_DATA_DIR/datasets/<dataset>/current/<interval>.parquet``: the latest version
+of each interval, so a re-ingested interval is read once, not once per version; the Feast
+hook sets MLOPS_DATA_DIR to the provider's ``[mlops] data_dir``). Point ``path`` at your own
+Parquet folder or bucket.
 """
 
 import os
@@ -22,7 +24,7 @@ airport = Entity(
 
 weather_snapshots = FileSource(
     name="weather_snapshots",
-    path=os.path.join(DATA_DIR, "datasets", "weather", "data"),
+    path=os.path.join(DATA_DIR, "datasets", "weather", "current"),
     timestamp_field="time_hour",
 )
 
@@ -49,7 +51,7 @@ carrier = Entity(
 
 carrier_daily_snapshots = FileSource(
     name="carrier_daily_snapshots",
-    path=os.path.join(DATA_DIR, "datasets", "carrier_daily", "data"),
+    path=os.path.join(DATA_DIR, "datasets", "carrier_daily", "current"),
     # a day's statistics are known once the day is over: stamped at the next midnight (UTC),
     # so a flight never sees statistics that include itself or later flights of its day
     timestamp_field="event_timestamp",

@@ -2,11 +2,17 @@
 
 Layout under ``<root>/<dataset>/``::
 
-    data/<interval>/<version>.parquet     one file per (interval, version); a Feast FileSource
-                                          can point at ``data/`` and read every interval
-    manifests/<interval>/<version>.json   version, schema, rows, source, interval, run ids
+    data/<interval>/<version>.parquet     one immutable file per (interval, version)
+    manifests/<interval>/<version>.json   version, schema, rows, source, interval, run ids, ingested_at
+    manifests/<interval>/CURRENT          the version ``current/`` holds for the interval
+    current/<interval>.parquet            the latest version ingested for the interval (a hardlink
+                                          of, or else a copy of, its ``data/`` file): a Feast
+                                          FileSource points here and sees one version per interval
 
-Writing the same content twice yields the same version and writes nothing.
+``<interval>`` is ``<start>_<end>`` as ``YYYYmmddTHHMMSS`` in UTC, so keys sort by time.
+Writing the same content twice yields the same version and writes nothing; every file is
+replaced atomically, so readers never see a partial file. ``current/`` holds Parquet files
+only (temporary files start with ``.``, which Parquet dataset readers skip).
 """
 
 from __future__ import annotations
@@ -14,14 +20,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+
+#: name of the per-interval pointer file naming the version that ``current/`` holds
+CURRENT_POINTER = "CURRENT"
+_VERSION_RE = re.compile(r"[0-9a-f]{16}")
+
+#: an interval given to the readers: its key, or its ``(start, end)`` as datetimes or ISO strings
+IntervalLike = str | tuple[datetime | str, datetime | str]
 
 
 @dataclass(frozen=True)
@@ -54,10 +71,26 @@ def interval_key(start: datetime, end: datetime) -> str:
     return f"{start:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}"
 
 
-def _atomic_write(path: Path, write) -> None:
+def _to_key(interval: IntervalLike) -> str:
+    if isinstance(interval, str):
+        return interval
+    from airflow_mlops._time import to_utc
+
+    start, end = interval
+    return interval_key(to_utc(start), to_utc(end))
+
+
+def current_path(root: str | Path, dataset: str, start: datetime, end: datetime) -> Path:
+    """The file of ``current/`` that holds the latest version of ``[start, end)``."""
+    return Path(root) / dataset / "current" / f"{interval_key(start, end)}.parquet"
+
+
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Write through a temporary file in the same folder so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    # the temporary name must not end in .parquet: readers of a folder (Feast's file source, dask)
+    # pick up every *.parquet file, hidden ones included
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"{path.suffix}.tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -65,6 +98,41 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` hold ``src``: a hardlink (no extra space), or a copy where links fail."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".tmp-{uuid.uuid4().hex}{dst.suffix}.tmp"  # not *.parquet: see _atomic_write
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # a filesystem without hardlinks (some network and FUSE mounts)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _current_version(base: Path, key: str) -> str | None:
+    pointer = base / "manifests" / key / CURRENT_POINTER
+    try:
+        return pointer.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _set_current(base: Path, key: str, version: str, data_path: Path) -> bool:
+    """Point ``current/<key>.parquet`` at ``version``; returns whether anything changed."""
+    view = base / "current" / f"{key}.parquet"
+    if _current_version(base, key) == version and view.exists():
+        return False
+    # the view first, then the pointer: a reader that follows the pointer finds the version's
+    # immutable data/ file, and a Feast reader of current/ never sees two versions at once
+    _link_or_copy(data_path, view)
+    _atomic_write(base / "manifests" / key / CURRENT_POINTER, lambda tmp: Path(tmp).write_text(version))
+    return True
 
 
 def write_snapshot(
@@ -76,14 +144,23 @@ def write_snapshot(
     lineage: dict[str, Any] | None = None,
 ) -> tuple[Snapshot, bool]:
     """
-    Store ``df`` as the snapshot of ``dataset`` for ``[start, end)``.
+    Store ``df`` as the snapshot of ``dataset`` for ``[start, end)`` and make it the current one.
 
-    :return: the snapshot and whether anything was written (False when this content exists).
+    :param df: the interval's rows.
+    :param root: root folder of the datasets.
+    :param dataset: name of the dataset (folder under ``root``).
+    :param start: start of the interval (timezone-aware).
+    :param end: end of the interval.
+    :param lineage: extra manifest fields (``source``, ``dag_id``, ``run_id``, ...).
+    :return: the snapshot and whether a new version was written (False when this content
+        exists; ``current/`` is still pointed at it, so re-ingesting an older content makes it
+        current again without writing it twice).
     """
     version = content_version(df)
     base = Path(root) / dataset
-    data_path = base / "data" / interval_key(start, end) / f"{version}.parquet"
-    manifest_path = base / "manifests" / interval_key(start, end) / f"{version}.json"
+    key = interval_key(start, end)
+    data_path = base / "data" / key / f"{version}.parquet"
+    manifest_path = base / "manifests" / key / f"{version}.json"
     snapshot = Snapshot(
         dataset=dataset,
         version=version,
@@ -93,17 +170,166 @@ def write_snapshot(
         interval_start=start.isoformat(),
         interval_end=end.isoformat(),
     )
-    if data_path.exists() and manifest_path.exists():
-        return snapshot, False
-    _atomic_write(data_path, lambda tmp: df.to_parquet(tmp, index=False))
-    manifest = {
-        **snapshot.to_dict(),
-        "schema": {str(c): str(t) for c, t in df.dtypes.items()},
-        **(lineage or {}),
-    }
-    _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
-    return snapshot, True
+    written = not (data_path.exists() and manifest_path.exists())
+    if written:
+        _atomic_write(data_path, lambda tmp: df.to_parquet(tmp, index=False))
+        manifest = {
+            **snapshot.to_dict(),
+            "schema": {str(c): str(t) for c, t in df.dtypes.items()},
+            "ingested_at": datetime.now(UTC).isoformat(),
+            **(lineage or {}),
+        }
+        # the manifest last: its presence is what marks the version as complete
+        _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    _set_current(base, key, version, data_path)
+    return snapshot, written
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """The manifest at ``path``, with ``ingested_at`` filled from the file time for old manifests."""
+    path = Path(path)
+    manifest = json.loads(path.read_text())
+    if "ingested_at" not in manifest:
+        manifest["ingested_at"] = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
+    return manifest
+
+
+def _ingested_at(manifest: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(manifest["ingested_at"])
+
+
+def list_snapshots(
+    root: str | Path, dataset: str, interval: IntervalLike | None = None
+) -> list[dict[str, Any]]:
+    """
+    The manifests of every stored version, oldest ingested first.
+
+    :param root: root folder of the datasets.
+    :param dataset: name of the dataset.
+    :param interval: only this interval (its key, or ``(start, end)``); every interval when None.
+    """
+    manifests = Path(root) / dataset / "manifests"
+    folders = [manifests / _to_key(interval)] if interval is not None else sorted(manifests.glob("*"))
+    found = [
+        read_manifest(path)
+        for folder in folders
+        for path in sorted(folder.glob("*.json"))
+        if _VERSION_RE.fullmatch(path.stem)
+    ]
+    return sorted(found, key=lambda m: (_ingested_at(m), m["version"]))
+
+
+def latest_snapshot(
+    root: str | Path, dataset: str, interval: IntervalLike | None = None
+) -> dict[str, Any] | None:
+    """
+    The manifest of the version ``current/`` holds: for ``interval``, or else for the latest interval.
+
+    Its ``path`` is the version's immutable ``data/`` file, so a reader keeps reading exactly
+    that version even if the interval is re-ingested meanwhile.
+
+    :param root: root folder of the datasets.
+    :param dataset: name of the dataset.
+    :param interval: the interval (its key, or ``(start, end)``); the latest interval when None.
+    :return: the manifest, or None when nothing was ingested (for that interval).
+    """
+    base = Path(root) / dataset
+    if interval is not None:
+        keys = [_to_key(interval)]
+    else:  # keys sort by start, then end
+        keys = sorted((p.name for p in (base / "manifests").glob("*") if p.is_dir()), reverse=True)
+    for key in keys:
+        version = _current_version(base, key)
+        if version is not None:
+            return read_manifest(base / "manifests" / key / f"{version}.json")
+    return None
+
+
+def find_new_snapshot(
+    root: str | Path,
+    dataset: str,
+    interval: IntervalLike | None = None,
+    after: datetime | str | None = None,
+) -> dict[str, Any] | None:
+    """
+    The most recently ingested version stored after ``after`` (any version when None).
+
+    :param root: root folder of the datasets.
+    :param dataset: name of the dataset.
+    :param interval: only versions of this interval; every interval when None.
+    :param after: only versions whose ``ingested_at`` is strictly later.
+    :return: its manifest, or None.
+    """
+    from airflow_mlops._time import to_utc
+
+    threshold = to_utc(after) if after is not None else None
+    newer = [
+        m for m in list_snapshots(root, dataset, interval) if threshold is None or _ingested_at(m) > threshold
+    ]
+    return newer[-1] if newer else None
+
+
+def version_ingested_at(
+    root: str | Path, dataset: str, version: str, interval: IntervalLike | None = None
+) -> datetime:
+    """When ``version`` was stored; raises ``FileNotFoundError`` naming the dataset when it was not."""
+    for manifest in list_snapshots(root, dataset, interval):
+        if manifest["version"] == version:
+            return _ingested_at(manifest)
+    raise FileNotFoundError(
+        f"Version {version!r} of dataset {dataset!r} is not stored under {Path(root) / dataset}; "
+        "pass a version that was ingested (the 'version' XCom of the IngestOperator), or 'after' instead."
+    )
+
+
+def snapshot_event_extra(snapshot: Snapshot) -> dict[str, Any]:
+    """What an ingesting task puts on its Asset events, read back by ``snapshot_from_asset_events``."""
+    return {
+        "dataset": snapshot.dataset,
+        "version": snapshot.version,
+        "rows": snapshot.rows,
+        "path": snapshot.path,
+        "manifest": snapshot.manifest,
+        "interval": {"start": snapshot.interval_start, "end": snapshot.interval_end},
+    }
+
+
+def snapshot_from_asset_events(events: Any, asset: Any) -> dict[str, Any]:
+    """
+    The snapshot an Asset event announced: the manifest of exactly that version.
+
+    In a DAG scheduled on the dataset's Asset::
+
+        @task
+        def train(triggering_asset_events=None):
+            snapshot = snapshot_from_asset_events(triggering_asset_events, FLIGHTS)
+            df = pd.read_parquet(snapshot["path"])
+
+    :param events: ``triggering_asset_events`` or ``inlet_events`` from the task context (a
+        mapping of Asset to its events, oldest first).
+    :param asset: the dataset's ``Asset``.
+    :return: the manifest of the newest event's version (``path`` is its immutable file).
+    """
+    try:
+        asset_events = list(events[asset])
+    except KeyError:
+        asset_events = []
+    if not asset_events:
+        name = getattr(asset, "name", asset)
+        raise LookupError(
+            f"No event of asset {name!r} in the given events; schedule the DAG on the asset "
+            "(schedule=[asset]) or list it in the task's inlets."
+        )
+    extra = dict(getattr(asset_events[-1], "extra", None) or {})
+    if "manifest" not in extra:
+        raise LookupError(
+            f"The newest event of asset {getattr(asset, 'name', asset)!r} carries no 'manifest' "
+            f"(extra keys: {sorted(extra)}); it was not emitted by an IngestOperator of this provider."
+        )
+    manifest = read_manifest(extra["manifest"])
+    if manifest["version"] != extra.get("version", manifest["version"]):
+        raise ValueError(
+            f"The manifest {extra['manifest']} holds version {manifest['version']}, the event "
+            f"announced {extra['version']}; the snapshot folder was modified by hand."
+        )
+    return manifest

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from airflow_mlops.datasets import content_version, read_manifest, write_snapshot
+from airflow_mlops.datasets import (
+    content_version,
+    current_path,
+    find_new_snapshot,
+    latest_snapshot,
+    list_snapshots,
+    read_manifest,
+    snapshot_event_extra,
+    snapshot_from_asset_events,
+    write_snapshot,
+)
 from airflow_mlops.example_data.nycflights13 import load_flights
 
 JAN_START = datetime(2013, 1, 1, tzinfo=UTC)
@@ -68,7 +78,7 @@ def test_one_changed_value_is_a_new_version_and_the_old_one_is_kept(tmp_path, ja
     assert written is True
     assert updated.version != original.version
     assert updated.path != original.path
-    parquet = sorted(p.name for p in (tmp_path / "flights").rglob("*.parquet"))
+    parquet = sorted(p.name for p in (tmp_path / "flights" / "data").rglob("*.parquet"))
     assert parquet == sorted([f"{original.version}.parquet", f"{updated.version}.parquet"])
     manifests = sorted(p.name for p in (tmp_path / "flights" / "manifests").rglob("*.json"))
     assert manifests == sorted([f"{original.version}.json", f"{updated.version}.json"])
@@ -150,3 +160,91 @@ def test_version_is_stable_across_processes_and_hash_seeds(january):
 def test_snapshot_to_dict_round_trips_through_json(tmp_path, january):
     snap, _ = write_snapshot(january.head(10), tmp_path, "flights", JAN_START, JAN_END)
     assert json.loads(json.dumps(snap.to_dict())) == snap.to_dict()
+
+
+# -- the current view, the readers and the Asset-event helper -------------------------------
+
+
+def _changed(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out.loc[len(out) // 2, "arr_delay"] += 1
+    return out
+
+
+def test_current_holds_the_latest_version_of_each_interval(tmp_path, january):
+    original, _ = write_snapshot(january, tmp_path, "flights", JAN_START, JAN_END)
+    view = current_path(tmp_path, "flights", JAN_START, JAN_END)
+    assert view.read_bytes() == Path(original.path).read_bytes()
+
+    updated, _ = write_snapshot(_changed(january), tmp_path, "flights", JAN_START, JAN_END)
+    # exactly one file per interval in current/: a reader of the folder sees one version
+    assert [p.name for p in (tmp_path / "flights" / "current").iterdir()] == [view.name]
+    assert view.read_bytes() == Path(updated.path).read_bytes()
+    _assert_same_frame(pd.read_parquet(tmp_path / "flights" / "current"), _changed(january))
+    assert Path(original.path).is_file(), "the old version was removed"
+
+    # re-ingesting the original content makes it current again without storing it twice
+    before = {p: _stat(p) for p in _files(tmp_path / "flights" / "data")}
+    again, written = write_snapshot(january, tmp_path, "flights", JAN_START, JAN_END)
+    assert (again.version, written) == (original.version, False)
+    assert {p: _stat(p) for p in _files(tmp_path / "flights" / "data")} == before
+    assert view.read_bytes() == Path(original.path).read_bytes()
+    assert latest_snapshot(tmp_path, "flights", (JAN_START, JAN_END))["version"] == original.version
+
+
+def test_latest_snapshot_of_an_interval_or_of_the_latest_interval(tmp_path, january):
+    assert latest_snapshot(tmp_path, "flights") is None
+    feb_start, feb_end = JAN_END, datetime(2013, 3, 1, tzinfo=UTC)
+    feb = load_flights(feb_start, feb_end)
+    jan, _ = write_snapshot(january, tmp_path, "flights", JAN_START, JAN_END)
+    feb_snap, _ = write_snapshot(feb, tmp_path, "flights", feb_start, feb_end)
+    jan2, _ = write_snapshot(_changed(january), tmp_path, "flights", JAN_START, JAN_END)
+
+    assert latest_snapshot(tmp_path, "flights")["version"] == feb_snap.version  # the latest interval
+    by_tuple = latest_snapshot(tmp_path, "flights", (JAN_START, JAN_END))
+    by_iso = latest_snapshot(tmp_path, "flights", (JAN_START.isoformat(), JAN_END.isoformat()))
+    assert by_tuple == by_iso and by_tuple["version"] == jan2.version
+    assert by_tuple["path"] == jan2.path  # the immutable file, not the current view
+    assert latest_snapshot(tmp_path, "flights", (JAN_START, feb_end)) is None
+    assert [m["version"] for m in list_snapshots(tmp_path, "flights")] == [
+        jan.version,
+        feb_snap.version,
+        jan2.version,
+    ]
+
+
+def test_find_new_snapshot_only_sees_versions_ingested_after_the_threshold(tmp_path, january):
+    old, _ = write_snapshot(january, tmp_path, "flights", JAN_START, JAN_END)
+    seen = read_manifest(old.manifest)["ingested_at"]
+    assert find_new_snapshot(tmp_path, "flights", after=seen) is None
+    assert find_new_snapshot(tmp_path, "flights")["version"] == old.version
+    new, _ = write_snapshot(_changed(january), tmp_path, "flights", JAN_START, JAN_END)
+    assert find_new_snapshot(tmp_path, "flights", (JAN_START, JAN_END), after=seen)["version"] == new.version
+    # an equal re-ingest is not "new"
+    write_snapshot(january, tmp_path, "flights", JAN_START, JAN_END)
+    newest = read_manifest(new.manifest)["ingested_at"]
+    assert find_new_snapshot(tmp_path, "flights", after=newest) is None
+
+
+class _Event:
+    """The one attribute of an Airflow AssetEvent the helper reads (the real one: see the DAG tests)."""
+
+    def __init__(self, extra):
+        self.extra = extra
+
+
+def test_snapshot_from_asset_events_returns_the_newest_events_manifest(tmp_path, january):
+    from airflow.sdk import Asset
+
+    asset = Asset(name="flights", uri="x-mlops://tests/flights")
+    first, _ = write_snapshot(january, tmp_path, "flights", JAN_START, JAN_END)
+    second, _ = write_snapshot(_changed(january), tmp_path, "flights", JAN_START, JAN_END)
+    events = {asset: [_Event(snapshot_event_extra(first)), _Event(snapshot_event_extra(second))]}
+    got = snapshot_from_asset_events(events, asset)
+    assert got == read_manifest(second.manifest)
+    assert got["version"] == second.version
+
+    with pytest.raises(LookupError, match="No event of asset 'flights'"):
+        snapshot_from_asset_events({asset: []}, asset)
+    with pytest.raises(LookupError, match="carries no 'manifest'"):
+        snapshot_from_asset_events({asset: [_Event({"version": first.version})]}, asset)

@@ -52,9 +52,78 @@ def _between(df: pd.DataFrame, start: datetime | None, end: datetime | None) -> 
     return df.loc[mask].reset_index(drop=True)
 
 
+#: destinations missing from the ``airports`` table (Puerto Rico and the US Virgin Islands)
+_EXTRA_TIME_ZONES = {
+    "BQN": "America/Puerto_Rico",
+    "PSE": "America/Puerto_Rico",
+    "SJU": "America/Puerto_Rico",
+    "STT": "America/St_Thomas",
+}
+
+
+@lru_cache(maxsize=1)
+def _time_zones() -> dict[str, str]:
+    """IANA time zone per FAA airport code."""
+    import pandas as pd
+
+    airports = pd.read_csv(next(data_dir().glob("airports.csv*")), usecols=["faa", "tzone"])
+    zones = dict(zip(airports["faa"], airports["tzone"], strict=True))
+    return {**{k: v for k, v in zones.items() if isinstance(v, str)}, **_EXTRA_TIME_ZONES}
+
+
+def _minutes(delay: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    return pd.to_timedelta(delay, unit="min")  # NaN (cancelled, diverted) -> NaT
+
+
+def _add_actual_times(df: pd.DataFrame) -> pd.DataFrame:
+    """
+    Add ``dep_at`` and ``arr_at``: actual departure and arrival instants in UTC.
+
+    The raw clock times (``dep_time``, ``arr_time``, HHMM) carry no date and no time zone,
+    so they cannot be compared. Instead: the scheduled departure is ``time_hour`` (already
+    UTC) plus ``minute``; the scheduled arrival is ``sched_arr_time`` on the departure's
+    local date in the *destination's* zone, one day later when its clock reads earlier than
+    the scheduled departure's (an overnight flight). Adding the delays gives the actual
+    times; a missing delay gives NaT. In the one ambiguous hour of the autumn clock change
+    the arrival is read as standard time.
+    """
+    import pandas as pd
+
+    sched_dep = df["time_hour"] + _minutes(df["minute"])
+    df["dep_at"] = sched_dep + _minutes(df["dep_delay"])
+
+    local_day = pd.to_datetime(df[["year", "month", "day"]])
+    overnight = (df["sched_arr_time"] < df["sched_dep_time"]).astype("int64")
+    arr_clock = (
+        local_day
+        + pd.to_timedelta(overnight, unit="D")
+        + pd.to_timedelta(df["sched_arr_time"] // 100, unit="h")
+        + _minutes(df["sched_arr_time"] % 100)
+    )
+    sched_arr = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns, UTC]")
+    zones = df["dest"].map(_time_zones())
+    for zone, rows in df.groupby(zones).groups.items():
+        local = arr_clock.loc[rows].dt.tz_localize(zone, ambiguous=False, nonexistent="shift_forward")
+        sched_arr.loc[rows] = local.dt.tz_convert("UTC")
+    df["arr_at"] = sched_arr + _minutes(df["arr_delay"])
+    return df
+
+
+@lru_cache(maxsize=1)
+def _flights() -> pd.DataFrame:
+    return _add_actual_times(_read("flights").copy())
+
+
 def load_flights(start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
-    """Flights whose scheduled departure hour (``time_hour``, UTC) lies in ``[start, end)``."""
-    return _between(_read("flights"), start, end)
+    """
+    Flights whose scheduled departure hour (``time_hour``, UTC) lies in ``[start, end)``.
+
+    Besides the raw columns: ``dep_at`` and ``arr_at``, the actual departure and arrival
+    in UTC (NaT when the delay is missing: cancelled or diverted flights).
+    """
+    return _between(_flights(), start, end)
 
 
 def load_weather(start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +26,69 @@ if TYPE_CHECKING:
 
 #: environment variable feature definitions may use to locate the provider's snapshots
 DATA_DIR_ENV = "MLOPS_DATA_DIR"
+#: Feast's file offline store selects event times in ``[start, end]`` (both inclusive); the
+#: provider's intervals are ``[start, end)``, so Feast is asked for ``[start, end - TICK]``
+TICK = timedelta(microseconds=1)
+#: each ``store.materialize`` call costs ~50-100 ms however few rows it writes (registry
+#: update, source scan; bench/data.py), so the default keeps a monthly interval in one call and
+#: cuts a long backfill into month-sized steps
+DEFAULT_CHUNK = timedelta(days=31)
+
+_REDIS_PASSWORD = re.compile(r"(password=)([^,]*)", re.IGNORECASE)
+
+
+def redact_redis(connection_string: str) -> str:
+    """``host:port,password=...`` with the password replaced by ``***``, for logs and errors."""
+    return _REDIS_PASSWORD.sub(r"\1***", connection_string)
+
+
+def chunk_interval(
+    start: datetime, end: datetime, chunk: timedelta | None
+) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` cut into consecutive ``[a, b)`` pieces of at most ``chunk`` (one piece if None)."""
+    if chunk is not None and chunk <= timedelta(0):
+        raise ValueError(f"chunk must be a positive timedelta, got {chunk}.")
+    pieces, a = [], start
+    while a < end:
+        b = end if chunk is None else min(a + chunk, end)
+        pieces.append((a, b))
+        a = b
+    return pieces
+
+
+def _interval_end(feast_end: datetime) -> datetime:
+    """The ``[start, end)`` end of an interval this hook recorded as ``end - TICK`` in the registry."""
+    return feast_end + TICK if feast_end.microsecond == 999_999 else feast_end
+
+
+def last_end_of(feature_view: Any) -> datetime | None:
+    """Most recent materialization end recorded in the registry for ``feature_view`` (None: never)."""
+    from airflow_mlops._time import to_utc
+
+    ends = [end for _, end in getattr(feature_view, "materialization_intervals", [])]
+    return _interval_end(to_utc(max(ends))) if ends else None
+
+
+def read_last_materialized_end(registry_path: str, project: str, feature_view: str) -> datetime | None:
+    """
+    Read the registry file directly (no connection, no cache): what the freshness trigger polls.
+
+    :raises LookupError: the registry has no such feature view in ``project``.
+    """
+    require("feast", "feast")
+    from feast.errors import FeatureViewNotFoundException
+    from feast.infra.registry.registry import Registry
+    from feast.repo_config import RegistryConfig
+
+    registry = Registry(project, RegistryConfig(path=registry_path, cache_ttl_seconds=0), repo_path=None)
+    try:
+        view = registry.get_feature_view(feature_view, project, allow_cache=False)
+    except FeatureViewNotFoundException as err:
+        raise LookupError(
+            f"Feature view '{feature_view}' is not in project '{project}' of registry {registry_path}: "
+            "run FeastApplyOperator first, or check the view and project names."
+        ) from err
+    return last_end_of(view)
 
 
 class FeastHook(BaseHook):
@@ -31,8 +97,10 @@ class FeastHook(BaseHook):
 
     Connection extras: ``repo_path`` (folder of feature definitions), ``project``,
     ``registry_path``, ``online_store`` (``sqlite`` default or ``redis``), ``online_store_path``
-    (SQLite file), ``redis_connection_string`` (``host:port,db=N``). The offline store is the
-    file store: feature views read the provider's Parquet snapshots.
+    (SQLite file), ``redis_connection_string`` (``host:port,db=N[,password=...]``; a password in
+    the connection's password field is added to it). The offline store is the file store:
+    feature views read Parquet files. Redis passwords are registered with Airflow's secrets
+    masker and never logged.
 
     :param feast_conn_id: the ``feast`` connection.
     :param repo_path: overrides the connection's feature repo folder.
@@ -49,8 +117,12 @@ class FeastHook(BaseHook):
         self._repo_path = repo_path
 
     @cached_property
+    def connection(self):
+        return self.get_connection(self.feast_conn_id)
+
+    @cached_property
     def extras(self) -> dict[str, Any]:
-        return self.get_connection(self.feast_conn_id).extra_dejson
+        return self.connection.extra_dejson
 
     @property
     def repo_path(self) -> Path:
@@ -62,11 +134,31 @@ class FeastHook(BaseHook):
             )
         return Path(path).resolve()
 
+    @property
+    def project(self) -> str:
+        return self.extras.get("project") or "flights"
+
+    @property
+    def registry_path(self) -> str:
+        return self.extras.get("registry_path") or str(settings.data_dir() / "feast" / "registry.db")
+
+    def _redis_connection_string(self) -> str:
+        conn = self.extras.get("redis_connection_string") or "127.0.0.1:6379"
+        password = getattr(self.connection, "password", None)
+        if password and not _REDIS_PASSWORD.search(conn):
+            conn = f"{conn},password={password}"
+        match = _REDIS_PASSWORD.search(conn)
+        if match and match.group(2):
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(match.group(2))  # whatever logs it later (Feast, redis-py) shows ***
+        return conn
+
     def online_store_config(self) -> dict[str, Any]:
+        """Feast's ``online_store`` settings. May hold a Redis password: log :meth:`describe` instead."""
         kind = (self.extras.get("online_store") or "sqlite").lower()
         if kind == "redis":
-            conn = self.extras.get("redis_connection_string") or "127.0.0.1:6379"
-            return {"type": "redis", "connection_string": conn}
+            return {"type": "redis", "connection_string": self._redis_connection_string()}
         if kind != "sqlite":
             raise ValueError(
                 f"Unsupported online_store '{kind}' in '{self.feast_conn_id}': use sqlite or redis."
@@ -74,17 +166,23 @@ class FeastHook(BaseHook):
         default = settings.data_dir() / "feast" / "online_store.db"
         return {"type": "sqlite", "path": str(self.extras.get("online_store_path") or default)}
 
+    def describe(self) -> str:
+        """Project, registry and online store in one line, the Redis password redacted."""
+        online = self.online_store_config()
+        where = online.get("path") or redact_redis(online.get("connection_string", ""))
+        kind = online["type"]
+        return f"project '{self.project}', registry {self.registry_path}, {kind} online store {where}"
+
     @cached_property
     def repo_config(self):
         feast = require("feast", "feast")
-        registry = self.extras.get("registry_path") or str(settings.data_dir() / "feast" / "registry.db")
-        Path(registry).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.registry_path).parent.mkdir(parents=True, exist_ok=True)
         online = self.online_store_config()
         if online["type"] == "sqlite":
             Path(online["path"]).parent.mkdir(parents=True, exist_ok=True)
         return feast.RepoConfig(
-            project=self.extras.get("project") or "flights",
-            registry=registry,
+            project=self.project,
+            registry=self.registry_path,
             provider="local",
             online_store=online,
             offline_store={"type": "file"},
@@ -95,11 +193,12 @@ class FeastHook(BaseHook):
     @cached_property
     def store(self):
         feast = require("feast", "feast")
+        self.log.info("Feast store: %s", self.describe())
         return feast.FeatureStore(config=self.repo_config)
 
     @contextlib.contextmanager
     def _in_repo(self):
-        """Feast parses definitions relative to the cwd; give them the provider's data dir too."""
+        """Let the definitions find the provider's data dir and import their sibling modules."""
         cwd = os.getcwd()
         os.environ.setdefault(DATA_DIR_ENV, str(settings.data_dir()))
         # feast imports each definitions file as a module named by its path in the repo
@@ -123,20 +222,240 @@ class FeastHook(BaseHook):
             "entities": sorted(e.name for e in self.store.list_entities()),
         }
 
-    def materialize(self, start: datetime, end: datetime, feature_views: list[str] | None = None) -> None:
-        """Load feature values with event time in ``[start, end]`` into the online store."""
-        self.store.materialize(start_date=start, end_date=end, feature_views=feature_views)
+    # -- materialization -------------------------------------------------------------------
+
+    def feature_view(self, name: str):
+        """The registered feature view, read from the registry file (not a cached copy)."""
+        try:
+            return self.store.registry.get_feature_view(name, self.store.project, allow_cache=False)
+        except Exception as err:
+            if type(err).__name__ != "FeatureViewNotFoundException":
+                raise
+            raise LookupError(
+                f"Feature view '{name}' is not registered in Feast project '{self.store.project}': "
+                "run FeastApplyOperator first, or check the name."
+            ) from err
+
+    def last_materialized_end(self, feature_view: str) -> datetime | None:
+        """End of the view's most recent materialization (UTC), None if never materialized."""
+        return last_end_of(self.feature_view(feature_view))
+
+    @contextlib.contextmanager
+    def _count_online_writes(self) -> Iterator[list[int]]:
+        """
+        Count the entity rows Feast hands to the online store while the block runs.
+
+        Feast's ``materialize`` returns nothing, so the online store instance's
+        ``online_write_batch`` is wrapped for the duration: the count is what Feast *offered*
+        (the latest row per entity of the range). Redis then skips rows that are not newer than
+        what it already holds; SQLite overwrites. Feast's provider is private API: if it moves,
+        the count stays at 0 and the tests say so.
+        """
+        counter = [0]
+        online_store = getattr(self.store._get_provider(), "online_store", None)
+        if online_store is None:
+            yield counter
+            return
+        original = online_store.online_write_batch
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            data = kwargs["data"] if "data" in kwargs else args[2]
+            counter[0] += len(data)
+            return original(*args, **kwargs)
+
+        online_store.online_write_batch = counting
+        try:
+            yield counter
+        finally:
+            del online_store.online_write_batch  # the class's method shows through again
+
+    def materialize_range(self, feature_view: str, start: datetime, end: datetime) -> int:
+        """
+        Materialize one view's rows with event time in ``[start, end)``; returns the rows written.
+
+        Feast records ``[start, end - 1 µs]`` in the registry's ``materialization_intervals``;
+        :meth:`last_materialized_end` reads it back as ``end``.
+        """
+        with self._count_online_writes() as written:
+            self.store.materialize(start_date=start, end_date=end - TICK, feature_views=[feature_view])
+        return written[0]
+
+    def materialize(
+        self,
+        start: datetime,
+        end: datetime,
+        feature_views: list[str] | None = None,
+        *,
+        chunk: timedelta | None = DEFAULT_CHUNK,
+        overlap: timedelta | None = None,
+        incremental: bool = False,
+        log: Callable[..., None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """
+        Load the latest value per entity with event time in ``[start, end)`` into the online store.
+
+        Each view is materialized in consecutive chunks of ``chunk`` (one ``store.materialize``
+        per chunk), oldest first, so the last chunk holding an entity leaves its latest value.
+        Why chunks rather than a subprocess: a chunk bounds the rows converted to protobuf and
+        written per step, logs progress, and records its range in the registry as it finishes,
+        so a retry (or ``incremental=True``) resumes after the last finished chunk; a subprocess
+        would pay ``import feast`` (~20 s) again and need the store's secrets passed to it. Feast's
+        file offline store still reads the whole source per chunk (dask), so the *source* must
+        fit in the worker's memory; move big sources to a warehouse offline store.
+
+        :param start: interval start (inclusive, UTC).
+        :param end: interval end (exclusive, UTC).
+        :param feature_views: view names; all registered views when None.
+        :param chunk: longest range per ``store.materialize`` call; None: the whole range at once.
+        :param overlap: also re-read ``[start - overlap, start)`` to pick up rows that arrived
+            late with an old event time (values are the same, so re-reading is harmless).
+        :param incremental: start each view where its last materialization ended (like
+            ``feast materialize-incremental``); ``start`` is used for a never-materialized view.
+        :param log: ``logger.info``-like callable for the per-chunk progress lines.
+        :return: per view: ``start``, ``end`` (ISO), ``rows`` written, ``chunks``, ``seconds``,
+            ``skipped`` (True when incremental found nothing left to do).
+        """
+        log = log or self.log.info
+        names = feature_views or sorted(fv.name for fv in self.store.list_feature_views())
+        report: dict[str, dict[str, Any]] = {}
+        for name in names:
+            view_start = start
+            if incremental:
+                view_start = self.last_materialized_end(name) or start
+            if overlap:
+                view_start -= overlap
+            report[name] = self._materialize_view(name, view_start, end, chunk, log)
+        return report
+
+    def _materialize_view(
+        self, name: str, start: datetime, end: datetime, chunk: timedelta | None, log: Callable[..., None]
+    ) -> dict[str, Any]:
+        pieces = chunk_interval(start, end, chunk)
+        if not pieces:
+            log("%s: already materialized up to %s, nothing to do", name, start.isoformat())
+            return {
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "rows": 0,
+                "chunks": 0,
+                "seconds": 0.0,
+                "skipped": True,
+            }
+        total_rows, began = 0, time.monotonic()
+        for i, (a, b) in enumerate(pieces, 1):
+            t0 = time.monotonic()
+            rows = self.materialize_range(name, a, b)
+            seconds = time.monotonic() - t0
+            total_rows += rows
+            log(
+                "%s: chunk %d/%d [%s, %s): %d rows written in %.1f s (%.0f rows/s)",
+                name,
+                i,
+                len(pieces),
+                a.isoformat(),
+                b.isoformat(),
+                rows,
+                seconds,
+                rows / seconds if seconds else 0.0,
+            )
+        return {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "rows": total_rows,
+            "chunks": len(pieces),
+            "seconds": round(time.monotonic() - began, 3),
+            "skipped": False,
+        }
+
+    # -- reading features ------------------------------------------------------------------
 
     def online_features(self, features: list[str], entity_rows: list[dict[str, Any]]) -> dict[str, list]:
+        """Online values, column-wise: ``{column: [value per entity row]}`` (entity keys included)."""
         return self.store.get_online_features(features=features, entity_rows=entity_rows).to_dict()
 
+    def online_features_for(
+        self, entity_rows: list[dict[str, Any]], feature_refs: list[str]
+    ) -> list[dict[str, Any]]:
+        """Online values for a request, one dict per entity row (None where the store has no value)."""
+        columns = self.online_features(feature_refs, entity_rows)
+        return [{key: values[i] for key, values in columns.items()} for i in range(len(entity_rows))]
+
     def historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        """Point-in-time-correct feature values for each row of ``entity_df`` (needs ``event_timestamp``)."""
-        return self.store.get_historical_features(entity_df=entity_df, features=features).to_df()
+        """
+        Point-in-time-correct feature values for each distinct row of ``entity_df``.
+
+        ``entity_df`` holds the join keys and ``event_timestamp`` (UTC; naive means UTC). Each
+        row gets the latest value at or before its timestamp and no older than the view's
+        ``ttl``, else missing (NaN). Feast's file offline store *drops* an entity row for which
+        every candidate value is older than the ttl; the row is put back here with missing
+        features, so a label set never loses labels silently.
+        """
+        import pandas as pd
+
+        entities = entity_df.drop_duplicates().copy()
+        entities["event_timestamp"] = pd.to_datetime(entities["event_timestamp"], utc=True)
+        df = self.store.get_historical_features(entity_df=entities, features=features).to_df()
+        if len(df) == len(entities):
+            return df
+        self.log.warning(
+            "Feast returned %d of %d entity rows (no value within the ttl); returning the others "
+            "with missing features.",
+            len(df),
+            len(entities),
+        )
+        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+        return entities.merge(df, on=list(entities.columns), how="left")
 
     def test_connection(self) -> tuple[bool, str]:
+        """
+        Read the registry (list its feature views) and reach the online store.
+
+        A local registry file must exist (Feast would otherwise create an empty one and the
+        test would pass on a wrong path); a Redis online store must answer ``PING`` (2 s timeout).
+        """
         try:
+            registry = self.registry_path
+            if "://" not in registry and not Path(registry).is_file():
+                return (
+                    False,
+                    f"Feast registry {registry} does not exist: run `feast apply` or fix registry_path.",
+                )
             views = self.store.list_feature_views()
-            return True, f"Feast registry reachable: {len(views)} feature view(s)."
+            checks = [f"Feast registry {registry} readable: {len(views)} feature view(s)"]
+            online = self.online_store_config()
+            if online["type"] == "redis":
+                where = redact_redis(online["connection_string"])
+                try:
+                    _redis_client(online["connection_string"]).ping()
+                except Exception as err:
+                    return (
+                        False,
+                        f"{checks[0]}, but the Redis online store {where} does not answer PING: {err}",
+                    )
+                checks.append(f"Redis online store {where} answers PING")
+            else:
+                checks.append(f"SQLite online store {online['path']}")
+            return True, "; ".join(checks) + "."
         except Exception as err:  # report, do not raise, as Airflow's UI expects
-            return False, str(err)
+            return False, redact_redis(str(err))
+
+
+def _redis_client(connection_string: str, timeout: float = 2):
+    """A redis-py client for Feast's ``host:port,db=N,password=...,ssl=true`` connection string."""
+    import redis
+
+    first, *options = [part.strip() for part in connection_string.split(",") if part.strip()]
+    host, _, port = first.rpartition(":") if ":" in first else (first, "", "6379")
+    kwargs: dict[str, Any] = {"host": host or "127.0.0.1", "port": int(port or 6379)}
+    for option in options:
+        key, _, value = option.partition("=")
+        key = key.strip().lower()
+        if key == "db":
+            kwargs["db"] = int(value)
+        elif key == "password":
+            kwargs["password"] = value
+        elif key == "username":
+            kwargs["username"] = value
+        elif key == "ssl":
+            kwargs["ssl"] = value.strip().lower() in ("true", "1", "yes")
+    return redis.Redis(socket_connect_timeout=timeout, socket_timeout=timeout, **kwargs)

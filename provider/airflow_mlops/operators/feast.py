@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops._time import resolve_interval
+from airflow_mlops.hooks.feast import DEFAULT_CHUNK
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
@@ -49,13 +50,32 @@ class FeastApplyOperator(_FeastOperator):
 
 class FeastMaterializeOperator(_FeastOperator):
     """
-    Materialize feature values of a data interval into the online store.
+    Materialize the feature values of a data interval ``[start, end)`` into the online store.
 
-    Materializing the same interval twice writes the same values (safe to retry).
+    Interval-keyed and safe to retry: the online store receives the latest row per entity of
+    the interval, so running the same interval again writes the same values. The interval is
+    cut into ``chunk``-long pieces, each one ``store.materialize`` call with a progress line
+    (view, range, rows written, rows/s) and its range recorded in the registry as it finishes;
+    see :meth:`FeastHook.materialize` for why chunks and not a subprocess.
 
-    :param feature_views: names of the views to materialize; all when None.
-    :param start: start of the interval (templated); defaults to the run's data interval.
-    :param end: end of the interval (templated); defaults to the run's data interval.
+    Note the stores differ on *older* intervals: Redis keeps a value newer than the one offered,
+    SQLite overwrites, so re-materializing an old interval after a newer one moves SQLite back.
+
+    :param feast_conn_id: the ``feast`` connection (stores, registry, repo folder).
+    :param repo_path: feature definitions folder, overriding the connection's ``repo_path``.
+    :param feature_views: names of the views to materialize; all when None (templated).
+    :param start: interval start (templated); defaults to the run's data interval start.
+    :param end: interval end, exclusive (templated); defaults to the run's data interval end.
+    :param chunk: longest range per Feast call (default 31 days: a monthly interval is one call,
+        a year's backfill twelve); None: the whole range at once.
+    :param overlap: also re-read this long before the start, to pick up rows that arrived late
+        with an old event time (for example ``timedelta(hours=6)``).
+    :param incremental: start each view where its last materialization ended, like
+        ``feast materialize-incremental`` (``start`` is used for a view never materialized);
+        ``end`` is still the interval end.
+    :return: XCom ``start``, ``end`` (the requested interval), ``feature_views``, ``rows``
+        (total written) and ``views``: per view ``start``, ``end``, ``rows``, ``chunks``,
+        ``seconds``, ``skipped``.
     """
 
     template_fields: Sequence[str] = (*_FeastOperator.template_fields, "feature_views", "start", "end")
@@ -66,15 +86,51 @@ class FeastMaterializeOperator(_FeastOperator):
         feature_views: list[str] | None = None,
         start: datetime | str | None = None,
         end: datetime | str | None = None,
+        chunk: timedelta | None = DEFAULT_CHUNK,
+        overlap: timedelta | None = None,
+        incremental: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if chunk is not None and chunk <= timedelta(0):
+            raise ValueError(f"{kwargs.get('task_id')}: chunk must be a positive timedelta or None.")
+        if overlap is not None and overlap < timedelta(0):
+            raise ValueError(f"{kwargs.get('task_id')}: overlap must not be negative.")
         self.feature_views = feature_views
         self.start = start
         self.end = end
+        self.chunk = chunk
+        self.overlap = overlap
+        self.incremental = incremental
 
     def execute(self, context: Context) -> dict[str, Any]:
         start, end = resolve_interval(context, self.start, self.end, self.task_id)
-        self.log.info("Materializing %s for [%s, %s]", self.feature_views or "all feature views", start, end)
-        self.hook.materialize(start, end, self.feature_views)
-        return {"start": start.isoformat(), "end": end.isoformat(), "feature_views": self.feature_views}
+        hook = self.hook
+        self.log.info(
+            "Materializing %s for [%s, %s)%s%s, %s chunks; %s",
+            self.feature_views or "all feature views",
+            start.isoformat(),
+            end.isoformat(),
+            " incrementally" if self.incremental else "",
+            f" with {self.overlap} overlap" if self.overlap else "",
+            self.chunk or "no",
+            hook.describe(),
+        )
+        views = hook.materialize(
+            start,
+            end,
+            self.feature_views,
+            chunk=self.chunk,
+            overlap=self.overlap,
+            incremental=self.incremental,
+            log=self.log.info,
+        )
+        rows = sum(v["rows"] for v in views.values())
+        self.log.info("Materialized %d rows into the online store: %s", rows, views)
+        return {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "feature_views": sorted(views),
+            "rows": rows,
+            "views": views,
+        }

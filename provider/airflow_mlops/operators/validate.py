@@ -2,73 +2,296 @@
 
 from __future__ import annotations
 
+import json
+import statistics
+import warnings
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.exceptions import DataValidationError
+from airflow_mlops.hooks.great_expectations import ProfiledSuite, SuiteLike
+from airflow_mlops.links.great_expectations import DataDocsLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
+    import pandas as pd
     from airflow.sdk import Context
+
+    from airflow_mlops.hooks.great_expectations import ValidationSession
+
+__all__ = ["GreatExpectationsValidateOperator", "ProfiledSuite", "history_row_counts", "row_count_bounds"]
+
+POLICIES = ("fail", "warn", "skip_downstream")
+#: XCom key of the summary, pushed before the task fails or skips (no return value then)
+SUMMARY_KEY = "validation"
+
+
+def _snapshot_location(data_path: str) -> tuple[Path, str, Path]:
+    """``(root, dataset, manifest)`` of a snapshot ``<root>/<dataset>/data/<interval>/<version>.parquet``."""
+    path = Path(data_path)
+    if len(path.parts) < 4 or path.parent.parent.name != "data":
+        raise ValueError(
+            f"{data_path} is not a snapshot written by IngestOperator / write_snapshot "
+            "(<root>/<dataset>/data/<interval>/<version>.parquet); quarantine and row_count_vs_history "
+            "need one. Validate the ingest task's 'path', or turn these options off."
+        )
+    base = path.parent.parent.parent
+    manifest = base / "manifests" / path.parent.name / f"{path.stem}.json"
+    return base.parent, base.name, manifest
+
+
+def history_row_counts(root: Path, dataset: str, before: datetime, window: int = 12) -> list[int]:
+    """
+    Row counts of the ``window`` latest intervals of ``dataset`` that end by ``before``.
+
+    One count per interval: that of its most recently written manifest (an interval
+    re-ingested with changed content, or cleaned by a quarantine, counts once).
+    """
+    latest: dict[str, tuple[float, dict[str, Any]]] = {}
+    for manifest in (root / dataset / "manifests").glob("*/*.json"):
+        data = json.loads(manifest.read_text())
+        end = datetime.fromisoformat(data["interval_end"])
+        mtime = manifest.stat().st_mtime
+        interval = manifest.parent.name
+        if end <= before and (interval not in latest or latest[interval][0] < mtime):
+            latest[interval] = (mtime, data)
+    return [latest[key][1]["rows"] for key in sorted(latest)[-window:]]
+
+
+def row_count_bounds(counts: Sequence[int], tolerance: float) -> tuple[int, int]:
+    """
+    ``median x (1 - tolerance)`` .. ``median x (1 + tolerance)`` of earlier intervals' row counts.
+
+    Why the median: it needs no distribution assumption and only a few intervals, and one
+    odd interval in the history (a holiday month, a half-failed ingest) does not move it;
+    a mean or a standard deviation would be dragged by exactly the outliers this check is
+    meant to catch. A relative band reads plainly (``0.5``: half to one and a half times
+    the usual count) and tolerates calendar effects such as February's 28 days.
+    """
+    median = statistics.median(counts)
+    return int(median * (1 - tolerance)), int(median * (1 + tolerance)) + 1
 
 
 class GreatExpectationsValidateOperator(MlopsBaseOperator):
     """
-    Run an expectation suite on a Parquet snapshot; a failing suite fails the task.
+    Run an expectation suite on a Parquet snapshot and act on the result by ``policy``.
 
-    The task fails with every failed expectation listed, so nothing downstream (training,
-    registration) runs on bad data. The summary goes to XCom either way.
+    The GE context is built only in ``execute``. The summary goes to XCom (the return value,
+    and under key ``validation`` also when the task fails or skips); GE's Data Docs page of
+    the validation is stored under ``[mlops] data_dir``/``data_docs/<dag_id>/<run_id>/<task_id>/``
+    and linked from the task ("Data Docs" extra link, served by the provider's plugin).
 
     :param data_path: Parquet file to validate (templated), e.g. the ingest task's
-        ``{{ ti.xcom_pull(task_ids='ingest')['path'] }}``.
-    :param suite: the suite as a dict ``{"name", "expectations": [{"type", "kwargs"}]}``
-        or the path of a JSON file holding one (templated).
-    :param fail_on_error: fail the task when the suite fails (default); when False, only warn.
+        ``{{ ti.xcom_pull(task_ids='ingest')['path'] }}`` or ``ingest.output["path"]``.
+    :param suite: the expectation suite (templated): a dict ``{"name", "expectations": [{"type",
+        "kwargs"}]}``; the path of a JSON file holding one; a list of GE ``Expectation`` objects;
+        a GE ``ExpectationSuite``; a callable returning any of these (imports GE only when
+        the task runs); or ``ProfiledSuite(reference_path=...)``, profiled from a reference
+        snapshot when the task runs. The suite that ran is stored as ``suite.json`` next to
+        the Data Docs.
+    :param policy: what a failing suite does: ``fail`` (default) fails the task with
+        ``DataValidationError`` listing every failed expectation; ``warn`` logs them and
+        succeeds with ``success: False``; ``skip_downstream`` skips this task, so that
+        downstream tasks (default trigger rule) are skipped too.
+    :param quarantine: move the rows that fail row-level (column map) expectations to a side
+        snapshot ``<dataset>_quarantine`` and store the remaining rows as a new snapshot of
+        the same dataset and interval; the clean rows are validated again, the policy applies
+        to that result (table-level failures remain), and ``path`` points at the clean snapshot.
+    :param row_count_vs_history: when set (e.g. ``0.5``), also expect the row count within this
+        relative tolerance of the median row count of the dataset's earlier intervals (see
+        :func:`row_count_bounds`); no check until ``min_history`` intervals exist.
+    :param history_window: how many of the latest earlier intervals make the history.
+    :param min_history: fewest earlier intervals for the row-count check.
+    :param data_docs: render and store GE's Data Docs (about a second per validation).
+    :param fail_on_error: deprecated: ``True`` is ``policy="fail"``, ``False`` is ``policy="warn"``.
     """
 
     template_fields: Sequence[str] = ("data_path", "suite")
     template_ext: Sequence[str] = ()
     ui_color = "#ffefeb"
+    operator_extra_links = (DataDocsLink(),)
 
     def __init__(
         self,
         *,
         data_path: str,
-        suite: dict[str, Any] | str,
-        fail_on_error: bool = True,
+        suite: SuiteLike,
+        policy: str = "fail",
+        quarantine: bool = False,
+        row_count_vs_history: float | None = None,
+        history_window: int = 12,
+        min_history: int = 3,
+        data_docs: bool = True,
+        fail_on_error: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if fail_on_error is not None:
+            warnings.warn(
+                "fail_on_error is deprecated; use policy='fail' or policy='warn'.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            policy = "fail" if fail_on_error else "warn"
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r} is not one of {', '.join(POLICIES)}.")
+        if row_count_vs_history is not None and not 0 < row_count_vs_history < 1:
+            raise ValueError("row_count_vs_history is a relative tolerance between 0 and 1, e.g. 0.5.")
         self.data_path = data_path
         self.suite = suite
-        self.fail_on_error = fail_on_error
+        self.policy = policy
+        self.quarantine = quarantine
+        self.row_count_vs_history = row_count_vs_history
+        self.history_window = history_window
+        self.min_history = min_history
+        self.data_docs = data_docs
 
     def execute(self, context: Context) -> dict[str, Any]:
         import pandas as pd
 
-        from airflow_mlops.hooks.great_expectations import GreatExpectationsHook
+        from airflow_mlops.hooks.great_expectations import GreatExpectationsHook, load_suite
 
         df = pd.read_parquet(self.data_path)
-        summary = GreatExpectationsHook().validate_dataframe(df, self.suite)
-        stats = summary["statistics"]
-        self.log.info(
-            "Suite %s on %s (%d rows): %s of %s expectations passed",
-            summary["suite"],
-            self.data_path,
-            len(df),
-            stats.get("successful_expectations"),
-            stats.get("evaluated_expectations"),
-        )
-        summary.update(data_path=self.data_path, rows=len(df))
+        spec = self._with_history(load_suite(self.suite), context)
+        out_dir = self._output_dir(context)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # the suite that ran, as data: a profiled one can be inspected and reused from here
+        (out_dir / "suite.json").write_text(json.dumps(spec, indent=2, default=str))
+
+        summary: dict[str, Any] = {"data_path": self.data_path, "path": self.data_path, "rows": len(df)}
+        summary["suite_path"] = str(out_dir / "suite.json")
+        with GreatExpectationsHook().session(spec, data_docs=self.data_docs) as session:
+            result = session.validate(df, "snapshot", unexpected_rows=self.quarantine)
+            if self.quarantine and result["unexpected_rows"]:
+                summary.update(self._quarantine(df, result, context))
+                clean = pd.read_parquet(summary["path"])
+                summary["quarantined_failures"] = result["row_level_failures"]
+                result = session.validate(clean, "clean")
+            elif self.quarantine:
+                summary.update(quarantined_rows=0, quarantine_path=None, clean_rows=len(df))
+            if self.data_docs:
+                summary.update(self._store_data_docs(session, result, out_dir, context))
+        result.pop("unexpected_rows", None)
+        summary.update(result)
+        self._log(summary)
+        # also under its own key: a failed or skipped task pushes no return value
+        context["ti"].xcom_push(key=SUMMARY_KEY, value=summary)
         if summary["success"]:
             return summary
+        return self._apply_policy(summary, context)
+
+    # --- pieces of execute -------------------------------------------------------------
+
+    def _output_dir(self, context: Context) -> Path:
+        from airflow_mlops import settings
+
+        ti = context["ti"]
+        task = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}_{ti.map_index}"
+        return settings.data_dir() / "data_docs" / ti.dag_id / ti.run_id / task
+
+    def _with_history(self, spec: dict[str, Any], context: Context) -> dict[str, Any]:
+        if self.row_count_vs_history is None:
+            return spec
+        root, dataset, manifest = _snapshot_location(self.data_path)
+        start = datetime.fromisoformat(json.loads(manifest.read_text())["interval_start"])
+        counts = history_row_counts(root, dataset, start, self.history_window)
+        if len(counts) < self.min_history:
+            self.log.info(
+                "Row count vs. history: %d earlier interval(s) of %s, %d needed; not checked yet.",
+                len(counts),
+                dataset,
+                self.min_history,
+            )
+            return spec
+        low, high = row_count_bounds(counts, self.row_count_vs_history)
+        check = {
+            "type": "expect_table_row_count_to_be_between",
+            "kwargs": {"min_value": low, "max_value": high},
+            "meta": {"history_row_counts": counts, "tolerance": self.row_count_vs_history},
+        }
+        return {**spec, "expectations": [*spec["expectations"], check]}
+
+    def _quarantine(self, df: pd.DataFrame, result: dict[str, Any], context: Context) -> dict[str, Any]:
+        from airflow_mlops.datasets import read_manifest, write_snapshot
+
+        root, dataset, manifest_path = _snapshot_location(self.data_path)
+        manifest = read_manifest(manifest_path)
+        start, end = (datetime.fromisoformat(manifest[k]) for k in ("interval_start", "interval_end"))
+        bad = df.index.isin(result["unexpected_rows"])
+        ti = context["ti"]
+        lineage = {
+            "derived_from": manifest["version"],
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "task_id": ti.task_id,
+            "suite": result["suite"],
+        }
+        quarantined, _ = write_snapshot(
+            df[bad].reset_index(drop=True), root, f"{dataset}_quarantine", start, end, lineage
+        )
+        clean, _ = write_snapshot(
+            df[~bad].reset_index(drop=True),
+            root,
+            dataset,
+            start,
+            end,
+            {**lineage, "quarantined": int(bad.sum())},
+        )
+        self.log.warning(
+            "Quarantined %d of %d rows to %s; the %d clean rows are %s.",
+            quarantined.rows,
+            len(df),
+            quarantined.path,
+            clean.rows,
+            clean.path,
+        )
+        return {
+            "path": clean.path,
+            "version": clean.version,
+            "clean_rows": clean.rows,
+            "quarantined_rows": quarantined.rows,
+            "quarantine_path": quarantined.path,
+        }
+
+    def _store_data_docs(
+        self, session: ValidationSession, result: dict[str, Any], out_dir: Path, context: Context
+    ) -> dict[str, Any]:
+        from airflow_mlops import settings
+        from airflow_mlops.links.great_expectations import data_docs_url
+
+        site = session.export_data_docs(out_dir / "site")
+        page = site / result.pop("data_docs_page")
+        url = data_docs_url(page.relative_to(settings.data_dir() / "data_docs"))
+        DataDocsLink.persist(context, url)
+        return {"data_docs": str(page), "data_docs_url": url}
+
+    def _log(self, summary: dict[str, Any]) -> None:
+        stats = summary["statistics"]
+        self.log.info(
+            "Suite %s on %s (%d rows): %s of %s expectations passed. Data Docs: %s",
+            summary["suite"],
+            summary["path"],
+            summary.get("clean_rows", summary["rows"]),
+            stats.get("successful_expectations"),
+            stats.get("evaluated_expectations"),
+            summary.get("data_docs_url", "not rendered"),
+        )
+
+    def _apply_policy(self, summary: dict[str, Any], context: Context) -> dict[str, Any]:
         listing = "\n".join(f"  - {failure}" for failure in summary["failures"])
         message = (
             f"Data validation failed: {len(summary['failures'])} expectation(s) of suite "
-            f"'{summary['suite']}' failed on {self.data_path}:\n{listing}\n"
+            f"'{summary['suite']}' failed on {summary['path']}:\n{listing}\n"
             "Fix the data at its source (or the suite, if the expectation is wrong) and re-run."
         )
-        if self.fail_on_error:
-            raise DataValidationError(message)
-        self.log.warning(message)
-        return summary
+        if self.policy == "warn":
+            self.log.warning(message)
+            return summary
+        if self.policy == "skip_downstream":
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            self.log.warning(message)
+            raise AirflowSkipException(f"Skipping downstream tasks: {message}")
+        raise DataValidationError(message)

@@ -79,3 +79,72 @@ def test_an_expectation_that_errored_reports_why(results):
     between = [f for f in results["arr_delay_strings"]["failures"] if "to_be_between" in f]
     assert len(between) == 1
     assert "error:" in between[0], between[0]
+
+
+# --- the shipped flights suite on all of 2013 --------------------------------------------
+
+
+@pytest.mark.parametrize("month", range(1, 13))
+def test_every_real_month_of_2013_passes_the_shipped_suite(results, month):
+    res = results[f"month_{month:02d}"]
+    assert res["failures"] == []
+    assert res["success"] is True
+    assert res["rows"] > 20_000
+
+
+def test_the_shipped_suite_uses_no_mostly():
+    """Every bound holds for every real row; ``mostly`` would hide planted bad rows."""
+    assert all("mostly" not in e["kwargs"] for e in json.loads(SUITE.read_text())["expectations"])
+
+
+def test_corrupted_january_fails_on_each_planted_problem(results):
+    res = results["corrupted_january"]
+    assert res["success"] is False
+    failures = res["failures"]
+    assert len(failures) == 3, failures
+    assert any("column_A='arr_at'" in f and "5 unexpected" in f for f in failures)
+    assert any("column='dep_delay'" in f and "1 unexpected" in f for f in failures)
+    assert any("column='carrier'" in f and "not_be_null" in f for f in failures)
+
+
+def test_dep_at_and_arr_at_are_utc_instants_consistent_with_air_time():
+    from airflow_mlops.example_data.nycflights13 import load_flights
+
+    df = load_flights(datetime(2013, 3, 1, tzinfo=UTC), datetime(2013, 4, 1, tzinfo=UTC))
+    assert str(df["dep_at"].dt.tz) == "UTC" and str(df["arr_at"].dt.tz) == "UTC"
+    assert (df["dep_at"].isna() == df["dep_delay"].isna()).all()
+    assert (df["arr_at"].isna() == df["arr_delay"].isna()).all()
+    flown = df.dropna(subset=["arr_at", "dep_at", "air_time"])
+    # gate to gate = airborne + taxiing; taxiing takes minutes, not hours (a time zone error would)
+    taxi = (flown["arr_at"] - flown["dep_at"]).dt.total_seconds() / 60 - flown["air_time"]
+    assert taxi.between(0, 240).all(), taxi.describe()
+    assert taxi.median() < 45
+
+
+# --- a suite profiled from a reference month ---------------------------------------------
+
+
+def test_profiled_suite_is_plain_data_with_the_promised_checks(results):
+    suite = results["profile"]
+    json.dumps(suite)  # storable as is
+    by_type: dict[str, list] = {}
+    for exp in suite["expectations"]:
+        by_type.setdefault(exp["type"], []).append(exp["kwargs"])
+    assert by_type["expect_table_columns_to_match_set"][0]["exact_match"] is True
+    not_null = {k["column"] for k in by_type["expect_column_values_to_not_be_null"]}
+    assert {"origin", "carrier", "time_hour", "distance"} <= not_null and "dep_delay" not in not_null
+    sets = {k["column"]: k["value_set"] for k in by_type["expect_column_values_to_be_in_set"]}
+    assert sets["origin"] == ["EWR", "JFK", "LGA"] and "tailnum" not in sets
+    ranges = {k["column"]: k for k in by_type["expect_column_values_to_be_between"]}
+    assert "month" not in ranges  # constant in January: no range
+    assert ranges["dep_delay"]["min_value"] < -10 and 200 < ranges["dep_delay"]["max_value"] < 1000
+
+
+def test_january_profile_passes_february(results):
+    assert results["profiled_february"]["failures"] == []
+
+
+def test_january_profile_fails_a_corrupted_february(results):
+    failures = results["profiled_corrupted_february"]["failures"]
+    assert any("column='origin'" in f and "in_set" in f for f in failures), failures
+    assert any("column='distance'" in f and "to_be_between" in f for f in failures), failures
