@@ -3,9 +3,16 @@
 The contract (docs/training.md): define ``train(ctx)`` and return the model and its metrics.
 Keep heavy or runtime-only imports (horovod) out of the module's top level: MLflow imports
 this file again wherever the model is loaded (serving, evaluation), through ``ctx.hvd`` only.
+
+It checkpoints the model and optimizer after every epoch (``ctx.save_checkpoint``) and, on a
+retry of the task, resumes after the last checkpointed epoch (``ctx.load_checkpoint``). Each
+epoch's shuffle depends only on (epoch, rank), so a resumed run sees the batches an
+uninterrupted one would have.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pandas as pd
@@ -60,6 +67,17 @@ def _xy(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return df[FEATURES].to_numpy(dtype=np.float32), df[LABEL].to_numpy(dtype=np.float32)
 
 
+def _resume(ctx, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load the last checkpoint of an earlier try, if any; return the first epoch to run."""
+    checkpoint = ctx.load_checkpoint()
+    if checkpoint is None:
+        return 0
+    state, epoch = checkpoint
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return epoch + 1
+
+
 def train(ctx) -> dict:
     hp = {"epochs": 8, "batch_size": 256, "lr": 2e-3, "hidden": 32, **ctx.hyperparameters}
     train_df = pd.read_parquet(ctx.inputs["train"], columns=[*FEATURES, LABEL])
@@ -71,18 +89,21 @@ def train(ctx) -> dict:
 
     model = FlightDelayNet(mean, std, int(hp["hidden"])).to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]) * ctx.size)
+    start_epoch = _resume(ctx, model, optimizer)
     optimizer = ctx.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
     ctx.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     ctx.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     loss_fn = nn.BCEWithLogitsLoss()
-    generator = torch.Generator().manual_seed(ctx.rank)
     batch = int(hp["batch_size"])
     steps = max(1, len(x) // batch)
 
-    for epoch in range(int(hp["epochs"])):
+    loop_seconds = 0.0  # time in the batch loop only: start-up, evaluation, checkpoints excluded
+    for epoch in range(start_epoch, int(hp["epochs"])):
         model.train()
+        generator = torch.Generator().manual_seed(10_000 * epoch + ctx.rank)
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
+        started = time.perf_counter()
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
             xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
@@ -91,7 +112,9 @@ def train(ctx) -> dict:
             loss.backward()
             optimizer.step()
             total += loss.item()
+        loop_seconds += time.perf_counter() - started
         ctx.log_metrics({"train_loss": ctx.allreduce_mean(total / steps)}, step=epoch)
+        ctx.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, epoch)
 
     metrics: dict = {}
     if ctx.is_chief and ctx.inputs.get("holdout"):
@@ -102,6 +125,12 @@ def train(ctx) -> dict:
             prob = model(torch.from_numpy(hx).to(ctx.device)).squeeze(-1).cpu().numpy()
         metrics = {f"holdout_{k}": v for k, v in ctx.classification_metrics(hy, prob).items()}
         metrics["holdout_rows"] = len(holdout)
+    epochs_run = int(hp["epochs"]) - start_epoch
+    if epochs_run > 0 and loop_seconds > 0:
+        # samples of all ranks per second of the batch loop (each rank's rate, summed)
+        rate = ctx.allreduce_mean(steps * batch * epochs_run / loop_seconds) * ctx.size
+        metrics["train_samples_per_second"] = rate
+    metrics["epochs_run"] = epochs_run
     # complete rows make the clearest example (and valid JSON: no NaN)
     complete = train_df[FEATURES].dropna()
     example = (complete if len(complete) else train_df[FEATURES]).head(5).astype("float64")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "provider" / "airflow_mlops" / "runtimes" / "drift_detect.py"
-RUNTIMES_DIR = Path(os.environ.get("MLOPS_RUNTIMES_DIR", REPO / ".runtimes"))
+RUNTIMES_DIR = Path(os.environ.get("MLOPS_RUNTIMES_DIR", REPO / ".runtimes")).resolve()
 DRIFT_ENV = RUNTIMES_DIR / "drift"
 DRIFT_PYTHON = DRIFT_ENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
 

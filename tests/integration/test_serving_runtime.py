@@ -28,7 +28,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES_SRC = REPO / "provider" / "airflow_mlops" / "runtimes"
-SERVING_VENV = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes") / "serving"
+SERVING_VENV = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve() / "serving"
 SERVING_PYTHON = SERVING_VENV / "bin" / "python"
 
 FEATURES = ["a", "b", "c"]

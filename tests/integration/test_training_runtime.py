@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RUNTIMES_DIR = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO_ROOT / ".runtimes")
+RUNTIMES_DIR = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO_ROOT / ".runtimes").resolve()
 TRAINING_VENV = RUNTIMES_DIR / "training"
 HOROVODRUN = TRAINING_VENV / "bin" / "horovodrun"
 

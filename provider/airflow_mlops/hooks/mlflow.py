@@ -1,12 +1,16 @@
 """MLflow 3: tracking and model registry through an ``mlflow`` connection.
 
-``import mlflow`` costs ~8 s: the client is built on first use only.
+``import mlflow`` costs ~8 s: the client is built on first use only. Waiting for a model
+version (sensor poke and trigger) talks to the registry's REST API directly instead: no
+``mlflow`` import, no credentials in ``os.environ``, and an async variant for the triggerer.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import time
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -41,14 +45,7 @@ class MlflowHook(BaseHook):
 
     @property
     def tracking_uri(self) -> str:
-        conn = self.connection
-        host = conn.host or ""
-        if "://" in host:
-            return host.rstrip("/")
-        if not host:
-            raise ValueError(f"Connection '{self.mlflow_conn_id}' has no host: set it to the tracking URI.")
-        port = f":{conn.port}" if conn.port else ""
-        return f"{conn.schema or 'http'}://{host}{port}"
+        return tracking_uri_of(self.connection, self.mlflow_conn_id)
 
     @property
     def default_experiment(self) -> str | None:
@@ -112,12 +109,236 @@ class MlflowHook(BaseHook):
         except MlflowException:
             return None
 
+    def set_alias(self, name: str, alias: str, version: str | int) -> str | None:
+        """
+        Point ``alias`` at ``version`` unless it already does (idempotent).
+
+        :return: the version the alias pointed at before (None when it did not exist).
+        """
+        previous = self.alias_version(name, alias)
+        if previous != str(version):
+            self.client.set_registered_model_alias(name, alias, str(version))
+        return previous
+
+    def set_version_tags(self, name: str, version: str | int, tags: Mapping[str, Any]) -> None:
+        """Set tags on a model version; values become strings (setting a tag twice is harmless)."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def version_experiment_id(self, name: str, version: str | int) -> str:
+        """
+        The experiment of the run that produced ``version`` ("the model's experiment").
+
+        Falls back to the connection's ``experiment`` extra, then to MLflow's default experiment,
+        when the version has no run (registered from a path).
+        """
+        run_id = self.client.get_model_version(name, str(version)).run_id
+        if run_id:
+            return self.client.get_run(run_id).info.experiment_id
+        if self.default_experiment:
+            found = self.client.get_experiment_by_name(self.default_experiment)
+            return found.experiment_id if found else self.client.create_experiment(self.default_experiment)
+        return "0"
+
+    def log_record_run(
+        self,
+        experiment_id: str,
+        run_name: str,
+        *,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        record: Mapping[str, Any],
+        artifact_file: str,
+    ) -> str:
+        """
+        Record a decision as a finished MLflow run: ``metrics``, ``tags`` and ``record`` as a JSON artifact.
+
+        :return: the run id.
+        """
+        from mlflow.entities import Metric
+
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            batch = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+            for start in range(0, len(batch), 1000):  # the REST API takes at most 1000 metrics a call
+                self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+            self.client.log_dict(run_id, dict(record), artifact_file)
+        except Exception:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    # -- registry over REST (sensor poke; the trigger uses the async twin) ----------------------
+
+    def find_new_version(
+        self, name: str, alias: str | None = None, after_version: str | int | None = None
+    ) -> dict[str, Any] | None:
+        """
+        The version a :class:`~airflow_mlops.sensors.mlflow.MlflowModelVersionSensor` waits for, or None.
+
+        Without ``alias``: the newest ``READY`` version of ``name`` numbered above ``after_version``
+        (any version when None). With ``alias``: the version ``alias`` points at, when it exists
+        and differs from ``after_version``. The result is :func:`version_summary`'s dict.
+        """
+        import requests
+
+        base_url, headers = registry_endpoint(self.connection, self.mlflow_conn_id)
+        path, params = new_version_request(name, alias, after_version)
+        response = requests.get(f"{base_url}{path}", params=params, headers=headers, timeout=30)
+        return new_version_from_response(
+            response.status_code, response_json(response.text), alias, after_version
+        )
+
     def test_connection(self) -> tuple[bool, str]:
+        """
+        Reach the tracking server: ``GET /health``, then one authenticated REST call.
+
+        The second call (search one experiment, with the connection's credentials) fails on
+        rejected credentials or a proxy answering in place of MLflow, which ``/health`` alone
+        would not show. Each request times out after 5 s.
+        """
         import requests
 
         try:
-            response = requests.get(f"{self.tracking_uri}/health", timeout=5)
-            response.raise_for_status()
-            return True, f"MLflow server at {self.tracking_uri} is healthy."
+            uri = self.tracking_uri
+            _, headers = registry_endpoint(self.connection, self.mlflow_conn_id)
         except Exception as err:
-            return False, f"MLflow server at {self.tracking_uri} is not reachable: {err}"
+            return False, f"Connection '{self.mlflow_conn_id}' is not usable: {err}"
+        if not uri.startswith(("http://", "https://")):
+            return False, f"Tracking URI {uri!r} is not an MLflow tracking server (http:// or https://)."
+        try:
+            health = requests.get(f"{uri}/health", timeout=5)
+            health.raise_for_status()
+            search = requests.get(
+                f"{uri}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                headers=headers,
+                timeout=5,
+            )
+        except Exception as err:
+            return False, f"MLflow server at {uri} is not reachable: {err}"
+        if search.status_code in (401, 403):
+            return (
+                False,
+                f"MLflow server at {uri} refused the connection's credentials (HTTP {search.status_code}).",
+            )
+        try:
+            search.raise_for_status()
+            search.json()
+        except Exception as err:
+            return False, f"MLflow server at {uri} is healthy but its REST API failed: {err}"
+        return True, f"MLflow server at {uri} is healthy and its REST API answers."
+
+
+# -- helpers shared by the hook (sync) and MlflowModelVersionTrigger (async) -----------------------
+
+
+def tracking_uri_of(conn: Any, conn_id: str) -> str:
+    """The tracking URI an ``mlflow`` connection describes (``host``, or ``schema://host:port``)."""
+    host = conn.host or ""
+    if "://" in host:
+        return host.rstrip("/")
+    if not host:
+        raise ValueError(f"Connection '{conn_id}' has no host: set it to the tracking URI.")
+    port = f":{conn.port}" if conn.port else ""
+    return f"{conn.schema or 'http'}://{host}{port}"
+
+
+def registry_endpoint(conn: Any, conn_id: str) -> tuple[str, dict[str, str]]:
+    """
+    Base URL of the registry's REST API and the headers that authenticate to it.
+
+    The registry is ``registry_uri`` when that is an HTTP URL, else the tracking server. Login
+    and password are basic auth; a password alone is a bearer token (as ``MLFLOW_TRACKING_TOKEN``).
+    """
+    registry = (conn.extra_dejson or {}).get("registry_uri") or ""
+    base = (
+        registry.rstrip("/")
+        if registry.startswith(("http://", "https://"))
+        else tracking_uri_of(conn, conn_id)
+    )
+    headers = {"Accept": "application/json"}
+    if conn.login:
+        token = base64.b64encode(f"{conn.login}:{conn.password or ''}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    elif conn.password:
+        headers["Authorization"] = f"Bearer {conn.password}"
+    return base, headers
+
+
+#: how many of the newest versions a search reads: enough to skip a few still being registered
+_SEARCH_PAGE = 20
+
+
+def new_version_request(
+    name: str, alias: str | None, after_version: str | int | None
+) -> tuple[str, dict[str, str]]:
+    """The REST path and query parameters that answer :meth:`MlflowHook.find_new_version`."""
+    if alias:
+        return "/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias}
+    after = int(after_version) if after_version not in (None, "") else 0
+    return "/api/2.0/mlflow/model-versions/search", {
+        "filter": f"name='{name}' and version_number > {after}",
+        "order_by": "version_number DESC",
+        "max_results": str(_SEARCH_PAGE),
+    }
+
+
+def new_version_from_response(
+    status: int, body: Mapping[str, Any], alias: str | None, after_version: str | int | None
+) -> dict[str, Any] | None:
+    """
+    Interpret the registry's answer to :func:`new_version_request`: the version found, or None.
+
+    A model or alias that does not exist yet means "not yet" (404, or 400 "... not found");
+    any other error is raised, with the server's message.
+    """
+    if status in (400, 404) and _is_not_found(body):
+        return None
+    if status != 200:
+        raise RuntimeError(
+            f"MLflow registry answered HTTP {status}: {body.get('message') or body}. "
+            "Check the mlflow connection's host and credentials."
+        )
+    if alias:
+        version = version_summary(body.get("model_version") or {})
+        unchanged = after_version not in (None, "") and version["version"] == str(after_version)
+        return None if unchanged or not version["version"] else version
+    ready = [v for v in body.get("model_versions") or [] if v.get("status") == "READY"]
+    return version_summary(max(ready, key=lambda v: int(v["version"]))) if ready else None
+
+
+def version_summary(mv: Any) -> dict[str, Any]:
+    """A model version (REST dict or ``ModelVersion`` entity) as a JSON-serialisable dict."""
+    get = mv.get if isinstance(mv, Mapping) else lambda key, default=None: getattr(mv, key, default)
+    tags = get("tags") or {}
+    if isinstance(tags, list):  # the REST API sends [{"key": ..., "value": ...}]
+        tags = {t["key"]: t.get("value") for t in tags}
+    return {
+        "name": get("name"),
+        "version": str(get("version") or ""),
+        "run_id": get("run_id") or None,
+        "source": get("source"),
+        "status": get("status"),
+        "aliases": sorted(get("aliases") or []),
+        "tags": dict(tags),
+        "creation_timestamp": get("creation_timestamp"),
+    }
+
+
+def _is_not_found(body: Mapping[str, Any]) -> bool:
+    return body.get("error_code") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(body.get("message", ""))
+
+
+def response_json(text: str) -> dict[str, Any]:
+    """A JSON object from a response body; a non-JSON body becomes ``{"message": <its start>}``."""
+    import json
+
+    try:
+        body = json.loads(text) if text else {}
+    except ValueError:
+        return {"message": text[:500]}
+    return body if isinstance(body, dict) else {"message": str(body)[:500]}

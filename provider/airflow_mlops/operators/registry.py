@@ -1,57 +1,312 @@
-"""Register a trained model in the MLflow registry and move its aliases."""
+"""
+Register trained models in the MLflow registry, move their aliases, and gate promotions.
+
+* :class:`MlflowRegisterModelOperator`: a run's model becomes a version (idempotent by run id),
+  with lineage tags; optionally the simple champion rule.
+* :class:`MlflowSetAliasOperator`: point an alias at a version (idempotent).
+* :class:`ChampionChallengerGateOperator`: challenger against champion on the same held-out
+  data, overall and per slice; records the comparison in MLflow; branches to deployment only
+  when the champion moved (or to a human approval step, :func:`champion_approval`).
+
+The register operator's rule and the gate share one evaluation helper,
+:func:`evaluate_against_champion`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseBranchOperator
 
 from airflow_mlops.assets import attach_outlet_extra
 from airflow_mlops.links.mlflow import MlflowModelVersionLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    import pandas as pd
+    from airflow.sdk import BaseOperator, Context
 
     from airflow_mlops.hooks.mlflow import MlflowHook
+
+#: metrics of ``runtimes.metrics.classification_metrics``; the ones where lower is better
+METRICS = ("roc_auc", "log_loss", "accuracy")
+LOWER_IS_BETTER = frozenset({"log_loss"})
+#: lineage tags every registered version can carry (``MlflowRegisterModelOperator(lineage=...)``)
+LINEAGE_KEYS = ("dataset_version", "feature_views", "validation", "training_dag_run")
+#: MLflow caps model-version tag values at 5000 characters
+_TAG_VALUE_MAX = 5000
+APPROVAL_MODES = ("never", "always", "on_slice_regression")
+
+
+# -- evaluation: shared by the register operator's rule and the gate ------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """
+    How to score a model: a held-out Parquet file, its features and label, one metric.
+
+    :param data_path: the held-out Parquet file.
+    :param features: columns fed to the model, as float64, in this order.
+    :param label: binary label column (1 = positive).
+    :param metric: ``roc_auc``, ``log_loss`` or ``accuracy``.
+    :param higher_is_better: default True except for ``log_loss``.
+    :param dataset_version: version of the held-out data, recorded with the comparison.
+    """
+
+    data_path: str
+    features: list[str]
+    label: str
+    metric: str = "roc_auc"
+    higher_is_better: bool = True
+    dataset_version: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], owner: str) -> Evaluation:
+        """Validate an ``evaluation={...}`` argument; ``owner`` names the task in errors."""
+        missing = [key for key in ("data_path", "features", "label") if not spec.get(key)]
+        if missing:
+            raise ValueError(f"{owner}: evaluation needs {missing}; got keys {sorted(spec)}.")
+        metric = spec.get("metric", "roc_auc")
+        if metric not in METRICS:
+            raise ValueError(f"{owner}: evaluation metric {metric!r} is not one of {METRICS}.")
+        higher = spec.get("higher_is_better")
+        return cls(
+            data_path=str(spec["data_path"]),
+            features=list(spec["features"]),
+            label=str(spec["label"]),
+            metric=metric,
+            higher_is_better=metric not in LOWER_IS_BETTER if higher is None else bool(higher),
+            dataset_version=str(spec["dataset_version"]) if spec.get("dataset_version") else None,
+        )
+
+    def gain(self, challenger: float, champion: float) -> float:
+        """How much better ``challenger`` is (negative: worse), whatever the metric's direction."""
+        return challenger - champion if self.higher_is_better else champion - challenger
+
+
+def load_holdout(evaluation: Evaluation, slices: Sequence[str] = ()) -> pd.DataFrame:
+    """The held-out rows: features, label and slice columns, read once so every model sees the same data."""
+    import pandas as pd
+
+    columns = list(dict.fromkeys([*evaluation.features, evaluation.label, *slices]))
+    df = pd.read_parquet(evaluation.data_path, columns=columns)
+    if df.empty:
+        raise ValueError(f"The held-out file {evaluation.data_path} has no rows: nothing to evaluate on.")
+    return df
+
+
+def predict_probability(hook: MlflowHook, model_uri: str, df: pd.DataFrame, features: list[str]):
+    """P(label = 1) per row: the last output column of the pyfunc model (binary classification)."""
+    import numpy as np
+
+    model = hook.mlflow.pyfunc.load_model(model_uri)
+    return np.asarray(model.predict(df[features].astype("float64"))).reshape(len(df), -1)[:, -1]
+
+
+def score(y_true, probability, metric: str) -> float | None:
+    """``metric`` of the predictions; None when undefined (``roc_auc`` of a one-class slice)."""
+    import math
+
+    from airflow_mlops.runtimes import metrics
+
+    value = float(metrics.classification_metrics(y_true, probability)[metric])
+    return None if math.isnan(value) else value
+
+
+def evaluate_version(
+    hook: MlflowHook,
+    model_name: str,
+    version: str,
+    df: pd.DataFrame,
+    evaluation: Evaluation,
+    slices: Sequence[str] = (),
+) -> dict[str, Any]:
+    """
+    Score ``models:/<model_name>/<version>`` on ``df``: overall and for each value of each slice column.
+
+    :return: ``{"version", "overall": {"value", "rows"}, "slices": {column: {value: {"value", "rows"}}}}``.
+    """
+    probability = predict_probability(hook, f"models:/{model_name}/{version}", df, evaluation.features)
+    y = df[evaluation.label].to_numpy()
+    result: dict[str, Any] = {
+        "version": str(version),
+        "overall": {"value": score(y, probability, evaluation.metric), "rows": len(df)},
+        "slices": {},
+    }
+    for column in slices:
+        groups = df.groupby(df[column].astype(str), sort=True).indices
+        result["slices"][column] = {
+            value: {"value": score(y[rows], probability[rows], evaluation.metric), "rows": len(rows)}
+            for value, rows in groups.items()
+        }
+    return result
 
 
 def evaluate_model(
     hook: MlflowHook, model_uri: str, data_path: str, features: list[str], label: str, metric: str
 ) -> float:
     """Score ``model_uri`` on a held-out Parquet file and return ``metric`` (from runtimes.metrics)."""
-    import numpy as np
-    import pandas as pd
+    evaluation = Evaluation(data_path=data_path, features=list(features), label=label, metric=metric)
+    df = load_holdout(evaluation)
+    value = score(df[label].to_numpy(), predict_probability(hook, model_uri, df, evaluation.features), metric)
+    return float("nan") if value is None else value
 
-    from airflow_mlops.runtimes import metrics
 
-    df = pd.read_parquet(data_path, columns=[*features, label])
-    model = hook.mlflow.pyfunc.load_model(model_uri)
-    prob = np.asarray(model.predict(df[features].astype("float64"))).reshape(len(df), -1)[:, -1]
-    return float(metrics.classification_metrics(df[label].to_numpy(), prob)[metric])
+def slice_regressions(
+    evaluation: Evaluation,
+    challenger: Mapping[str, Any],
+    champion: Mapping[str, Any],
+    max_regression: float,
+    min_rows: int,
+) -> list[dict[str, Any]]:
+    """
+    The slices where the challenger is worse than the champion by more than ``max_regression``.
+
+    Only slices with at least ``min_rows`` held-out rows and a defined metric are judged: a
+    metric on a handful of rows is noise.
+    """
+    found = []
+    for column, values in challenger["slices"].items():
+        for value, ours in values.items():
+            theirs = champion["slices"].get(column, {}).get(value)
+            if theirs is None or ours["rows"] < min_rows or None in (ours["value"], theirs["value"]):
+                continue
+            regression = -evaluation.gain(ours["value"], theirs["value"])
+            if regression > max_regression:
+                found.append(
+                    {
+                        "slice": column,
+                        "value": value,
+                        "rows": ours["rows"],
+                        "challenger": ours["value"],
+                        "champion": theirs["value"],
+                        "regression": regression,
+                    }
+                )
+    return sorted(found, key=lambda r: -r["regression"])
+
+
+def evaluate_against_champion(
+    hook: MlflowHook,
+    model_name: str,
+    challenger: str,
+    champion: str | None,
+    evaluation: Evaluation,
+    *,
+    slices: Sequence[str] = (),
+    min_improvement: float = 0.0,
+    max_slice_regression: float | None = None,
+    min_slice_rows: int = 200,
+) -> dict[str, Any]:
+    """
+    Score the challenger (and the champion, when there is one) on the **same** held-out rows and compare.
+
+    The challenger beats the champion when its overall metric is better by more than
+    ``min_improvement``; with ``max_slice_regression`` set, the slices where it is worse by
+    more than that are listed. The challenger's score is also tagged ``eval.<metric>`` on
+    its version.
+
+    :return: ``{"metric", "higher_is_better", "data_path", "dataset_version", "challenger",
+        "champion", "improvement", "beats_champion", "slice_regressions"}``; ``champion``,
+        ``improvement`` are None (and ``beats_champion`` True) without a champion.
+    """
+    df = load_holdout(evaluation, slices)
+    ours = evaluate_version(hook, model_name, challenger, df, evaluation, slices)
+    metric = evaluation.metric
+    if ours["overall"]["value"] is not None:
+        hook.set_version_tags(model_name, challenger, {f"eval.{metric}": f"{ours['overall']['value']:.6f}"})
+    result: dict[str, Any] = {
+        "metric": metric,
+        "higher_is_better": evaluation.higher_is_better,
+        "data_path": evaluation.data_path,
+        "dataset_version": evaluation.dataset_version,
+        "rows": len(df),
+        "challenger": ours,
+        "champion": None,
+        "improvement": None,
+        "beats_champion": True,
+        "slice_regressions": [],
+    }
+    if champion is None:
+        return result
+    theirs = evaluate_version(hook, model_name, champion, df, evaluation, slices)
+    if ours["overall"]["value"] is None or theirs["overall"]["value"] is None:
+        raise ValueError(
+            f"{metric} is undefined on {evaluation.data_path} (one class only?): "
+            "evaluate on a held-out set holding both labels."
+        )
+    improvement = evaluation.gain(ours["overall"]["value"], theirs["overall"]["value"])
+    result.update(champion=theirs, improvement=improvement, beats_champion=improvement > min_improvement)
+    if max_slice_regression is not None:
+        result["slice_regressions"] = slice_regressions(
+            evaluation, ours, theirs, max_slice_regression, min_slice_rows
+        )
+    return result
+
+
+# -- lineage -------------------------------------------------------------------------------------
+
+
+def lineage_tags(lineage: Mapping[str, Any], owner: str) -> dict[str, str]:
+    """
+    ``lineage`` as model-version tags: strings as they are, anything else as sorted JSON.
+
+    Keys are :data:`LINEAGE_KEYS` (a typo would silently lose lineage, so others are refused);
+    put free-form tags in ``version_tags``.
+    """
+    unknown = sorted(set(lineage) - set(LINEAGE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{owner}: lineage keys {unknown} are not among {list(LINEAGE_KEYS)}; "
+            "put other tags in version_tags."
+        )
+    tags = {}
+    for key, value in lineage.items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        if len(text) > _TAG_VALUE_MAX:  # a whole validation result can be large: keep its start
+            text = text[: _TAG_VALUE_MAX - 3] + "..."
+        tags[key] = text
+    return tags
+
+
+# -- register ------------------------------------------------------------------------------------
 
 
 class MlflowRegisterModelOperator(MlopsBaseOperator):
     """
     Register the model of an MLflow run as a new version and point aliases at it.
 
-    Idempotent: a retry finds the version it created from the same run and reuses it. The
-    new version gets ``alias`` (``challenger``). With ``evaluation`` set, the challenger and
-    the current ``champion_alias`` version are scored on the same held-out data and the
-    champion alias moves to the challenger only when it is better (the first model becomes
-    champion).
+    Idempotent: a retry finds the version it created from the same run and reuses it (and
+    re-applies its tags). The new version gets ``alias`` (``challenger``). With ``evaluation``
+    set, the challenger and the current ``champion_alias`` version are scored on the same
+    held-out data and the champion alias moves to the challenger only when it is better (the
+    first model becomes champion). For per-slice thresholds, recorded comparisons and a
+    deployment branch, pass ``champion_alias=None`` (this task then only registers) and follow
+    with :class:`ChampionChallengerGateOperator`.
 
     :param run_id: the MLflow run holding the model (templated).
     :param model_name: registered model name (templated).
     :param artifact_path: the model's name within the run.
     :param alias: alias given to the new version.
-    :param champion_alias: alias of the serving model, moved when the challenger wins.
+    :param champion_alias: alias of the serving model, moved when the challenger wins; None
+        leaves it alone (a :class:`ChampionChallengerGateOperator` downstream decides).
     :param evaluation: ``{"data_path", "features", "label", "metric", "higher_is_better"}``
-        (templated); None registers without promoting.
-    :param version_tags: lineage tags on the version (templated): dataset version, DAG run...
+        (templated); None registers without comparing.
+    :param lineage: lineage tags (templated): ``dataset_version``, ``feature_views`` (e.g.
+        ``{"weather_hourly": "v3"}``), ``validation`` (the Great Expectations result or its
+        summary), ``training_dag_run`` (default ``<dag_id>/<run_id>`` of this task).
+    :param version_tags: more tags on the version (templated).
     :param mlflow_conn_id: the ``mlflow`` connection.
     """
 
-    template_fields: Sequence[str] = ("run_id", "model_name", "evaluation", "version_tags")
+    template_fields: Sequence[str] = ("run_id", "model_name", "evaluation", "lineage", "version_tags")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#e6f5e9"
 
@@ -62,8 +317,9 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         model_name: str,
         artifact_path: str = "model",
         alias: str = "challenger",
-        champion_alias: str = "champion",
+        champion_alias: str | None = "champion",
         evaluation: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
         version_tags: dict[str, Any] | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
@@ -75,10 +331,22 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         self.alias = alias
         self.champion_alias = champion_alias
         self.evaluation = evaluation
+        self.lineage = lineage or {}
         self.version_tags = version_tags or {}
         self.mlflow_conn_id = mlflow_conn_id
 
+    def _tags(self, context: Context) -> dict[str, str]:
+        ti = context["ti"]
+        lineage = {"training_dag_run": f"{ti.dag_id}/{ti.run_id}", **self.lineage}
+        return {
+            "airflow.dag_id": ti.dag_id,
+            "airflow.run_id": ti.run_id,
+            **lineage_tags(lineage, self.task_id),
+            **{k: str(v) for k, v in self.version_tags.items()},
+        }
+
     def _register(self, hook: MlflowHook, context: Context) -> tuple[str, bool]:
+        tags = self._tags(context)
         existing = hook.find_version_for_run(self.model_name, self.run_id)
         if existing is not None:
             self.log.info(
@@ -87,12 +355,8 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
                 existing.version,
                 self.model_name,
             )
+            hook.set_version_tags(self.model_name, existing.version, tags)  # a retry may bring more lineage
             return str(existing.version), False
-        tags = {
-            "airflow.dag_id": context["ti"].dag_id,
-            "airflow.run_id": context["ti"].run_id,
-            **{k: str(v) for k, v in self.version_tags.items()},
-        }
         mv = hook.mlflow.register_model(
             f"runs:/{self.run_id}/{self.artifact_path}", self.model_name, tags=tags
         )
@@ -100,33 +364,24 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         return str(mv.version), True
 
     def _champion_decision(self, hook: MlflowHook, version: str) -> dict[str, Any]:
+        if self.champion_alias is None:
+            return {"promote": False, "reason": "the champion is decided downstream"}
         champion = hook.alias_version(self.model_name, self.champion_alias)
         if champion == version:
             return {"promote": False, "reason": f"version {version} is already {self.champion_alias}"}
         if self.evaluation is None:
             return {"promote": champion is None, "reason": "no evaluation configured"}
-        ev = self.evaluation
-        metric = ev.get("metric", "roc_auc")
-        higher = ev.get("higher_is_better", metric != "log_loss")
-
-        def score(v: str) -> float:
-            uri = f"models:/{self.model_name}/{v}"
-            return evaluate_model(hook, uri, ev["data_path"], ev["features"], ev["label"], metric)
-
-        challenger_score = score(version)
-        hook.client.set_model_version_tag(
-            self.model_name, version, f"eval.{metric}", f"{challenger_score:.6f}"
-        )
+        evaluation = Evaluation.from_dict(self.evaluation, self.task_id)
+        compared = evaluate_against_champion(hook, self.model_name, version, champion, evaluation)
+        metric, ours = evaluation.metric, compared["challenger"]["overall"]["value"]
         if champion is None:
-            return {"promote": True, "reason": "first model", metric: challenger_score}
-        champion_score = score(champion)
-        better = challenger_score > champion_score if higher else challenger_score < champion_score
+            return {"promote": True, "reason": "first model", metric: ours}
+        theirs = compared["champion"]["overall"]["value"]
         return {
-            "promote": better,
-            "reason": f"challenger {metric}={challenger_score:.4f} "
-            f"vs champion v{champion} {champion_score:.4f}",
-            metric: challenger_score,
-            f"champion_{metric}": champion_score,
+            "promote": compared["beats_champion"],
+            "reason": f"challenger {metric}={ours:.4f} vs champion v{champion} {theirs:.4f}",
+            metric: ours,
+            f"champion_{metric}": theirs,
             "previous_champion": champion,
         }
 
@@ -135,10 +390,10 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
 
         hook = MlflowHook(self.mlflow_conn_id)
         version, created = self._register(hook, context)
-        hook.client.set_registered_model_alias(self.model_name, self.alias, version)
+        hook.set_alias(self.model_name, self.alias, version)
         decision = self._champion_decision(hook, version)
         if decision["promote"]:
-            hook.client.set_registered_model_alias(self.model_name, self.champion_alias, version)
+            hook.set_alias(self.model_name, self.champion_alias, version)
         self.log.info(
             "%s version %s: %s -> %s",
             self.model_name,
@@ -147,7 +402,7 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             f"now {self.champion_alias}" if decision["promote"] else f"stays {self.alias}",
         )
         MlflowModelVersionLink.persist(context, hook.model_version_url(self.model_name, version))
-        champion = hook.alias_version(self.model_name, self.champion_alias)
+        champion = hook.alias_version(self.model_name, self.champion_alias) if self.champion_alias else None
         attach_outlet_extra(
             context,
             self.outlets,
@@ -162,3 +417,431 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             "promoted": bool(decision["promote"]),
             "decision": decision,
         }
+
+
+# -- aliases -------------------------------------------------------------------------------------
+
+
+class MlflowSetAliasOperator(MlopsBaseOperator):
+    """
+    Point ``alias`` of ``model_name`` at a version, given by number or by another alias.
+
+    Idempotent: when the alias already points there nothing is written (``changed: False``).
+    Typical uses: promote after a human approval (``alias="champion"``, ``version=<gate's
+    challenger_version>``), or roll back (``alias="champion"``, ``from_alias="previous"``).
+
+    :param model_name: registered model name (templated).
+    :param alias: the alias to set (templated).
+    :param version: the version number (templated); give this or ``from_alias``.
+    :param from_alias: take the version this alias points at (templated).
+    :param mlflow_conn_id: the ``mlflow`` connection.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "alias", "version", "from_alias")
+    operator_extra_links = (MlflowModelVersionLink(),)
+    ui_color = "#e6f5e9"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        alias: str,
+        version: str | int | None = None,
+        from_alias: str | None = None,
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (version is None) == (from_alias is None):
+            raise ValueError(f"{self.task_id}: give exactly one of version and from_alias.")
+        self.model_name = model_name
+        self.alias = alias
+        self.version = version
+        self.from_alias = from_alias
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def _target(self, hook: MlflowHook) -> str:
+        if self.from_alias:
+            target = hook.alias_version(self.model_name, self.from_alias)
+            if target is None:
+                raise ValueError(
+                    f"{self.task_id}: model {self.model_name!r} has no alias {self.from_alias!r} to copy; "
+                    "check the name, or set the alias first."
+                )
+            return str(target)
+        version = str(self.version).strip()
+        if not version.isdigit():
+            raise ValueError(f"{self.task_id}: version must be a version number, got {self.version!r}.")
+        hook.client.get_model_version(self.model_name, version)  # a clear MLflow error when it does not exist
+        return version
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.hooks.mlflow import MlflowHook
+
+        hook = MlflowHook(self.mlflow_conn_id)
+        version = self._target(hook)
+        previous = hook.set_alias(self.model_name, self.alias, version)
+        changed = previous != version
+        self.log.info(
+            "%s alias %r: %s",
+            self.model_name,
+            self.alias,
+            f"v{previous} -> v{version}" if changed else f"already v{version}",
+        )
+        MlflowModelVersionLink.persist(context, hook.model_version_url(self.model_name, version))
+        return {
+            "name": self.model_name,
+            "alias": self.alias,
+            "version": version,
+            "previous_version": previous,
+            "changed": changed,
+        }
+
+
+# -- champion / challenger gate ------------------------------------------------------------------
+
+
+def _metric_key(*parts: Any) -> str:
+    """An MLflow metric name: only alphanumerics, ``_ - . / :`` and spaces are allowed."""
+    return ".".join(re.sub(r"[^\w\-./: ]", "_", str(part)) for part in parts)
+
+
+def _task_ids(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+@dataclass
+class _Decision:
+    outcome: str  # promote | reject | approval | already_champion
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ChampionChallengerGateOperator(BaseBranchOperator):
+    """
+    Compare a challenger with the champion on the same held-out data and branch on the result.
+
+    Both versions are scored on the same rows of ``evaluation["data_path"]``, overall and for
+    every value of each ``slices`` column. The challenger wins when its overall metric beats the
+    champion's by more than ``min_improvement`` **and** no slice with at least
+    ``min_slice_rows`` rows is worse by more than ``max_slice_regression``. Then the champion
+    alias moves to it (with no champion yet, the challenger becomes champion) and the DAG
+    follows ``deploy_task_ids``; otherwise it follows ``reject_task_ids`` (None: every
+    downstream task is skipped). ``require_approval`` sends a promotion to a human instead
+    (``approval_task_ids``, see :func:`champion_approval`), leaving the champion where it is:
+    ``"always"`` for every winning challenger, ``"on_slice_regression"`` when only the slice
+    rule fails.
+
+    The comparison (metrics per slice for both versions, thresholds, decision, reason) is
+    written to MLflow as a finished run in the model's experiment (metrics, tags and the
+    artifact ``champion_challenger.json``) and as ``gate.*`` tags on the challenger version. It
+    is also pushed to XCom under ``comparison``, with ``challenger_version`` and
+    ``champion_version`` (the branch's own return value is not kept when tasks are skipped).
+    A retry after a promotion finds the challenger already champion and follows the deploy path.
+
+    :param model_name: registered model name (templated).
+    :param evaluation: ``{"data_path", "features", "label", "metric", "higher_is_better",
+        "dataset_version"}`` (templated): the held-out Parquet file (which also holds the
+        ``slices`` columns) and how to score it; ``dataset_version`` is recorded.
+    :param deploy_task_ids: task ids (or task group ids) to follow when the champion moved.
+    :param challenger_version: the version to judge (templated); default: ``challenger_alias``'s.
+    :param challenger_alias: alias of the challenger when ``challenger_version`` is None.
+    :param champion_alias: alias of the serving model.
+    :param slices: columns of the held-out file to compare by, e.g. ``["carrier", "origin"]``.
+    :param min_improvement: how much the overall metric must beat the champion's by (strictly).
+    :param max_slice_regression: how much worse than the champion a slice may be; None: no slice rule.
+    :param min_slice_rows: slices with fewer held-out rows are reported but not judged.
+    :param reject_task_ids: task ids to follow when the challenger loses; None skips all downstream.
+    :param approval_task_ids: task ids of the approval step (required unless ``require_approval="never"``).
+    :param require_approval: ``"never"``, ``"always"`` or ``"on_slice_regression"``.
+    :param experiment_name: experiment of the comparison run; default: the challenger's run's.
+    :param mlflow_conn_id: the ``mlflow`` connection.
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name",
+        "evaluation",
+        "challenger_version",
+        "challenger_alias",
+        "champion_alias",
+        "slices",
+    )
+    operator_extra_links = (MlflowModelVersionLink(),)
+    ui_color = "#fff3d6"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        evaluation: dict[str, Any],
+        deploy_task_ids: str | Iterable[str],
+        challenger_version: str | int | None = None,
+        challenger_alias: str = "challenger",
+        champion_alias: str = "champion",
+        slices: Sequence[str] = (),
+        min_improvement: float = 0.0,
+        max_slice_regression: float | None = 0.02,
+        min_slice_rows: int = 200,
+        reject_task_ids: str | Iterable[str] | None = None,
+        approval_task_ids: str | Iterable[str] | None = None,
+        require_approval: str = "never",
+        experiment_name: str | None = None,
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if require_approval not in APPROVAL_MODES:
+            raise ValueError(
+                f"{self.task_id}: require_approval must be one of {APPROVAL_MODES}, got {require_approval!r}."
+            )
+        if require_approval != "never" and not approval_task_ids:
+            raise ValueError(
+                f"{self.task_id}: require_approval={require_approval!r} needs approval_task_ids "
+                "(the approval step, e.g. made by champion_approval())."
+            )
+        self.model_name = model_name
+        self.evaluation = evaluation
+        self.deploy_task_ids = _task_ids(deploy_task_ids)
+        self.challenger_version = challenger_version
+        self.challenger_alias = challenger_alias
+        self.champion_alias = champion_alias
+        self.slices = list(slices)
+        self.min_improvement = min_improvement
+        self.max_slice_regression = max_slice_regression
+        self.min_slice_rows = min_slice_rows
+        self.reject_task_ids = _task_ids(reject_task_ids)
+        self.approval_task_ids = _task_ids(approval_task_ids)
+        self.require_approval = require_approval
+        self.experiment_name = experiment_name
+        self.mlflow_conn_id = mlflow_conn_id
+
+    # -- what is compared --------------------------------------------------------------------
+
+    def _challenger(self, hook: MlflowHook) -> str:
+        if self.challenger_version not in (None, "", "None"):
+            version = str(self.challenger_version).strip()
+            hook.client.get_model_version(self.model_name, version)  # MLflow names a missing version
+            return version
+        version = hook.alias_version(self.model_name, self.challenger_alias)
+        if version is None:
+            raise ValueError(
+                f"{self.task_id}: model {self.model_name!r} has no alias {self.challenger_alias!r}: "
+                "register the challenger first (MlflowRegisterModelOperator) or pass challenger_version."
+            )
+        return str(version)
+
+    # -- the rule ----------------------------------------------------------------------------
+
+    def decide(self, compared: Mapping[str, Any]) -> _Decision:
+        """Apply the rule (and ``require_approval``) to :func:`evaluate_against_champion`'s result."""
+        metric = compared["metric"]
+        ours = compared["challenger"]["overall"]["value"]
+        winning = "approval" if self.require_approval == "always" else "promote"
+        if compared["champion"] is None:
+            return _Decision(winning, f"first model: no {self.champion_alias!r} yet ({metric}={ours:.4f})")
+        theirs = compared["champion"]["overall"]["value"]
+        versus = (
+            f"challenger v{compared['challenger']['version']} {metric}={ours:.4f} vs "
+            f"champion v{compared['champion']['version']} {theirs:.4f} ({compared['improvement']:+.4f})"
+        )
+        if not compared["beats_champion"]:
+            return _Decision("reject", f"{versus}: not better by more than {self.min_improvement}")
+        regressions = compared["slice_regressions"]
+        if regressions:
+            worst = ", ".join(
+                f"{r['slice']}={r['value']} {r['challenger']:.4f} vs {r['champion']:.4f}"
+                for r in regressions[:3]
+            )
+            outcome = "reject" if self.require_approval == "never" else "approval"
+            return _Decision(
+                outcome,
+                f"{versus}, but {len(regressions)} slice(s) regress by more than "
+                f"{self.max_slice_regression}: {worst}",
+            )
+        return _Decision(winning, f"{versus}: better overall and in every slice")
+
+    def _branch(self, outcome: str) -> list[str] | None:
+        if outcome in ("promote", "already_champion"):
+            return self.deploy_task_ids
+        if outcome == "approval":
+            return self.approval_task_ids
+        return self.reject_task_ids or None  # None: skip every downstream task
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _experiment_id(self, hook: MlflowHook, challenger: str) -> str:
+        if self.experiment_name:
+            found = hook.client.get_experiment_by_name(self.experiment_name)
+            return found.experiment_id if found else hook.client.create_experiment(self.experiment_name)
+        return hook.version_experiment_id(self.model_name, challenger)
+
+    @staticmethod
+    def _metrics(comparison: Mapping[str, Any]) -> dict[str, float]:
+        metric, metrics = comparison["metric"], {"rows": float(comparison["rows"])}
+        for role in ("challenger", "champion"):
+            scored = comparison[role]
+            if scored is None:
+                continue
+            if scored["overall"]["value"] is not None:
+                metrics[_metric_key(role, metric)] = scored["overall"]["value"]
+            for column, values in scored["slices"].items():
+                for value, result in values.items():
+                    if result["value"] is not None:
+                        metrics[_metric_key(role, metric, column, value)] = result["value"]
+        if comparison["improvement"] is not None:
+            metrics["improvement"] = comparison["improvement"]
+        metrics["slice_regressions"] = float(len(comparison["slice_regressions"]))
+        return metrics
+
+    def _record(self, hook: MlflowHook, comparison: dict[str, Any], context: Context) -> str:
+        challenger, champion = comparison["challenger_version"], comparison["previous_champion"]
+        tags = {
+            "mlops.kind": "champion_challenger",
+            "model_name": self.model_name,
+            "challenger_version": challenger,
+            "champion_version": champion or "",
+            "outcome": comparison["outcome"],
+            "reason": comparison["reason"][:_TAG_VALUE_MAX],
+            "data_path": comparison["data_path"],
+            "dataset_version": comparison["dataset_version"] or "",
+            "airflow.dag_id": context["ti"].dag_id,
+            "airflow.run_id": context["ti"].run_id,
+        }
+        return hook.log_record_run(
+            self._experiment_id(hook, challenger),
+            f"gate-{self.model_name}-v{challenger}-vs-v{champion or 'none'}",
+            metrics=self._metrics(comparison),
+            tags=tags,
+            record=comparison,
+            artifact_file="champion_challenger.json",
+        )
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def _compare(self, hook: MlflowHook, challenger: str, champion: str | None, context: Context) -> dict:
+        evaluation = Evaluation.from_dict(self.evaluation, self.task_id)
+        compared = evaluate_against_champion(
+            hook,
+            self.model_name,
+            challenger,
+            champion,
+            evaluation,
+            slices=self.slices,
+            min_improvement=self.min_improvement,
+            max_slice_regression=self.max_slice_regression,
+            min_slice_rows=self.min_slice_rows,
+        )
+        decision = self.decide(compared)
+        comparison = {
+            "model_name": self.model_name,
+            "challenger_version": challenger,
+            "previous_champion": champion,
+            **compared,
+            "min_improvement": self.min_improvement,
+            "max_slice_regression": self.max_slice_regression,
+            "min_slice_rows": self.min_slice_rows,
+            "require_approval": self.require_approval,
+            "outcome": decision.outcome,
+            "promote": decision.outcome == "promote",
+            "reason": decision.reason,
+        }
+        comparison["mlflow_run_id"] = self._record(hook, comparison, context)
+        hook.set_version_tags(
+            self.model_name,
+            challenger,
+            {
+                "gate.outcome": decision.outcome,
+                "gate.reason": decision.reason[:_TAG_VALUE_MAX],
+                "gate.champion_version": champion or "",
+                "gate.mlflow_run_id": comparison["mlflow_run_id"],
+            },
+        )
+        return comparison
+
+    def choose_branch(self, context: Context) -> list[str] | None:
+        from airflow_mlops.hooks.mlflow import MlflowHook
+
+        hook = MlflowHook(self.mlflow_conn_id)
+        challenger = self._challenger(hook)
+        champion = hook.alias_version(self.model_name, self.champion_alias)
+        if champion == challenger:  # a retry after the promotion, or nothing new
+            reason = f"version {challenger} already is {self.champion_alias!r}"
+            comparison = {
+                "model_name": self.model_name,
+                "challenger_version": challenger,
+                "previous_champion": champion,
+                "outcome": "already_champion",
+                "promote": False,
+                "reason": reason,
+            }
+        else:
+            comparison = self._compare(hook, challenger, champion, context)
+            if comparison["promote"]:  # recorded first: a crash here leaves a record and no promotion
+                hook.set_alias(self.model_name, self.champion_alias, challenger)
+        self.log.info("%s: %s -> %s", self.model_name, comparison["reason"], comparison["outcome"])
+        ti = context["ti"]
+        ti.xcom_push(key="comparison", value=comparison)
+        ti.xcom_push(key="challenger_version", value=challenger)
+        ti.xcom_push(key="champion_version", value=hook.alias_version(self.model_name, self.champion_alias))
+        MlflowModelVersionLink.persist(context, hook.model_version_url(self.model_name, challenger))
+        return self._branch(comparison["outcome"])
+
+
+def champion_approval(
+    gate: ChampionChallengerGateOperator,
+    *,
+    task_id: str = "approve_champion",
+    promote_task_id: str = "promote_champion",
+    deploy: BaseOperator | Sequence[BaseOperator] | None = None,
+    **approval_kwargs: Any,
+) -> tuple[BaseOperator, MlflowSetAliasOperator]:
+    """
+    The human approval step of a gate: Airflow's ``ApprovalOperator`` then an alias move.
+
+    Call it inside the DAG, after the gate: ``gate >> approve >> promote`` is wired, and
+    ``promote >> deploy`` when ``deploy`` is given. "Approve" runs ``promote`` (the champion
+    alias moves to the gate's ``challenger_version``) and then ``deploy``; "Reject" skips both.
+    Because ``deploy`` then has two upstreams (the gate and ``promote``), it needs
+    ``trigger_rule="none_failed_min_one_success"``.
+
+    :param gate: the gate; its ``approval_task_ids`` must contain ``task_id``.
+    :param task_id: id of the ``ApprovalOperator``.
+    :param promote_task_id: id of the :class:`MlflowSetAliasOperator` that promotes.
+    :param deploy: the deployment task(s), also in the gate's ``deploy_task_ids``.
+    :param approval_kwargs: more ``ApprovalOperator`` arguments (``subject``, ``body``,
+        ``assigned_users``, ``response_timeout``, ``notifiers``...).
+    """
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    if task_id not in gate.approval_task_ids:
+        raise ValueError(
+            f"champion_approval: {gate.task_id}.approval_task_ids is {gate.approval_task_ids}; "
+            f"add {task_id!r} so the gate can branch to the approval step."
+        )
+    deploys = [deploy] if deploy is not None and not isinstance(deploy, Sequence) else list(deploy or [])
+    for task in deploys:
+        if task.trigger_rule == "all_success":
+            raise ValueError(
+                f"champion_approval: {task.task_id} follows both {gate.task_id} and {promote_task_id}; "
+                "give it trigger_rule='none_failed_min_one_success'."
+            )
+    pull = f"ti.xcom_pull(task_ids='{gate.task_id}', key='comparison')"
+    approval_kwargs.setdefault(
+        "subject",
+        f"Promote {gate.model_name} v{{{{ {pull}['challenger_version'] }}}} to {gate.champion_alias}?",
+    )
+    approval_kwargs.setdefault("body", f"{{{{ {pull}['reason'] }}}}")
+    approve = ApprovalOperator(task_id=task_id, ignore_downstream_trigger_rules=True, **approval_kwargs)
+    promote = MlflowSetAliasOperator(
+        task_id=promote_task_id,
+        model_name=gate.model_name,
+        alias=gate.champion_alias,
+        version=f"{{{{ ti.xcom_pull(task_ids='{gate.task_id}', key='challenger_version') }}}}",
+        mlflow_conn_id=gate.mlflow_conn_id,
+    )
+    gate >> approve >> promote
+    for task in deploys:
+        promote >> task
+    return approve, promote

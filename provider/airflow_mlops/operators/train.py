@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +16,22 @@ from airflow_mlops.operators.base import MlopsBaseOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_mlops.hooks.kubernetes import TrainingJobHook
     from airflow_mlops.hooks.runtime import RuntimeHook
+
+
+def _map_index(ti: Any) -> int:
+    """The task instance's map index; -1 when it is not mapped."""
+    index = getattr(ti, "map_index", -1)
+    return -1 if index is None else index
+
+
+def _checkpoint(ti: Any) -> dict[str, str]:
+    """Where ``horovod_entry.py`` keeps checkpoints: the same key for every try of this task
+    instance, so a retry (local or on Kubernetes) resumes from the last saved epoch."""
+    from airflow_mlops.training import checkpoint_key
+
+    return {"key": checkpoint_key(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti))}
 
 
 class HorovodTrainOperator(MlopsBaseOperator):
@@ -25,7 +42,9 @@ class HorovodTrainOperator(MlopsBaseOperator):
     receives ``inputs`` and ``hyperparameters``, trains on its shard, logs per-epoch metrics
     and returns the model, which rank 0 logs to MLflow with its signature. The MLflow run is
     tagged with the Airflow dag/run/task ids and try number, plus ``tags`` (e.g. the dataset
-    version). CUDA is used when the runtime sees a GPU.
+    version). CUDA is used when the runtime sees a GPU. A script that checkpoints
+    (``ctx.save_checkpoint``) resumes on the task's next try after the last saved epoch; a
+    search maps the task over ``hyperparameters`` (``airflow_mlops.training.param_grid``).
 
     :param training_script: path of the user's training file (templated).
     :param inputs: JSON-serialisable references handed to ``train`` (templated), e.g. paths of
@@ -37,6 +56,26 @@ class HorovodTrainOperator(MlopsBaseOperator):
     :param mlflow_conn_id: the ``mlflow`` connection.
     :param runtimes_dir: where the ``training`` runtime environment lives (default: config).
     :param execution_timeout: as for any operator; the job is killed when it is exceeded.
+    :param seed: random seed handed to the training script.
+    :param mode: ``local`` (default: ``horovodrun`` subprocess in the training runtime) or
+        ``kubernetes`` (one pod per rank on a cluster, see docs/training.md "Kubernetes mode").
+        The parameters below apply to Kubernetes mode only.
+    :param kubernetes_conn_id: the cncf-kubernetes ``kubernetes`` connection.
+    :param namespace: namespace of the job; None takes the connection's, else ``default`` (templated).
+    :param image: the training image built from ``docker/training/Dockerfile`` (templated).
+    :param container_resources: requests/limits of each rank's pod, e.g. ``{"cpu": "2", "memory":
+        "4Gi", "gpu": 1}``; ``gpu`` becomes ``nvidia.com/gpu`` (templated). Not ``resources``:
+        that is ``BaseOperator``'s own argument (executor resources), as in ``KubernetesPodOperator``.
+    :param kind: ``MPIJob`` (Kubeflow mpi-operator, kubeflow.org/v2beta1) or ``IndexedJob`` (a
+        ``batch/v1`` indexed Job + headless Service, when the cluster has no MPI operator).
+    :param deferrable: wait for the job in the triggerer instead of a worker slot.
+    :param poll_interval: seconds between two status checks of the job.
+    :param wait_for_completion: False returns as soon as the job exists (no MLflow result).
+    :param mlflow_secret_name: Secret in the job's namespace with the MLflow credentials
+        (keys ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``);
+        required when the MLflow connection has credentials, which never go into a manifest.
+    :param service_account: service account of the pods (None: the namespace's default).
+    :param image_pull_policy: e.g. ``IfNotPresent``; None leaves the cluster's default.
     """
 
     template_fields: Sequence[str] = (
@@ -45,6 +84,9 @@ class HorovodTrainOperator(MlopsBaseOperator):
         "hyperparameters",
         "tags",
         "experiment_name",
+        "namespace",
+        "image",
+        "container_resources",
     )
     operator_extra_links = (MlflowRunLink(),)
     ui_color = "#fff4d6"
@@ -61,11 +103,29 @@ class HorovodTrainOperator(MlopsBaseOperator):
         mlflow_conn_id: str = "mlflow_default",
         runtimes_dir: str | None = None,
         seed: int = 0,
+        mode: str = "local",
+        kubernetes_conn_id: str = "kubernetes_default",
+        namespace: str | None = None,
+        image: str | None = None,
+        container_resources: dict[str, Any] | None = None,
+        kind: str = "MPIJob",
+        deferrable: bool = False,
+        poll_interval: float = 30.0,
+        wait_for_completion: bool = True,
+        mlflow_secret_name: str | None = None,
+        service_account: str | None = None,
+        image_pull_policy: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if num_proc < 1:
             raise ValueError(f"num_proc must be at least 1, got {num_proc}")
+        if mode not in ("local", "kubernetes"):
+            raise ValueError(f"mode must be 'local' or 'kubernetes', got {mode!r}")
+        if kind not in ("MPIJob", "IndexedJob"):
+            raise ValueError(f"kind must be 'MPIJob' or 'IndexedJob', got {kind!r}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         self.training_script = training_script
         self.inputs = inputs or {}
         self.hyperparameters = hyperparameters or {}
@@ -75,7 +135,20 @@ class HorovodTrainOperator(MlopsBaseOperator):
         self.mlflow_conn_id = mlflow_conn_id
         self.runtimes_dir = runtimes_dir
         self.seed = seed
+        self.mode = mode
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.namespace = namespace
+        self.image = image
+        self.container_resources = container_resources or {}
+        self.kind = kind
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.wait_for_completion = wait_for_completion
+        self.mlflow_secret_name = mlflow_secret_name
+        self.service_account = service_account
+        self.image_pull_policy = image_pull_policy
         self._runtime: RuntimeHook | None = None
+        self._job: tuple[TrainingJobHook, str] | None = None
 
     def _run_tags(self, context: Context) -> dict[str, str]:
         ti = context["ti"]
@@ -89,6 +162,11 @@ class HorovodTrainOperator(MlopsBaseOperator):
         return tags
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if self.mode == "kubernetes":
+            return self._execute_kubernetes(context)
+        return self._execute_local(context)
+
+    def _execute_local(self, context: Context) -> dict[str, Any]:
         from airflow_mlops import settings
         from airflow_mlops.hooks.mlflow import MlflowHook
         from airflow_mlops.hooks.runtime import RuntimeHook
@@ -100,16 +178,7 @@ class HorovodTrainOperator(MlopsBaseOperator):
         experiment = self.experiment_name or mlflow_hook.default_experiment or context["dag"].dag_id
         self._runtime = runtime = RuntimeHook("training", self.runtimes_dir)
         with tempfile.TemporaryDirectory(prefix="horovod-") as work:
-            config = {
-                "script": str(script.resolve()),
-                "inputs": self.inputs,
-                "hyperparameters": self.hyperparameters,
-                "experiment": experiment,
-                "run_name": f"{context['ti'].task_id}-{context['ti'].run_id}"[:250],
-                "tags": self._run_tags(context),
-                "seed": self.seed,
-                "result_path": str(Path(work) / "result.json"),
-            }
+            config = self._local_config(context, script, experiment, Path(work) / "result.json")
             config_path = Path(work) / "config.json"
             config_path.write_text(json.dumps(config))
             runtime.run(
@@ -129,9 +198,229 @@ class HorovodTrainOperator(MlopsBaseOperator):
             )
             result = json.loads((Path(work) / "result.json").read_text())
         MlflowRunLink.persist(context, mlflow_hook.run_url(result["run_id"], result["experiment_id"]))
+        if result.get("resumed_from_epoch") is not None:
+            self.log.info(
+                "Resumed from the checkpoint of epoch %s of an earlier try.", result["resumed_from_epoch"]
+            )
         self.log.info("MLflow run %s: %s", result["run_id"], result["metrics"])
         return result
+
+    def _local_config(
+        self, context: Context, script: Path, experiment: str, result_path: Path
+    ) -> dict[str, Any]:
+        """``config.json`` of ``horovod_entry.py`` in local mode."""
+        ti = context["ti"]
+        map_index = _map_index(ti)
+        # a mapped instance (hyperparameter search) gets its own run name and tag
+        suffix = f"-{map_index}" if map_index >= 0 else ""
+        return {
+            "script": str(script.resolve()),
+            "inputs": self.inputs,
+            "hyperparameters": self.hyperparameters,
+            "experiment": experiment,
+            "run_name": f"{ti.task_id}{suffix}-{ti.run_id}"[:250],
+            "tags": {**self._run_tags(context), "airflow.map_index": str(map_index)},
+            "seed": self.seed,
+            "result_path": str(result_path),
+            "checkpoint": _checkpoint(ti),
+            "try_number": ti.try_number,
+        }
 
     def on_kill(self) -> None:
         if self._runtime is not None:
             self._runtime.terminate()
+        if self._job is not None:
+            hook, name = self._job
+            hook.delete_job(self.kind, name)
+
+    # --- Kubernetes mode ---------------------------------------------------------------
+    # Job names come from dag/run/task/map index, not the try number (kubernetes/training.py):
+    # a retry reattaches to the earlier try's job while it runs or once it has succeeded, and
+    # only replaces a job that failed.
+
+    def _job_name(self, context: Context) -> str:
+        from airflow_mlops.kubernetes.training import job_name
+
+        ti = context["ti"]
+        return job_name(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti))
+
+    def _training_hook(self) -> TrainingJobHook:
+        from airflow_mlops.hooks.kubernetes import TrainingJobHook
+
+        return TrainingJobHook(self.kubernetes_conn_id, self.namespace)
+
+    def _execute_kubernetes(self, context: Context) -> dict[str, Any]:
+        hook = self._training_hook()
+        name = self._job_name(context)
+        existing = self._existing_job(hook, name)
+        if existing is None:
+            hook.create(self._manifests(context, name, hook.namespace))
+        if not self.wait_for_completion:
+            return {"job_name": name, "namespace": hook.namespace, "kind": self.kind}
+        if self.deferrable:
+            self._defer(name, hook.namespace)
+        self._job = (hook, name)
+        try:
+            phase = hook.wait(self.kind, name, self.poll_interval)
+        finally:
+            self._job = None
+        status = "success" if phase.state == "succeeded" else "failed"
+        return self._finish(context, hook, name, {"status": status, "reason": phase.reason})
+
+    def _existing_job(self, hook: TrainingJobHook, name: str) -> dict[str, Any] | None:
+        """The earlier try's job to reattach to, or None (after deleting it when it had failed)."""
+        from airflow_mlops.kubernetes.training import TRY_LABEL, job_phase
+
+        job = hook.get_job(self.kind, name)
+        if job is None:
+            return None
+        created_by = (job["metadata"].get("annotations") or {}).get(TRY_LABEL, "?")
+        phase = job_phase(self.kind, job)
+        if phase.state == "failed":
+            self.log.warning(
+                "%s %s of try %s failed (%s); deleting it and starting again.", self.kind, name, created_by,
+                phase.reason,
+            )  # fmt: skip
+            hook.delete_job(self.kind, name)
+            hook.wait_deleted(self.kind, name)
+            return None
+        self.log.info(
+            "Reattaching to %s %s (%s), created by try %s.", self.kind, name, phase.state, created_by
+        )
+        return job
+
+    def _manifests(self, context: Context, name: str, namespace: str) -> list[dict[str, Any]]:
+        from airflow_mlops.hooks.mlflow import MlflowHook
+        from airflow_mlops.kubernetes import training
+
+        script = Path(self.training_script)
+        if not script.is_file():
+            raise FileNotFoundError(f"Training script {script} does not exist.")
+        ti = context["ti"]
+        mlflow_hook = MlflowHook(self.mlflow_conn_id)
+        experiment = self.experiment_name or mlflow_hook.default_experiment or context["dag"].dag_id
+        nonce = uuid.uuid4().hex
+        config = training.entry_config(
+            script.name,
+            inputs=self.inputs,
+            hyperparameters=self.hyperparameters,
+            experiment=experiment,
+            run_name=f"{ti.task_id}-{ti.run_id}"[:250],
+            # the nonce finds this job's MLflow run again, from any later try
+            tags={**self._run_tags(context), "airflow_mlops.k8s_job": name, "airflow_mlops.k8s_nonce": nonce},
+            seed=self.seed,
+            checkpoint=_checkpoint(ti),
+            try_number=ti.try_number,
+        )
+        files = {"config.json": json.dumps(config, indent=2), script.name: script.read_text()}
+        if sum(len(v.encode()) for v in files.values()) > 900_000:
+            raise ValueError(
+                f"{script} and its config exceed the ~1 MiB a ConfigMap can hold; ship the script in the "
+                "training image instead."
+            )
+        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
+        map_index = getattr(ti, "map_index", -1)
+        spec = training.TrainingJobSpec(
+            name=name,
+            namespace=namespace,
+            image=self.image or training.DEFAULT_IMAGE,
+            num_proc=self.num_proc,
+            files=files,
+            env=training.mlflow_env(mlflow_hook.subprocess_env(), self.mlflow_secret_name),
+            resources=self.container_resources,
+            labels=training.job_labels(ti.try_number),
+            annotations={
+                **training.job_annotations(ti.dag_id, ti.run_id, ti.task_id, map_index, ti.try_number),
+                f"{training.LABEL_DOMAIN}/experiment": experiment,
+                f"{training.LABEL_DOMAIN}/nonce": nonce,
+            },
+            service_account=self.service_account,
+            active_deadline_seconds=int(timeout) if timeout else None,
+            image_pull_policy=self.image_pull_policy,
+        )
+        return training.render(spec, self.kind)
+
+    def _defer(self, name: str, namespace: str) -> None:
+        from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
+
+        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
+        trigger = TrainingJobTrigger(
+            name=name,
+            namespace=namespace,
+            kind=self.kind,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            poll_interval=self.poll_interval,
+            deadline=time.time() + timeout if timeout else None,
+        )
+        self.defer(trigger=trigger, method_name="execute_complete")
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: collect the MLflow result, or fail with the job's reason."""
+        if not event or "status" not in event:
+            raise RuntimeError(f"The training job trigger sent no usable event: {event!r}")
+        hook = self._training_hook()
+        return self._finish(context, hook, event.get("name") or self._job_name(context), event)
+
+    def _finish(
+        self, context: Context, hook: TrainingJobHook, name: str, event: dict[str, Any]
+    ) -> dict[str, Any]:
+        from airflow_mlops.exceptions import MlopsError
+
+        status = event["status"]
+        if status == "success":
+            return self._collect_result(context, hook, name)
+        if status == "failed":
+            raise MlopsError(hook.failure_details(self.kind, name))
+        if status == "timeout":
+            hook.delete_job(self.kind, name)
+            raise MlopsError(
+                f"{self.kind} {hook.namespace}/{name} timed out and was deleted: {event.get('message')}"
+            )
+        raise MlopsError(
+            f"Lost track of {self.kind} {hook.namespace}/{name} "
+            f"({event.get('reason')}): {event.get('message')}"
+        )
+
+    def _collect_result(self, context: Context, hook: TrainingJobHook, name: str) -> dict[str, Any]:
+        """The MLflow run the job's rank 0 logged, found by the nonce tag written at creation."""
+        from airflow_mlops.exceptions import MlopsError
+        from airflow_mlops.hooks.mlflow import MlflowHook
+        from airflow_mlops.kubernetes.training import LABEL_DOMAIN
+
+        job = hook.get_job(self.kind, name) or {}
+        annotations = job.get("metadata", {}).get("annotations") or {}
+        nonce, experiment = (
+            annotations.get(f"{LABEL_DOMAIN}/nonce"),
+            annotations.get(f"{LABEL_DOMAIN}/experiment"),
+        )
+        mlflow_hook = MlflowHook(self.mlflow_conn_id)
+        exp = mlflow_hook.client.get_experiment_by_name(experiment) if experiment else None
+        runs = (
+            mlflow_hook.client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`airflow_mlops.k8s_nonce` = '{nonce}'",
+                max_results=1,
+            )
+            if exp is not None and nonce
+            else []
+        )
+        if not runs:
+            raise MlopsError(
+                f"{self.kind} {hook.namespace}/{name} succeeded but no MLflow run tagged with its nonce was "
+                f"found in experiment {experiment!r}: can the pods reach {mlflow_hook.tracking_uri}?"
+            )
+        run = runs[0]
+        result = {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_uri": f"runs:/{run.info.run_id}/model",
+            "artifact_path": "model",
+            "metrics": dict(run.data.metrics),
+            "num_proc": self.num_proc,
+            "job_name": name,
+            "namespace": hook.namespace,
+            "kind": self.kind,
+        }
+        MlflowRunLink.persist(context, mlflow_hook.run_url(result["run_id"], result["experiment_id"]))
+        self.log.info("MLflow run %s: %s", result["run_id"], result["metrics"])
+        return result

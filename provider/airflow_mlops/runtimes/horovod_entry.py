@@ -13,8 +13,14 @@ The user's contract (see docs/training.md)::
 
     def train(ctx) -> dict:
         # ctx.rank, ctx.size, ctx.device, ctx.hvd, ctx.inputs, ctx.hyperparameters
+        # ctx.load_checkpoint() -> (state, epoch) | None      (every rank, no communication)
         # ctx.log_metrics({"loss": 0.3}, step=epoch)  (rank 0 logs, others no-op)
+        # ctx.save_checkpoint({"model": ..., "optimizer": ...}, epoch)  (rank 0 writes)
         return {"model": torch_module, "metrics": {...}, "input_example": pandas_frame}
+
+Checkpoints are artifacts of the task's MLflow run (``checkpoints/epoch-NNNNN.pt``); the run
+is tagged with a key derived from dag id, run id, task id and map index (not the try number),
+so the next try of the same task instance finds them by tag and resumes.
 """
 
 from __future__ import annotations
@@ -44,10 +50,34 @@ class TrainContext:
     inputs: dict[str, Any]
     hyperparameters: dict[str, Any]
     _mlflow: Any = field(default=None, repr=False)
+    _checkpoints: CheckpointStore | None = field(default=None, repr=False)
+    _resume: tuple[dict[str, Any], int] | None = field(default=None, repr=False)
+    _resumed_from: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
+
+    def load_checkpoint(self) -> tuple[dict[str, Any], int] | None:
+        """
+        The last checkpoint an earlier try of this task saved, as ``(state, epoch)``, or None.
+
+        Same answer on every rank (rank 0 fetched it at start-up and broadcast it); resume at
+        ``epoch + 1``. Only the try before a *finished* run is ever resumed from: clearing a task
+        that succeeded trains from scratch.
+        """
+        if self._resume is not None and self.is_chief and self._resumed_from is not None:
+            _record_resume(self._mlflow, self._resumed_from)
+            self._resumed_from = None  # recorded once, however often the script asks
+        return self._resume
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int) -> None:
+        """
+        Save ``state`` (tensors, numbers, strings, lists and dicts of them) as the checkpoint of
+        ``epoch``. Call it on every rank: rank 0 writes, the others return at once.
+        """
+        if self.is_chief and self._checkpoints is not None:
+            self._checkpoints.save(state, int(epoch))
 
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
         """Log metrics to the MLflow run (rank 0 only; other ranks ignore the call)."""
@@ -64,6 +94,116 @@ class TrainContext:
 
     roc_auc = staticmethod(_metrics.roc_auc)
     classification_metrics = staticmethod(_metrics.classification_metrics)
+
+
+CHECKPOINT_KEY_TAG = "airflow_mlops.checkpoint_key"
+CHECKPOINT_EPOCH_TAG = "airflow_mlops.checkpoint_epoch"
+CHECKPOINT_PATH_TAG = "airflow_mlops.checkpoint_path"
+
+
+class CheckpointStore:
+    """
+    Rank 0's checkpoints, kept as artifacts of the task's MLflow run.
+
+    Why MLflow's artifact store and not a local folder: a retry may run on another worker (Celery,
+    Kubernetes executors) or in another pod (Kubernetes mode), and the artifact store is the one
+    place every rank 0 already reaches (the model goes there). So checkpoints work wherever
+    logging the model works, and are cleaned up with the run.
+    """
+
+    def __init__(self, mlflow: Any, artifact_uri: str) -> None:
+        self.mlflow = mlflow
+        self.artifact_uri = artifact_uri
+        self._previous: str | None = None
+
+    def save(self, state: dict[str, Any], epoch: int) -> None:
+        import tempfile
+
+        import torch
+
+        started = time.time()
+        name = f"epoch-{epoch:05d}.pt"
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+            path = Path(tmp) / name
+            torch.save(state, path)
+            size = path.stat().st_size
+            self.mlflow.log_artifact(str(path), artifact_path="checkpoints")
+        # the tags move only once the file is complete: a try killed mid-upload leaves them on
+        # the previous, whole checkpoint
+        self.mlflow.set_tags({CHECKPOINT_EPOCH_TAG: str(epoch), CHECKPOINT_PATH_TAG: f"checkpoints/{name}"})
+        self._delete_previous(f"checkpoints/{name}")
+        print(f"[checkpoint] saved epoch {epoch} ({size / 1024:.0f} KiB, {time.time() - started:.2f} s)")
+
+    def _delete_previous(self, current: str) -> None:
+        """Keep only the newest checkpoint; best effort (not every artifact store can delete)."""
+        previous, self._previous = self._previous, current
+        if previous is None or previous == current:
+            return
+        try:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            get_artifact_repository(self.artifact_uri).delete_artifacts(previous)
+        except Exception as err:  # noqa: BLE001 - an old checkpoint left behind is harmless
+            print(f"[checkpoint] could not delete {previous}: {err}")
+
+
+def _find_checkpoint(client: Any, experiment_id: str, key: str) -> tuple[Any | None, list[Any]]:
+    """
+    The newest run of an earlier try of this task instance that holds a checkpoint (or None), and
+    the runs of earlier tries still marked RUNNING: a killed try never closes its run.
+
+    Walks the runs tagged with ``key`` from the newest; stops at a FINISHED one: its task
+    succeeded, so this try is a deliberate re-run (a cleared task), not a retry to resume.
+    """
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CHECKPOINT_KEY_TAG}` = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    stale = []
+    for run in runs:
+        if run.info.status == "FINISHED":
+            break
+        if run.info.status == "RUNNING":
+            stale.append(run)
+        if CHECKPOINT_PATH_TAG in run.data.tags:
+            return run, stale
+    return None, stale
+
+
+def _fetch_checkpoint(mlflow: Any, experiment_id: str, key: str) -> tuple[Any, Any] | None:
+    """
+    Rank 0: download and load the checkpoint to resume from, as ``(run, (state, epoch))``.
+
+    Earlier tries' runs left RUNNING are marked KILLED on the way, so that each task instance has
+    one live run: this try's.
+    """
+    import tempfile
+
+    import torch
+
+    client = mlflow.MlflowClient()
+    run, stale = _find_checkpoint(client, experiment_id, key)
+    for old in stale:
+        client.set_terminated(old.info.run_id, status="KILLED")
+    if run is None:
+        return None
+    path, epoch = run.data.tags[CHECKPOINT_PATH_TAG], int(run.data.tags[CHECKPOINT_EPOCH_TAG])
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path, dst_path=tmp)
+        # weights_only: a checkpoint is data, never code to run
+        state = torch.load(local, map_location="cpu", weights_only=True)
+    return run, (state, epoch)
+
+
+def _record_resume(mlflow: Any, resumed_from: dict[str, str]) -> None:
+    if mlflow is not None:
+        mlflow.set_tags(resumed_from)
+    print(
+        f"[checkpoint] resuming from epoch {resumed_from['resumed_from_epoch']} "
+        f"of run {resumed_from['resumed_from_run_id']}"
+    )
 
 
 def _load_user_module(path: str):
@@ -137,7 +277,8 @@ def main(config_path: str) -> int:
         torch.cuda.set_device(hvd.local_rank())
     device = torch.device("cuda", hvd.local_rank()) if use_cuda else torch.device("cpu")
     torch.manual_seed(int(cfg.get("seed", 0)))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.size()))
+    # the cores shared out between the ranks on this host, unless the config fixes a number
+    torch.set_num_threads(int(cfg.get("torch_threads") or max(1, (os.cpu_count() or 1) // hvd.size())))
 
     user = _load_user_module(cfg["script"])
     ctx = TrainContext(
@@ -149,20 +290,35 @@ def main(config_path: str) -> int:
         inputs=cfg.get("inputs", {}),
         hyperparameters=cfg.get("hyperparameters", {}),
     )
+    key = (cfg.get("checkpoint") or {}).get("key")
     if rank != 0:
+        if key:
+            ctx._resume = hvd.broadcast_object(None, root_rank=0, name="checkpoint")
         user.train(ctx)
         return 0
 
     import mlflow
 
-    mlflow.set_experiment(cfg["experiment"])
+    experiment = mlflow.set_experiment(cfg["experiment"])
+    found = _fetch_checkpoint(mlflow, experiment.experiment_id, key) if key else None
+    tags = {**cfg.get("tags", {}), **({CHECKPOINT_KEY_TAG: key} if key else {})}
     started = time.time()
-    with mlflow.start_run(run_name=cfg.get("run_name"), tags=cfg.get("tags", {})) as run:
+    with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags) as run:
         ctx._mlflow = mlflow
+        if key:
+            ctx._checkpoints = CheckpointStore(mlflow, run.info.artifact_uri)
+            ctx._resume = hvd.broadcast_object(found[1] if found else None, root_rank=0, name="checkpoint")
+        if found:
+            ctx._resumed_from = {
+                "resumed_from_epoch": str(found[1][1]),
+                "resumed_from_run_id": found[0].info.run_id,
+            }
         mlflow.log_params({k: str(v)[:500] for k, v in ctx.hyperparameters.items()})
         mlflow.log_params({"num_proc": hvd.size(), "device": str(device)})
         mlflow.set_tags({f"system.{k}": v for k, v in _system_info(torch, hvd).items()})
         result = user.train(ctx)
+        if ctx._resumed_from is not None:
+            print("[checkpoint] a checkpoint existed but train() never called ctx.load_checkpoint()")
         final = {k: float(v) for k, v in (result.get("metrics") or {}).items()}
         mlflow.log_metrics(final)
         mlflow.log_metric("training_seconds", time.time() - started)
@@ -175,6 +331,8 @@ def main(config_path: str) -> int:
             "metrics": final,
             "num_proc": hvd.size(),
             "device": str(device),
+            # only when train() took the checkpoint (load_checkpoint() clears _resumed_from)
+            "resumed_from_epoch": found[1][1] if found and ctx._resumed_from is None else None,
         }
     Path(cfg["result_path"]).write_text(json.dumps(out))
     print(f"[horovod_entry] MLflow run {out['run_id']} metrics {final}")

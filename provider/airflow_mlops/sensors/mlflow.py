@@ -1,0 +1,123 @@
+"""Wait for a new model version, or an alias change, in the MLflow registry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class MlflowModelVersionSensor(BaseSensorOperator):
+    """
+    Wait until the registry holds a model version you have not seen yet.
+
+    Without ``alias``: a ``READY`` version of ``model_name`` numbered above ``after_version``
+    (with no ``after_version``, any version). With ``alias``: the alias exists and points at a
+    version other than ``after_version`` (a promotion, or a rollback); pass the version the
+    alias pointed at when you last looked, e.g. ``"{{ ... xcom_pull(...) }}"``. The result
+    (XCom ``return_value``) is the version: ``name``, ``version``, ``run_id``, ``source``,
+    ``status``, ``aliases``, ``tags``, ``creation_timestamp``.
+
+    Both modes read the registry's REST API (no ``mlflow`` import in the worker or triggerer).
+
+    :param model_name: registered model name (templated).
+    :param alias: wait for this alias to change (templated); None waits for a new version.
+    :param after_version: the version already known (templated); ``""`` counts as None.
+    :param mlflow_conn_id: the ``mlflow`` connection.
+    :param deferrable: wait in the triggerer (``MlflowModelVersionTrigger``) instead of a worker slot.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "alias", "after_version")
+    ui_color = "#e6f5e9"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        alias: str | None = None,
+        after_version: str | int | None = None,
+        mlflow_conn_id: str = "mlflow_default",
+        deferrable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.alias = alias
+        self.after_version = after_version
+        self.mlflow_conn_id = mlflow_conn_id
+        self.deferrable = deferrable
+
+    def _after(self) -> str | None:
+        """``after_version`` as a version number string; a template that rendered empty means None."""
+        if self.after_version in (None, "", "None"):
+            return None
+        after = str(self.after_version).strip()
+        if not after.isdigit():
+            raise ValueError(
+                f"{self.task_id}: after_version must be a version number, got {self.after_version!r}."
+            )
+        return after
+
+    # -- poke mode -------------------------------------------------------------------------
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        from airflow_mlops.hooks.mlflow import MlflowHook
+
+        found = MlflowHook(self.mlflow_conn_id).find_new_version(
+            self.model_name, self.alias or None, self._after()
+        )
+        if found is None:
+            self.log.info("No %s yet", self._trigger().describe())
+            return PokeReturnValue(is_done=False)
+        self.log.info("%s: version %s", self._trigger().describe(), found["version"])
+        return PokeReturnValue(is_done=True, xcom_value=found)
+
+    # -- deferrable mode -------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        first = self.poke(context)
+        if first.is_done:
+            return first.xcom_value
+        timeout_at = datetime.now(UTC) + timedelta(seconds=self.timeout)
+        self.defer(
+            trigger=self._trigger(timeout_at.isoformat()),
+            method_name="execute_complete",
+            # a backstop only (e.g. no triggerer running): the trigger reports its own timeout first
+            timeout=timedelta(seconds=self.timeout + max(60.0, 2 * self.poke_interval)),
+        )
+
+    def _trigger(self, timeout_at: str | None = None):
+        from airflow_mlops.triggers.mlflow import MlflowModelVersionTrigger
+
+        return MlflowModelVersionTrigger(
+            model_name=self.model_name,
+            alias=self.alias or None,
+            after_version=self._after(),
+            mlflow_conn_id=self.mlflow_conn_id,
+            poll_interval=self.poke_interval,
+            timeout_at=timeout_at,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, AirflowSkipException
+
+        status = (event or {}).get("status")
+        if status == "success":
+            found = event["model_version"]
+            self.log.info("Model %s version %s found", found["name"], found["version"])
+            return found
+        message = (event or {}).get("message") or f"the trigger returned no result ({event!r})"
+        if status == "timeout":
+            if self.soft_fail:
+                raise AirflowSkipException(f"{message} Skipping (soft_fail=True).")
+            raise AirflowSensorTimeout(
+                f"{message} Check that the registering DAG ran, or raise this sensor's timeout."
+            )
+        raise AirflowException(f"{self.task_id}: {message}")
