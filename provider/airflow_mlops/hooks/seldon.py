@@ -233,6 +233,14 @@ class SeldonHook(BaseHook):
         return np.concatenate(out) if out else np.empty(0)
 
     def test_connection(self) -> tuple[bool, str]:
+        """
+        Local mode: the serving runtime exists, the bind host can be bound, and deployments answer.
+
+        The deployment named in the connection extras (``deployment``) must have a current
+        endpoint answering ``GET /health/ping``; without a name, every deployment under
+        ``[mlops] data_dir``/deployments is pinged, and one whose server process is alive but
+        does not answer fails the test (a stopped one is only reported).
+        """
         if self.mode == "local":
             from airflow_mlops.hooks.runtime import RuntimeHook
 
@@ -240,5 +248,49 @@ class SeldonHook(BaseHook):
                 python = RuntimeHook("serving", self.runtimes_dir).python
             except Exception as err:
                 return False, str(err)
-            return True, f"Local mode: serving runtime found ({python})."
+            checks = [f"serving runtime found ({python})"]
+            host = self.bind_host
+            try:
+                free_port(host)
+            except OSError as err:
+                return (
+                    False,
+                    f"Local mode: cannot bind to host {host!r} ({err}); set the host to a local address.",
+                )
+            checks.append(f"host {host} can be bound")
+            ok, deployments = self._ping_deployments()
+            return ok, f"Local mode: {'; '.join(checks + deployments)}."
         return False, "Kubernetes mode is not implemented yet (local mode only)."
+
+    def _ping_deployments(self, timeout: float = 2) -> tuple[bool, list[str]]:
+        import requests
+
+        named = (self.connection.extra_dejson.get("deployment") if self.connection else None) or None
+        if named:
+            names = [named]
+        else:
+            root = settings.data_dir() / "deployments"
+            names = sorted(p.parent.name for p in root.glob("*/current.json")) if root.is_dir() else []
+            if not names:
+                return True, ["no deployment to ping"]
+        ok, out = True, []
+        for name in names:
+            state = self.current(name)
+            if not state or not state.get("endpoint"):
+                ok = ok and not named
+                out.append(f"deployment {name!r} has no current endpoint")
+                continue
+            endpoint = state["endpoint"]
+            try:
+                answered = requests.get(f"{endpoint}/health/ping", timeout=timeout).ok
+                why = "" if answered else " (not OK)"
+            except requests.RequestException as err:
+                answered, why = False, f" ({type(err).__name__})"
+            if answered:
+                out.append(f"deployment {name!r} answers at {endpoint}")
+            elif named or pid_alive(state.get("pid")):
+                ok = False
+                out.append(f"deployment {name!r} does NOT answer /health/ping at {endpoint}{why}")
+            else:
+                out.append(f"deployment {name!r} is stopped (last endpoint {endpoint})")
+        return ok, out

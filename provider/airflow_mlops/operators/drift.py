@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset
 
 from airflow_mlops.assets import emit_through_aliases
+from airflow_mlops.links.drift import DriftReportLink, drift_report_url
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class DriftDetectOperator(MlopsBaseOperator):
 
     template_fields: Sequence[str] = ("reference_path", "current_path", "endpoint", "window", "report_dir")
     ui_color = "#fdecea"
+    operator_extra_links = (DriftReportLink(),)
 
     def __init__(
         self,
@@ -140,6 +142,8 @@ class DriftDetectOperator(MlopsBaseOperator):
         self._runtime = runtime = RuntimeHook("drift", self.runtimes_dir)
         runtime.run([runtime.python, str(settings.runtime_script("drift_detect")), str(config_path)])
         report = json.loads((out_dir / "report.json").read_text())
+        ti = context["ti"]
+        DriftReportLink.persist(context, drift_report_url(ti.dag_id, ti.run_id, ti.task_id))
         summary = {
             "is_drift": bool(report["is_drift"]),
             "drift_score": report["drift_score"],

@@ -1,0 +1,214 @@
+"""The drift report of one task instance, rendered as a page behind Airflow's authentication.
+
+Mounted by the API server at ``/mlops`` (with the MLOps view, see :mod:`.mlops_view`):
+
+* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>`` — an HTML page from the
+  ``report.json`` ``DriftDetectOperator`` stored (written by the drift runtime): drift score,
+  threshold, per-feature test / statistic / p-value, drifted features and the checked window;
+* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>/pvalues.png`` — its p-value plot.
+
+The report lives in ``[mlops] data_dir``/drift/<dag_id>/<run>/ (``<run>`` is the run id with
+characters other than letters, digits and ``-_.`` replaced by ``_``), or where the task's
+result (XCom ``return_value``, key ``report``) says, as long as that is inside the ``drift``
+folder: nothing else is served. Every request needs read access to the task instances of
+the DAG (401 without credentials, 403 otherwise), as the Data Docs route.
+
+Only light imports at module level: plugins are loaded by every Airflow process.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.responses import FileResponse, HTMLResponse
+
+from airflow_mlops.links.drift import DRIFT_REPORT_ROUTE
+from airflow_mlops.plugins.auth import authorize_dag_tasks as _authorize
+from airflow_mlops.plugins.auth import current_user as _user
+
+router = APIRouter()
+User = Annotated[Any, Depends(_user)]
+
+
+def drift_root() -> Path:
+    from airflow_mlops import settings
+
+    return settings.data_dir() / "drift"
+
+
+def safe_run(run_id: str) -> str:
+    """The folder name ``DriftDetectOperator`` gives a run (same rule as its ``_report_dir``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+
+
+def resolve(root: Path, path: str | Path, what: str) -> Path:
+    """The file ``path`` names under ``root``; 404 for anything else (``..``, links out, folders)."""
+    root = root.resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=what)
+    return target
+
+
+def task_result(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    """What the drift task returned (``report``, ``window``...); ``{}`` when unknown."""
+    try:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        from airflow_mlops.plugins.sources import _deserialize
+
+        with create_session() as session:
+            row = session.execute(
+                select(XComModel).where(
+                    XComModel.dag_id == dag_id,
+                    XComModel.run_id == run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.key == "return_value",
+                    XComModel.map_index == -1,
+                )
+            ).scalar_one_or_none()
+            value = _deserialize(row) if row is not None else None
+    except Exception:  # the report on disk is still worth showing
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def report_dir(dag_id: str, run_id: str, task_id: str) -> tuple[Path, dict[str, Any]]:
+    """The folder of the task's report (inside :func:`drift_root`) and the task's result; 404 if none."""
+    root = drift_root()
+    result = task_result(dag_id, run_id, task_id)
+    missing = (
+        f"No drift report for task {task_id!r} of DAG run {run_id!r} of {dag_id!r}: the check has "
+        f"not run yet, failed before writing it, or wrote it outside {root}."
+    )
+    candidates = []
+    if isinstance(result.get("report"), str):
+        candidates.append(Path(result["report"]))
+    candidates.append(Path(dag_id) / safe_run(run_id) / "report.json")
+    for candidate in candidates:
+        try:
+            return resolve(root, candidate, missing).parent, result
+        except HTTPException:
+            continue
+    raise HTTPException(status.HTTP_404_NOT_FOUND, detail=missing)
+
+
+def _num(value: Any, fmt: str = ".3g") -> str:
+    if value is None:
+        return "—"
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+
+
+def render_report(
+    report: dict[str, Any], *, dag_id: str, run_id: str, task_id: str, window: Any, plot_url: str | None
+) -> str:
+    """The page of one report (every value from the file HTML-escaped)."""
+    e = html.escape
+    drift = bool(report.get("is_drift"))
+    rows = [(name, r) for name, r in (report.get("features") or {}).items()]
+    if report.get("prediction"):
+        rows.append((f"prediction: {report.get('prediction_column') or 'prediction'}", report["prediction"]))
+    table = "".join(
+        f'<tr class="{"drift" if r.get("drift") else "ok"}"><td>{e(str(name))}</td>'
+        f"<td>{e(str(r.get('test', '')))}</td><td>{_num(r.get('distance'), '.4f')}</td>"
+        f"<td>{_num(r.get('p_val'), '.3e')}</td><td>{'drift' if r.get('drift') else 'no drift'}</td></tr>"
+        for name, r in rows
+    )
+    if isinstance(window, dict) and (window.get("start") or window.get("end")):
+        window_text = f"{window.get('start') or '?'} → {window.get('end') or '?'}"
+    else:
+        window_text = "—"
+    drifted = ", ".join(str(f) for f in report.get("drifted_features") or []) or "none"
+    effective = report.get("effective_threshold")
+    plot = (
+        f'<h2>p-values</h2><img id="pvalues" src="{e(plot_url)}" alt="p-value of each drift test">'
+        if plot_url
+        else '<p class="muted">No p-value plot was stored.</p>'
+    )
+    facts = [
+        ("drift-score", "Drift score (share of drifted features)", _num(report.get("drift_score"), ".4g")),
+        ("threshold", "Significance level", _num(report.get("threshold"), ".3g")),
+        ("correction", "Correction", e(str(report.get("correction") or "—"))),
+        ("effective-threshold", "Per-feature threshold after correction", _num(effective, ".3g")),
+        ("drifted-features", "Drifted features", e(drifted)),
+        ("window", "Window", e(window_text)),
+        (
+            "rows",
+            "Rows (reference / current)",
+            f"{_num(report.get('n_reference'), 'd')} / {_num(report.get('n_current'), 'd')}",
+        ),
+        ("detector", "Detector", e(str(report.get("detector") or "—"))),
+    ]
+    summary = "".join(
+        f'<tr><th>{label}</th><td id="{key}">{value}</td></tr>\n' for key, label, value in facts
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Drift report — {e(dag_id)} / {e(run_id)} / {e(task_id)}</title>
+<style>
+  body {{ font: 14px system-ui, sans-serif; margin: 16px 24px; color: #1b1f24; }}
+  table {{ border-collapse: collapse; margin: 8px 0 16px; }}
+  td, th {{ border-bottom: 1px solid #d0d7de; padding: 4px 10px; text-align: left; }}
+  tr.drift td {{ color: #b42318; font-weight: 600; }} .muted {{ color: #57606a; }}
+  .verdict.drift {{ color: #b42318; }} .verdict.ok {{ color: #1a7f37; }} img {{ max-width: 100%; }}
+</style></head>
+<body>
+<h1>Drift report</h1>
+<div class="muted">DAG <code>{e(dag_id)}</code>, run <code>{e(run_id)}</code>,
+task <code>{e(task_id)}</code></div>
+<h2 class="verdict {"drift" if drift else "ok"}">{"Drift found" if drift else "No drift"}</h2>
+<table id="summary">
+{summary}</table>
+<h2>Tests</h2>
+<table id="features"><tr><th>Feature</th><th>Test</th><th>Statistic</th><th>p-value</th><th></th></tr>
+{table}</table>
+{plot}
+</body></html>
+"""
+
+
+@router.get(
+    DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse, name="drift_report"
+)
+def drift_report(dag_id: str, run_id: str, task_id: str, user: User) -> HTMLResponse:
+    """The drift report of one task instance as a page."""
+    _authorize(user, dag_id)
+    folder, result = report_dir(dag_id, run_id, task_id)
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError) as err:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"The drift report of {dag_id!r} / {run_id!r} is unreadable: {err}",
+        ) from err
+    has_plot = (folder / "pvalues.png").is_file()
+    page = render_report(
+        report if isinstance(report, dict) else {},
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=task_id,
+        window=result.get("window"),
+        # relative to this page: .../<task_id>/pvalues.png
+        plot_url=f"{quote(task_id, safe='')}/pvalues.png" if has_plot else None,
+    )
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
+@router.get(DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}/pvalues.png", name="drift_report_plot")
+def drift_report_plot(dag_id: str, run_id: str, task_id: str, user: User) -> FileResponse:
+    """The p-value plot of one drift report."""
+    _authorize(user, dag_id)
+    folder, _ = report_dir(dag_id, run_id, task_id)
+    missing = f"No p-value plot for the drift report of {dag_id!r} / {run_id!r}."
+    plot = resolve(drift_root(), folder / "pvalues.png", missing)
+    return FileResponse(plot, media_type="image/png")

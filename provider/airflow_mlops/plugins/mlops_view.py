@@ -1,0 +1,228 @@
+"""The MLOps view of the Airflow UI: one plugin, one FastAPI app mounted at ``/mlops``.
+
+* ``GET /mlops/`` — the page (plain HTML + a small script, no build step), shown in Airflow's
+  navigation as **MLOps** through an ``external_views`` entry;
+* ``GET /mlops/api/models`` — registered models, versions, aliases and lineage;
+* ``GET /mlops/api/deployments`` — deployments: endpoint, version, health, traffic, last rollout;
+* ``GET /mlops/api/drift`` — drift checks per monitoring DAG, with the retraining runs they caused;
+* ``GET /mlops/api/datasets`` — dataset versions with row counts and validation status;
+* ``GET /mlops/data-docs/...`` — stored Great Expectations Data Docs (:mod:`.data_docs`);
+* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>`` — a drift report page (:mod:`.drift_report`).
+
+Every route needs Airflow's authentication (401 without credentials, 403 with a bad token or
+without read access to DAG runs). DAG-run details only name DAGs the caller may read.
+The page triggers retrain / rollback DAG runs through Airflow's own REST API
+(``POST /api/v2/dags/{dag_id}/dagRuns``) from the browser, with the UI's session cookie, so
+Airflow's permission checks and audit log apply to the write as to any other trigger.
+
+Configuration (``[mlops]`` section, all optional): ``ui_mlflow_conn_id`` (``mlflow_default``),
+``ui_retrain_dag_id`` (default: the DAG that trained the champion), ``ui_rollback_dag_id``
+(default: none; the page asks). The page also takes ``?retrain_dag=`` / ``?rollback_dag=``.
+
+Only light imports at module level: plugins are loaded by every Airflow process, and the
+readers of :mod:`.sources` import what they need inside the request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from typing import Annotated, Any
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, status
+from fastapi.responses import HTMLResponse, Response
+
+from airflow_mlops.links.great_expectations import URL_PREFIX
+from airflow_mlops.plugins import data_docs, drift_report
+from airflow_mlops.plugins.auth import current_user, readable_dag_ids
+
+PAGE_ROUTE = "/"
+API_ROUTE = "/api"
+_DAG_ID = re.compile(r"[A-Za-z0-9_.~:+-]{1,250}")
+
+User = Annotated[Any, Depends(current_user)]
+router = APIRouter()
+
+
+def _conf(key: str, default: str = "") -> str:
+    from airflow.configuration import conf
+
+    return conf.get("mlops", key, fallback=default) or default
+
+
+def _data_dir():
+    from airflow_mlops import settings
+
+    return settings.data_dir()
+
+
+def _dag_id_param(value: str | None, what: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not _DAG_ID.fullmatch(value):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"{what} {value!r} is not a valid DAG id.")
+    return value
+
+
+def _airflow_base_path() -> str:
+    """The path Airflow is served under (from ``[api] base_url``), e.g. ``""`` or ``/airflow``."""
+    from urllib.parse import urlparse
+
+    return urlparse(_conf_api_base_url()).path.rstrip("/")
+
+
+def _conf_api_base_url() -> str:
+    from airflow.configuration import conf
+
+    return conf.get("api", "base_url", fallback="") or ""
+
+
+# --------------------------------------------------------------------------- page
+
+
+def render_page(config: dict[str, Any]) -> str:
+    """The page with its configuration embedded as JSON (``<`` escaped: it sits in a script tag)."""
+    template = resources.files("airflow_mlops.plugins").joinpath("static/mlops.html").read_text()
+    return template.replace("__MLOPS_CONFIG__", json.dumps(config).replace("<", "\\u003c"))
+
+
+@router.get(PAGE_ROUTE, response_class=HTMLResponse, name="mlops_page")
+def page(
+    user: User,
+    retrain_dag: Annotated[str | None, Query(description="DAG triggered by the Retrain button")] = None,
+    rollback_dag: Annotated[str | None, Query(description="DAG triggered by the Roll back button")] = None,
+) -> HTMLResponse:
+    """The MLOps page: models, deployments, drift and datasets (data loaded from ``api/...``)."""
+    readable_dag_ids(user)
+    config = {
+        "airflow_base": _airflow_base_path(),
+        "retrain_dag": _dag_id_param(retrain_dag, "retrain_dag") or _conf("ui_retrain_dag_id") or None,
+        "rollback_dag": _dag_id_param(rollback_dag, "rollback_dag") or _conf("ui_rollback_dag_id") or None,
+    }
+    # the page's own data changes with every run: never serve it from a cache
+    return HTMLResponse(render_page(config), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/static/icon.svg", name="mlops_icon")
+def icon(user: User) -> Response:
+    svg = resources.files("airflow_mlops.plugins").joinpath("static/icon.svg").read_bytes()
+    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "max-age=3600"})
+
+
+# --------------------------------------------------------------------------- JSON API
+
+
+def _read_registry(conn_id: str) -> tuple[Any, list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+    """The MLflow client of ``conn_id`` and every registered model with its versions; 502 on failure."""
+    import httpx
+    from airflow.exceptions import AirflowNotFoundException
+
+    from airflow_mlops.plugins import sources
+
+    try:
+        client = sources.MlflowRest.from_connection(conn_id)
+    except (AirflowNotFoundException, ValueError) as err:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail=f"No usable MLflow connection {conn_id!r} ({err}); create it (host = the tracking "
+            "URI) or name another one in [mlops] ui_mlflow_conn_id.",
+        ) from err
+    try:
+        return client, [(m, sources.model_versions(client, m)) for m in client.registered_models()]
+    except httpx.HTTPError as err:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail=f"Could not read the MLflow registry at {client.tracking_uri} (connection {conn_id!r}): "
+            f"{err}. Check that the tracking server is up and reachable from the API server.",
+        ) from err
+
+
+@router.get(API_ROUTE + "/models", name="mlops_models")
+def models(user: User) -> dict[str, Any]:
+    """Registered models with their versions, aliases and lineage (DAG run, dataset, validation)."""
+    from airflow_mlops.plugins import sources
+
+    dag_ids = readable_dag_ids(user)
+    client, registry = _read_registry(_conf("ui_mlflow_conn_id", "mlflow_default"))
+    by_run = sources.validations_by_run(sources.validations(dag_ids))
+    out = [
+        {"name": model["name"], "description": model.get("description") or "", "versions": versions}
+        for model, versions in registry
+    ]
+    everything = [v for m in out for v in m["versions"]]
+    runs = sources.dag_runs(
+        (v["dag_id"], v["dag_run_id"]) for v in everything if v["dag_id"] in dag_ids and v["dag_run_id"]
+    )
+    sources.attach_lineage(everything, dag_ids, runs, by_run)
+    for entry in out:
+        entry["aliases"] = {a: v["version"] for v in entry["versions"] for a in v["aliases"]}
+        champion = next((v for v in entry["versions"] if "champion" in v["aliases"]), None)
+        entry["trained_by_dag"] = champion["dag_id"] if champion else None
+    return {"tracking_uri": client.tracking_uri, "models": out}
+
+
+@router.get(API_ROUTE + "/deployments", name="mlops_deployments")
+def deployments(user: User) -> dict[str, Any]:
+    """Deployments: endpoint, version served, health, traffic split and the last rollout."""
+    from airflow_mlops.plugins import sources
+
+    dag_ids = readable_dag_ids(user)
+    found = sources.deployments(_data_dir())
+    sources.attach_rollouts(found, sources.xcoms(dag_ids, "return_value"))
+    return {"deployments": found}
+
+
+@router.get(API_ROUTE + "/drift", name="mlops_drift")
+def drift(user: User) -> dict[str, Any]:
+    """Drift checks grouped by monitoring DAG: score, threshold, window and retraining runs caused."""
+    from airflow_mlops.plugins import sources
+
+    dag_ids = readable_dag_ids(user)
+    points = sources.drift_reports(_data_dir(), dag_ids)
+    sources.attach_drift_runs(points, sources.xcoms({p["dag_id"] for p in points}, "return_value"))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for point in sorted(points, key=sources.window_order):
+        series.setdefault(point["dag_id"], []).append(point)
+    return {"series": [{"dag_id": dag_id, "points": pts} for dag_id, pts in series.items()]}
+
+
+@router.get(API_ROUTE + "/datasets", name="mlops_datasets")
+def datasets(user: User) -> dict[str, Any]:
+    """Dataset versions with row counts and the result of their validation."""
+    from airflow_mlops.plugins import sources
+
+    dag_ids = readable_dag_ids(user)
+    by_version = sources.validations_by_dataset_version(sources.validations(dag_ids))
+    return {"datasets": sources.datasets(_data_dir(), by_version, dag_ids)}
+
+
+# --------------------------------------------------------------------------- plugin
+
+
+def create_app() -> FastAPI:
+    """The app mounted at ``/mlops``: the MLOps view, the Data Docs files and drift reports."""
+    app = FastAPI(title="MLOps provider", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(router)
+    app.include_router(data_docs.router)
+    app.include_router(drift_report.router)
+    return app
+
+
+class MlopsPlugin(AirflowPlugin):
+    """The provider's UI: the **MLOps** page in Airflow's navigation, its JSON API and Data Docs."""
+
+    name = "mlops"
+    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "MLOps"}]
+    external_views = [
+        {
+            "name": "MLOps",
+            # same origin as the UI: the page's requests carry the UI's session cookie
+            "href": f"{URL_PREFIX}/",
+            "destination": "nav",
+            "url_route": "mlops",
+            "icon": f"{URL_PREFIX}/static/icon.svg",
+            "nav_top_level": True,
+        }
+    ]

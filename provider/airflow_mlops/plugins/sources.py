@@ -1,0 +1,519 @@
+"""Where the MLOps view's data comes from: MLflow's REST API, the provider's files, Airflow's DB.
+
+Everything here runs inside a request of Airflow's API server, so it stays light: MLflow is
+read over its REST API with ``httpx`` (``import mlflow`` alone costs ~8 s), the files the
+operators write are read as JSON, and DAG runs, XComs and asset events come from Airflow's
+metadata database through the API server's own session (the server already holds it; a
+request back to its own REST API would need a second credential and a second hop).
+
+Each reader returns plain JSON-ready dicts and never raises for a missing or unreachable
+source: the view shows what it can and says what it could not read (``errors``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+#: how many registered models / versions / dataset versions / XComs one request reads at most
+MAX_MODELS = 50
+MAX_VERSIONS = 50
+MAX_DATASET_VERSIONS = 100
+MAX_XCOMS = 2000
+HEALTH_TIMEOUT_S = 1.0
+MLFLOW_TIMEOUT_S = 10.0
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, int | float):  # MLflow's epoch milliseconds
+        return datetime.fromtimestamp(value / 1000, UTC).isoformat()
+    return str(value)
+
+
+def dag_run_url(dag_id: str, run_id: str) -> str:
+    """Path of a DAG run's page in Airflow's UI (same origin as the view)."""
+    return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def drift_report_path(dag_id: str, run_id: str, task_id: str) -> str:
+    """Path of a drift report's page served by the plugin (same origin as the view)."""
+    parts = "/".join(quote(x, safe="") for x in (dag_id, run_id, task_id))
+    return f"/mlops/drift-report/{parts}"
+
+
+# --------------------------------------------------------------------------- MLflow (REST)
+
+
+class MlflowRest:
+    """
+    A minimal MLflow REST client for read-only registry calls.
+
+    :param tracking_uri: the tracking server, e.g. ``http://127.0.0.1:5000``.
+    :param auth: ``(username, password)`` for basic auth, if the server needs it.
+    :param token: a bearer token, if the server needs one instead.
+    """
+
+    def __init__(self, tracking_uri: str, auth: tuple[str, str] | None = None, token: str | None = None):
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.auth = auth
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def from_connection(cls, conn_id: str = "mlflow_default") -> MlflowRest:
+        """The client for an Airflow connection of type ``mlflow`` (host = tracking URI)."""
+        from airflow.models.connection import Connection
+
+        conn = Connection.get_connection_from_secrets(conn_id)
+        host = (conn.host or "").rstrip("/")
+        if not host:
+            raise ValueError(f"Connection {conn_id!r} has no host: set it to the MLflow tracking URI.")
+        if "://" not in host:
+            host = f"{conn.schema or 'http'}://{host}{f':{conn.port}' if conn.port else ''}"
+        if conn.login:
+            return cls(host, auth=(conn.login, conn.password or ""))
+        return cls(host, token=conn.password or None)
+
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
+        import httpx
+
+        response = httpx.get(
+            f"{self.tracking_uri}/api/2.0/mlflow/{path}",
+            params=params,
+            auth=self.auth,
+            headers=self.headers,
+            timeout=MLFLOW_TIMEOUT_S,
+        )
+        if response.status_code == 404:
+            return {}
+        response.raise_for_status()
+        return response.json()
+
+    def registered_models(self) -> list[dict[str, Any]]:
+        return self.get("registered-models/search", max_results=MAX_MODELS).get("registered_models", [])
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        escaped = name.replace("'", "\\'")
+        found = self.get(
+            "model-versions/search",
+            filter=f"name='{escaped}'",
+            max_results=MAX_VERSIONS,
+            order_by="version_number DESC",
+        ).get("model_versions", [])
+        return sorted(found, key=lambda v: int(v["version"]), reverse=True)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self.get("runs/get", run_id=run_id).get("run", {})
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def version_url(self, name: str, version: str) -> str:
+        return f"{self.tracking_uri}/#/models/{quote(name, safe='')}/versions/{version}"
+
+
+def _tags(entity: dict[str, Any]) -> dict[str, str]:
+    tags = entity.get("tags") or []
+    return {t["key"]: t.get("value", "") for t in tags} if isinstance(tags, list) else dict(tags)
+
+
+def model_versions(client: MlflowRest, model: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    The versions of one registered model (newest first) with their aliases and MLflow lineage.
+
+    :param client: the MLflow client.
+    :param model: the registered model as MLflow's REST API returns it.
+    """
+    aliases: dict[str, list[str]] = {}
+    for alias in model.get("aliases") or []:
+        aliases.setdefault(str(alias["version"]), []).append(alias["alias"])
+    out = []
+    for v in client.versions(model["name"]):
+        tags = _tags(v)
+        mlflow_run = client.run(v["run_id"]) if v.get("run_id") else {}
+        info = mlflow_run.get("info", {})
+        metrics = {m["key"]: m["value"] for m in mlflow_run.get("data", {}).get("metrics", []) or []}
+        out.append(
+            {
+                "version": str(v["version"]),
+                "aliases": sorted(aliases.get(str(v["version"]), [])),
+                "status": v.get("status"),
+                "created_at": _iso(v.get("creation_timestamp")),
+                "mlflow_run_id": v.get("run_id"),
+                "mlflow_run_url": client.run_url(info["experiment_id"], v["run_id"]) if info else None,
+                "mlflow_version_url": client.version_url(model["name"], str(v["version"])),
+                "dataset_version": tags.get("dataset_version"),
+                "evaluation": {k[len("eval.") :]: val for k, val in tags.items() if k.startswith("eval.")},
+                "metrics": metrics,
+                "dag_id": tags.get("airflow.dag_id"),
+                "dag_run_id": tags.get("airflow.run_id"),
+                "dag_run": None,
+                "validation": None,
+            }
+        )
+    return out
+
+
+def attach_lineage(
+    versions: list[dict[str, Any]],
+    dag_ids: set[str],
+    runs: dict[tuple[str, str], dict[str, Any]],
+    validations: dict[tuple[str, str], list[dict[str, Any]]],
+) -> None:
+    """
+    Give each version the DAG run that trained it and that run's validation results.
+
+    :param versions: from :func:`model_versions`.
+    :param dag_ids: the DAGs the caller may read; other DAGs' run ids are hidden.
+    :param runs: DAG runs by ``(dag_id, run_id)`` (see :func:`dag_runs`).
+    :param validations: validation summaries by ``(dag_id, run_id)`` (see :func:`validations_by_run`).
+    """
+    for v in versions:
+        if v["dag_id"] not in dag_ids:
+            v["dag_run_id"] = None
+            continue
+        key = (v["dag_id"], v["dag_run_id"])
+        v["dag_run"] = runs.get(key)
+        v["validation"] = validations.get(key) or None
+
+
+# --------------------------------------------------------------------------- Airflow's DB
+
+
+def _deserialize(row: Any) -> Any:
+    from airflow.models.xcom import XComModel
+
+    try:
+        return XComModel.deserialize_value(row)
+    except Exception:  # a value another serializer wrote: show nothing rather than fail
+        return None
+
+
+def xcoms(dag_ids: Iterable[str], key: str, limit: int = MAX_XCOMS) -> list[dict[str, Any]]:
+    """The latest XCom values under ``key`` of the given DAGs, newest first."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag_ids = list(dag_ids)
+    if not dag_ids:
+        return []
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel)
+            .where(XComModel.key == key, XComModel.dag_id.in_(dag_ids))
+            .order_by(XComModel.timestamp.desc())
+            .limit(limit)
+        ).scalars()
+        return [
+            {
+                "dag_id": r.dag_id,
+                "run_id": r.run_id,
+                "task_id": r.task_id,
+                "timestamp": _iso(r.timestamp),
+                "value": _deserialize(r),
+            }
+            for r in rows
+        ]
+
+
+def dag_runs(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """State and UI link of the given ``(dag_id, run_id)`` runs that exist."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select, tuple_
+
+    keys = list(set(keys))
+    if not keys:
+        return {}
+    with create_session() as session:
+        rows = session.execute(select(DagRun).where(tuple_(DagRun.dag_id, DagRun.run_id).in_(keys))).scalars()
+        return {(r.dag_id, r.run_id): _run_dict(r) for r in rows}
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    return {
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "state": str(run.state) if run.state is not None else None,
+        "run_type": str(run.run_type),
+        "start_date": _iso(run.start_date),
+        "end_date": _iso(run.end_date),
+        "url": dag_run_url(run.dag_id, run.run_id),
+    }
+
+
+def validation_summary(xcom: dict[str, Any]) -> dict[str, Any] | None:
+    """The parts of a GreatExpectationsValidateOperator summary (XCom ``validation``) the view shows."""
+    value = xcom["value"]
+    if not isinstance(value, dict) or "success" not in value:
+        return None
+    stats = value.get("statistics") or {}
+    return {
+        "dag_id": xcom["dag_id"],
+        "run_id": xcom["run_id"],
+        "task_id": xcom["task_id"],
+        "success": bool(value["success"]),
+        "suite": value.get("suite"),
+        "evaluated": stats.get("evaluated_expectations"),
+        "successful": stats.get("successful_expectations"),
+        "failures": list(value.get("failures") or [])[:5],
+        "data_path": value.get("data_path"),
+        "rows": value.get("rows"),
+        "quarantined_rows": value.get("quarantined_rows"),
+        "data_docs_url": value.get("data_docs_url"),
+    }
+
+
+def validations(dag_ids: Iterable[str]) -> list[dict[str, Any]]:
+    return [s for x in xcoms(dag_ids, "validation") if (s := validation_summary(x))]
+
+
+def validations_by_run(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in summaries:
+        by_run.setdefault((s["dag_id"], s["run_id"]), []).append(s)
+    return by_run
+
+
+def task_outcome(dag_id: str, task_id: str) -> dict[str, Any] | None:
+    """The latest try of ``task_id`` in ``dag_id``: its state, run and end."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        ti = session.execute(
+            select(TaskInstance)
+            .where(TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id)
+            .order_by(TaskInstance.start_date.desc().nulls_last())
+            .limit(1)
+        ).scalar_one_or_none()
+        if ti is None:
+            return None
+        return {
+            "dag_id": ti.dag_id,
+            "task_id": ti.task_id,
+            "run_id": ti.run_id,
+            "state": str(ti.state) if ti.state is not None else None,
+            "end_date": _iso(ti.end_date),
+            "url": dag_run_url(ti.dag_id, ti.run_id),
+        }
+
+
+def triggered_runs(dag_id: str, run_id: str, report: str) -> list[dict[str, Any]]:
+    """The DAG runs created by the asset events that the drift check ``report`` announced."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    with create_session() as session:
+        events = session.execute(
+            select(AssetEvent)
+            .where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)
+            .options(selectinload(AssetEvent.created_dagruns))
+        ).scalars()
+        return [
+            _run_dict(run)
+            for event in events
+            if (event.extra or {}).get("report") in (None, report)
+            for run in event.created_dagruns
+        ]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: Any) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def endpoint_health(state: dict[str, Any]) -> str:
+    """``healthy``, ``unhealthy`` (answers badly or not at all) or ``stopped`` (no process)."""
+    import httpx
+
+    if not pid_alive(state.get("pid")):
+        return "stopped"
+    try:
+        ok = httpx.get(f"{state['endpoint']}/health/ping", timeout=HEALTH_TIMEOUT_S).is_success
+    except httpx.HTTPError:
+        ok = False
+    return "healthy" if ok else "unhealthy"
+
+
+def deployments(data_dir: Path) -> list[dict[str, Any]]:
+    """The local Seldon deployments (``deployments/<name>/current.json``, written by SeldonHook)."""
+    out = []
+    for current in sorted((data_dir / "deployments").glob("*/current.json")):
+        state = _read_json(current)
+        if not state:
+            continue
+        out.append(
+            {
+                "name": state.get("name", current.parent.name),
+                "mode": "local",
+                "version": str(state.get("version")),
+                "previous_version": state.get("previous_version"),
+                "endpoint": state.get("endpoint"),
+                "health": endpoint_health(state),
+                # one local server serves the current version: all of the traffic
+                "traffic": [{"version": str(state.get("version")), "percent": 100}],
+                "started_at": _iso(datetime.fromtimestamp(state["started_at"], UTC))
+                if state.get("started_at")
+                else None,
+                "last_rollout": None,
+            }
+        )
+    return out
+
+
+def attach_rollouts(found: list[dict[str, Any]], deploy_xcoms: list[dict[str, Any]]) -> None:
+    """Set each deployment's ``last_rollout``: the latest try of the task that deploys it."""
+    for deployment in found:
+        mine = [
+            x
+            for x in deploy_xcoms
+            if isinstance(x["value"], dict) and x["value"].get("deployment") == deployment["name"]
+        ]
+        if not mine:
+            continue
+        latest = mine[0]  # newest first
+        outcome = task_outcome(latest["dag_id"], latest["task_id"])
+        if outcome and outcome["run_id"] == latest["run_id"]:
+            outcome["changed"] = latest["value"].get("changed")
+            outcome["version"] = latest["value"].get("version")
+        deployment["last_rollout"] = outcome
+
+
+def _min_p(report: dict[str, Any]) -> float | None:
+    values = [f.get("p_val") for f in (report.get("features") or {}).values()]
+    if report.get("prediction"):
+        values.append(report["prediction"].get("p_val"))
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
+def drift_reports(data_dir: Path, dag_ids: set[str]) -> list[dict[str, Any]]:
+    """
+    The drift reports of readable DAGs (``drift/<dag_id>/<run>/report.json``), oldest first.
+
+    Each point carries the drift score (share of drifted features), the smallest p-value and
+    the threshold it is compared with (``effective_threshold`` after the multiple-test
+    correction, else ``threshold``).
+    """
+    points = []
+    for path in (data_dir / "drift").glob("*/*/report.json"):
+        dag_id = path.parent.parent.name
+        report = _read_json(path)
+        if dag_id not in dag_ids or not report:
+            continue
+        points.append(
+            {
+                "dag_id": dag_id,
+                "folder": path.parent.name,
+                "report": str(path),
+                "is_drift": bool(report.get("is_drift")),
+                "drift_score": report.get("drift_score"),
+                "min_p_value": _min_p(report),
+                "threshold": report.get("effective_threshold") or report.get("threshold"),
+                "p_val": report.get("threshold"),
+                "correction": report.get("correction"),
+                "drifted_features": report.get("drifted_features") or [],
+                "n_reference": report.get("n_reference"),
+                "n_current": report.get("n_current"),
+                "checked_at": _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)),
+                "window": None,
+                "run_id": None,
+                "task_id": None,
+                "triggered_runs": [],
+            }
+        )
+    return sorted(points, key=lambda p: p["checked_at"])
+
+
+def window_order(point: dict[str, Any]) -> str:
+    """Sort key of a drift point: the start of its window, else when it was checked."""
+    return str((point.get("window") or {}).get("start") or point["checked_at"])
+
+
+def attach_drift_runs(points: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """Give each report its DAG run, window and the retraining runs its drift event created."""
+    by_report = {
+        x["value"]["report"]: x for x in results if isinstance(x["value"], dict) and "report" in x["value"]
+    }
+    for point in points:
+        xcom = by_report.get(point["report"])
+        if xcom is None:
+            continue
+        point.update(run_id=xcom["run_id"], task_id=xcom["task_id"], window=xcom["value"].get("window"))
+        point["run_url"] = dag_run_url(point["dag_id"], xcom["run_id"])
+        point["report_url"] = drift_report_path(point["dag_id"], xcom["run_id"], xcom["task_id"])
+        if point["is_drift"]:
+            point["triggered_runs"] = triggered_runs(point["dag_id"], xcom["run_id"], point["report"])
+
+
+def datasets(
+    data_dir: Path, by_version: dict[str, dict[str, Any]], dag_ids: set[str]
+) -> list[dict[str, Any]]:
+    """
+    Every dataset under ``datasets/`` with its versions (newest first) and their validation.
+
+    :param data_dir: the provider's data folder.
+    :param by_version: validation summaries by the dataset version they checked.
+    :param dag_ids: the DAGs the caller may read; the runs of others that ingested are hidden.
+    """
+    from airflow_mlops.datasets import list_snapshots
+
+    root = data_dir / "datasets"
+    out = []
+    for folder in sorted(p for p in root.glob("*") if (p / "manifests").is_dir()):
+        manifests = list_snapshots(root, folder.name)[-MAX_DATASET_VERSIONS:]
+        versions = [
+            {
+                "version": m["version"],
+                "rows": m.get("rows"),
+                "interval_start": m.get("interval_start"),
+                "interval_end": m.get("interval_end"),
+                "ingested_at": m.get("ingested_at"),
+                "dag_id": m.get("dag_id") if m.get("dag_id") in dag_ids else None,
+                "run_id": m.get("run_id") if m.get("dag_id") in dag_ids else None,
+                "quarantined": m.get("quarantined"),
+                "validation": by_version.get(m["version"]),
+            }
+            for m in reversed(manifests)
+        ]
+        out.append({"name": folder.name, "versions": versions})
+    return out
+
+
+def validations_by_dataset_version(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest validation of each dataset version (the snapshot file is ``<version>.parquet``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for s in summaries:  # newest first
+        if s.get("data_path"):
+            found.setdefault(Path(s["data_path"]).stem, s)
+    return found
