@@ -11,7 +11,7 @@ VENV := $(ROOT)/.venv
 RUNTIMES := $(ROOT)/.runtimes
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv runtimes demo stop test lint lock clean
+.PHONY: help setup venv runtimes browser demo stop test lint lock clean
 
 help:
 	@echo "make demo   set up everything, run the pipeline end to end, leave Airflow and MLflow UIs up"
@@ -26,6 +26,12 @@ $(ROOT)/.tools/bin/uv:
 
 venv: $(UV)
 	bash scripts/runtime_env.sh airflow $(VENV)
+	@$(MAKE) --no-print-directory $(VENV)/.provider.stamp
+
+# re-register the provider (entry points: provider info, plugins) when pyproject.toml changes
+$(VENV)/.provider.stamp: pyproject.toml
+	$(UV) pip install --quiet --python $(VENV)/bin/python --no-deps --editable $(ROOT)
+	@touch $@
 
 runtimes: $(UV)
 	bash scripts/runtime_env.sh drift $(RUNTIMES)/drift
@@ -34,13 +40,17 @@ runtimes: $(UV)
 
 setup: venv runtimes
 
+# headless Chromium (Debian packages) for the browser test of the UI plugin; idempotent
+browser:
+	bash scripts/install_browser.sh
+
 demo: setup
 	$(VENV)/bin/python scripts/stack.py demo
 
 stop:
 	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python scripts/stack.py stop; fi
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check provider dags tests bench scripts
 	MLOPS_RUNTIMES_DIR=$(RUNTIMES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

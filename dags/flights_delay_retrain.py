@@ -2,7 +2,8 @@
 
 Scheduled on the ``flights_delay_drift`` Asset. The event's extra carries the drifted
 window; the model is retrained on it, gated against the current champion on that window's
-holdout, and deployed only if it wins (the deploy task changes nothing otherwise).
+holdout (overall and per airport and airline), and deployed only if it wins: otherwise the
+gate skips ``deploy`` and the champion keeps serving.
 """
 
 from __future__ import annotations

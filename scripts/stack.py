@@ -165,7 +165,9 @@ class Stack:
                 "--workers",
                 "1",
             ],
-            self.env(),
+            # MLflow >= 3.5 also starts a pool of job-runner processes (huey consumers, ~10) for
+            # its GenAI jobs; the ML lifecycle needs none of them, and they cost a core at start
+            {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
 
     def start_airflow(self) -> None:
@@ -362,6 +364,7 @@ def demo() -> int:
         _log(f"the pipeline run ended {state}; see the Airflow UI at {stack.airflow_url}")
         return 1
     registered = stack.xcom(PIPELINE_DAG, run_id, "register")
+    registered["gate"] = stack.xcom(PIPELINE_DAG, run_id, "gate", key="comparison")
     deployed = stack.xcom(PIPELINE_DAG, run_id, "deploy")
     drift = stack.xcom(PIPELINE_DAG, run_id, "detect_drift")
     retrain = None
@@ -371,7 +374,9 @@ def demo() -> int:
         retrain["state"] = stack.wait_run(RETRAIN_DAG, retrain["dag_run_id"])
         if retrain["state"] == "success":
             retrain["register"] = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "register")
-            deployed = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "deploy")
+            retrain["gate"] = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "gate", key="comparison")
+            if retrain["gate"]["promote"]:  # otherwise the gate skipped deploy: January's model serves
+                deployed = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "deploy")
     _print_summary(stack, registered, deployed, drift, retrain)
     return 0
 
@@ -393,8 +398,8 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
         f"Airflow UI   {stack.airflow_url}   login: {stack.username} / {stack.password}",
         f"             DAGs: {PIPELINE_DAG} (January 2013), {RETRAIN_DAG} (triggered by drift)",
         f"MLflow UI    {stack.mlflow_url}   experiment 'flights_delay', model 'flights_delay'",
-        f"Registered   {registered['name']} version {registered['version']} aliases {registered['aliases']}"
-        f" ({registered['decision']['reason']})",
+        f"Registered   {registered['name']} version {registered['version']}: {registered['gate']['reason']}"
+        f" -> {registered['gate']['outcome']}",
         f"Drift        July 2013 vs January: drift={drift['is_drift']} score={drift['drift_score']:.2f} "
         f"features={drift['drifted_features']}",
         f"             report {drift['report']}",
@@ -403,9 +408,10 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
         lines.append(f"Retraining   {RETRAIN_DAG} run {retrain['dag_run_id']}: {retrain['state']}")
         if "register" in retrain:
             again = retrain["register"]
+            gate = retrain["gate"]
             lines.append(
-                f"             registered version {again['version']} on July: {again['decision']['reason']}"
-                f" -> champion is version {again['champion_version']}"
+                f"             registered version {again['version']} on July; gate: {gate['reason']}"
+                f" -> {gate['outcome']} (champion: version {deployed['version']})"
             )
     lines += [
         f"Serving      version {deployed['version']} of {deployed['model_name']} at {deployed['endpoint']}",

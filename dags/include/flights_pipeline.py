@@ -17,7 +17,7 @@ from airflow.sdk import Asset, task
 from airflow_mlops.operators.deploy import SeldonDeployOperator
 from airflow_mlops.operators.feast import FeastApplyOperator, FeastMaterializeOperator
 from airflow_mlops.operators.ingest import IngestOperator
-from airflow_mlops.operators.registry import MlflowRegisterModelOperator
+from airflow_mlops.operators.registry import ChampionChallengerGateOperator, MlflowRegisterModelOperator
 from airflow_mlops.operators.train import HorovodTrainOperator
 from airflow_mlops.operators.validate import GreatExpectationsValidateOperator
 
@@ -32,6 +32,7 @@ CARRIER_FEATURES = ["carrier_flights", "carrier_dep_delay_mean", "carrier_delaye
 #: model inputs, in order (must match FEATURES in train_flights_delay.py; a unit test checks)
 FEATURES = ["hour", "day_of_week", "distance", *WEATHER_FEATURES, *CARRIER_FEATURES]
 LABEL = "delayed"
+FEATURE_VIEWS = ["weather_hourly", "carrier_daily"]
 
 FLIGHTS = Asset(name="nycflights13_flights", uri="x-mlops://datasets/flights")
 WEATHER = Asset(name="nycflights13_weather", uri="x-mlops://datasets/weather")
@@ -142,15 +143,20 @@ def train_register_deploy(
     deployment_name: str = DEPLOYMENT_NAME,
     flights_source: Any = FLIGHTS_SOURCE,
 ) -> dict[str, Any]:
-    """Ingest → validate → features → train (Horovod) → register (gate) → deploy, for ``[start, end)``."""
+    """Ingest → validate → features → train (Horovod) → register → gate → deploy, for ``[start, end)``."""
     ingest_flights, ingest_weather = ingest_tasks(start, end, flights_source=flights_source)
     validate = GreatExpectationsValidateOperator(
-        task_id="validate_flights", data_path=ingest_flights.output["path"], suite=FLIGHTS_SUITE
+        task_id="validate_flights",
+        data_path=ingest_flights.output["path"],
+        suite=FLIGHTS_SUITE,
+        policy="fail",  # nothing downstream trains on data that fails the suite
+        # a month with half the usual flights is a partial load, not a quiet month
+        row_count_vs_history=0.5,
     )
     apply = FeastApplyOperator(task_id="feast_apply")
     carrier_stats = compute_carrier_stats.override(task_id="compute_carrier_stats")(ingest_flights.output)
     materialize = FeastMaterializeOperator(
-        task_id="feast_materialize", feature_views=["weather_hourly", "carrier_daily"], start=start, end=end
+        task_id="feast_materialize", feature_views=FEATURE_VIEWS, start=start, end=end
     )
     table = build_feature_table.override(task_id="build_training_set")(ingest_flights.output, 0.2)
     train = HorovodTrainOperator(
@@ -166,15 +172,41 @@ def train_register_deploy(
         task_id="register",
         run_id=train.output["run_id"],
         model_name=model_name,
-        evaluation={"data_path": table["holdout"], "features": FEATURES, "label": LABEL, "metric": "roc_auc"},
-        version_tags={"dataset_version": ingest_flights.output["version"], "airflow.run_id": "{{ run_id }}"},
+        # what produced this version, as version tags: data, features, validation, DAG run
+        lineage={
+            "dataset_version": ingest_flights.output["version"],
+            "feature_views": FEATURE_VIEWS,
+            "validation": {
+                "success": validate.output["success"],
+                "statistics": validate.output["statistics"],
+            },
+        },
+        version_tags={"airflow.run_id": "{{ run_id }}"},
+        champion_alias=None,  # the gate below decides
         outlets=[MODEL],
+    )
+    # challenger vs champion on the same held-out rows, overall and per airport and airline;
+    # `champion` moves (and the model is deployed) only when the challenger wins
+    gate = ChampionChallengerGateOperator(
+        task_id="gate",
+        model_name=model_name,
+        challenger_version=register.output["version"],
+        evaluation={
+            "data_path": table["holdout"],
+            "features": FEATURES,
+            "label": LABEL,
+            "metric": "roc_auc",
+            "dataset_version": ingest_flights.output["version"],
+        },
+        slices=["origin", "carrier"],
+        max_slice_regression=0.02,
+        deploy_task_ids="deploy",
     )
     deploy = SeldonDeployOperator(task_id="deploy", deployment_name=deployment_name, model_name=model_name)
 
     validate >> [carrier_stats, table]
     [ingest_weather, carrier_stats] >> apply >> materialize >> table
-    register >> deploy
+    register >> gate >> deploy
     return {
         "flights": ingest_flights,
         "apply": apply,

@@ -58,9 +58,9 @@ def _connection_types() -> list[dict[str, Any]]:
                 ),
             },
             "ui-field-behaviour": {
-                "hidden-fields": ["host", "schema", "login", "password", "port"],
-                "relabeling": {},
-                "placeholders": {},
+                "hidden-fields": ["host", "schema", "login", "port"],
+                "relabeling": {"password": "Redis password"},
+                "placeholders": {"password": "only for a Redis online store with AUTH"},
             },
         },
         {
@@ -102,7 +102,8 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "MLOps",
                 "python-modules": _modules(
-                    "operators", "ingest", "validate", "feast", "train", "registry", "deploy", "drift"
+                    "operators",
+                    *("ingest", "validate", "feast", "train", "select", "registry", "deploy", "drift"),
                 ),
             }
         ],
@@ -110,8 +111,17 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "MLOps",
                 "python-modules": _modules(
-                    "hooks", "mlflow", "feast", "great_expectations", "seldon", "runtime"
+                    "hooks", "mlflow", "feast", "great_expectations", "seldon", "runtime", "kubernetes"
                 ),
+            }
+        ],
+        "sensors": [
+            {"integration-name": "MLOps", "python-modules": _modules("sensors", "dataset", "feast", "mlflow")}
+        ],
+        "triggers": [
+            {
+                "integration-name": "MLOps",
+                "python-modules": _modules("triggers", "dataset", "feast", "kubernetes", "mlflow"),
             }
         ],
         "connection-types": _connection_types(),
@@ -119,6 +129,8 @@ def get_provider_info() -> dict[str, Any]:
             f"{_PKG}.links.mlflow.MlflowRunLink",
             f"{_PKG}.links.mlflow.MlflowModelVersionLink",
             f"{_PKG}.links.seldon.SeldonEndpointLink",
+            f"{_PKG}.links.great_expectations.DataDocsLink",
+            f"{_PKG}.links.drift.DriftReportLink",
         ],
         "config": {
             "mlops": {
@@ -130,6 +142,30 @@ def get_provider_info() -> dict[str, Any]:
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "/var/lib/airflow/mlops",
+                        "default": "",
+                    },
+                    "ui_mlflow_conn_id": {
+                        "description": "MLflow connection the MLOps page of the Airflow UI reads "
+                        "registered models from.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "mlflow_default",
+                        "default": "mlflow_default",
+                    },
+                    "ui_retrain_dag_id": {
+                        "description": "DAG the MLOps page's Retrain button triggers; empty: the DAG "
+                        "that trained the champion.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "flights_delay_retrain",
+                        "default": "",
+                    },
+                    "ui_rollback_dag_id": {
+                        "description": "DAG the MLOps page's Rollback button triggers; empty: the page "
+                        "asks for one.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "flights_delay_rollback",
                         "default": "",
                     },
                     "runtimes_dir": {

@@ -16,7 +16,8 @@ def data_dir() -> Path:
     """Root of snapshots, reports and local deployments: ``[mlops] data_dir`` or ``$AIRFLOW_HOME/mlops``."""
     configured = _conf("data_dir")
     if configured:
-        return Path(configured).expanduser()
+        # absolute: tasks and runtimes run in other working directories
+        return Path(configured).expanduser().resolve()
     airflow_home = os.environ.get("AIRFLOW_HOME", str(Path.home() / "airflow"))
     return Path(airflow_home).expanduser() / "mlops"
 
@@ -25,7 +26,8 @@ def runtimes_dir() -> Path:
     """Folder holding one virtual environment per runtime (``training``, ``serving``, ``drift``)."""
     configured = _conf("runtimes_dir")
     if configured:
-        return Path(configured).expanduser()
+        # absolute: tasks and runtimes run in other working directories
+        return Path(configured).expanduser().resolve()
     cache = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
     return Path(cache) / "airflow-provider-mlops" / "runtimes"
 

@@ -21,7 +21,8 @@ from stack import Stack, free_port  # noqa: E402
 
 
 def _runtimes_dir() -> Path:
-    return Path(os.environ.get("MLOPS_RUNTIMES_DIR", REPO / ".runtimes"))
+    # absolute: the stack's processes run in other folders
+    return Path(os.environ.get("MLOPS_RUNTIMES_DIR", REPO / ".runtimes")).resolve()
 
 
 @pytest.fixture(scope="session")

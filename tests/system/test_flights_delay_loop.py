@@ -75,12 +75,16 @@ def test_pipeline_registers_champion_with_lineage(stack, runs):
     ingest = stack.xcom(PIPELINE, run_id, "ingest_flights")
     train = stack.xcom(PIPELINE, run_id, "train")
     registered = stack.xcom(PIPELINE, run_id, "register")
+    gate = stack.xcom(PIPELINE, run_id, "gate", key="comparison")
     assert ingest["rows"] > 20000  # January 2013 has 27,004 flights
     assert train["num_proc"] == 2
     assert 0.5 < train["metrics"]["holdout_roc_auc"] <= 1.0
-    # the registry scores the *logged* model (MLflow pyfunc, as serving does) on the same
+    # the gate scores the *logged* model (MLflow pyfunc, as serving does) on the same
     # holdout: it must agree with what the training code measured on the live model
-    assert registered["decision"]["roc_auc"] == pytest.approx(train["metrics"]["holdout_roc_auc"], abs=1e-4)
+    challenger_auc = gate["challenger"]["overall"]["value"]
+    assert challenger_auc == pytest.approx(train["metrics"]["holdout_roc_auc"], abs=1e-4)
+    assert gate["outcome"] == "promote" and gate["previous_champion"] is None  # the first model
+    assert {"origin", "carrier"} <= set(gate["challenger"]["slices"])
     mine = [v for v in versions_of(stack, MODEL) if v["run_id"] == train["run_id"]]
     assert len(mine) == 1
     version = mine[0]
@@ -88,6 +92,9 @@ def test_pipeline_registers_champion_with_lineage(stack, runs):
     tags = {t["key"]: t["value"] for t in version.get("tags", [])}
     assert tags["dataset_version"] == ingest["version"]
     assert tags["airflow.run_id"] == run_id
+    assert json.loads(tags["feature_views"]) == ["weather_hourly", "carrier_daily"]
+    assert json.loads(tags["validation"])["success"] is True
+    assert tags["gate.outcome"] == "promote"
     run = mlflow_get(stack, "runs/get", run_id=train["run_id"]).json()["run"]
     run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert run_tags["airflow.dag_id"] == PIPELINE and run_tags["airflow.task_id"] == "train"
@@ -144,10 +151,18 @@ def test_drift_event_triggers_retraining_that_registers_a_new_version(stack, run
     assert ingest["interval_start"].startswith("2013-07-01")  # trained on the drifted window
     second = stack.xcom(RETRAIN, retrain["dag_run_id"], "register")
     assert int(second["version"]) == int(first["version"]) + 1
+    gate = stack.xcom(RETRAIN, retrain["dag_run_id"], "gate", key="comparison")
+    # both versions scored on the same July holdout
+    assert gate["previous_champion"] == first["version"] and gate["champion"] is not None
     champion = alias_version(stack, MODEL, "champion")
-    assert champion == (second["version"] if second["promoted"] else first["version"])
-    deployed = stack.xcom(RETRAIN, retrain["dag_run_id"], "deploy")
-    assert deployed["version"] == champion
+    states = stack.task_states(RETRAIN, retrain["dag_run_id"])
+    if gate["promote"]:
+        assert champion == second["version"]
+        assert states["deploy"] == "success"
+        assert stack.xcom(RETRAIN, retrain["dag_run_id"], "deploy")["version"] == champion
+    else:  # the challenger lost: champion and deployment stay as they were
+        assert champion == first["version"]
+        assert states["deploy"] == "skipped"
 
 
 def test_rerunning_register_creates_no_second_version(stack, runs):
@@ -179,7 +194,7 @@ def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
     """Feast's SQLite online store holds, per entity, the latest source row materialized.
 
     The retraining run materializes the drifted window (July) after the pipeline's January:
-    once it is done, the online store must answer with July's last rows.
+    once it is done, the online store must answer with July's last rows (before August 1).
     """
     from feast import FeatureStore, RepoConfig
 
@@ -205,9 +220,11 @@ def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
         features=["weather_hourly:temp", "weather_hourly:visib", "carrier_daily:carrier_delayed_share"],
         entity_rows=[{"origin": "JFK", "carrier": "UA"}, {"origin": "LGA", "carrier": "DL"}],
     ).to_dict()
+    # intervals are [start, end): a row stamped at `end` (July 31's carrier statistics, known
+    # at midnight) belongs to August's interval and is not materialized by July's run
     for i, (origin, code) in enumerate([("JFK", "UA"), ("LGA", "DL")]):
-        w = weather[(weather.origin == origin) & (weather.time_hour <= end)].sort_values("time_hour").iloc[-1]
-        c = carrier[(carrier.carrier == code) & (carrier.event_timestamp <= end)]
+        w = weather[(weather.origin == origin) & (weather.time_hour < end)].sort_values("time_hour").iloc[-1]
+        c = carrier[(carrier.carrier == code) & (carrier.event_timestamp < end)]
         c = c.sort_values("event_timestamp").iloc[-1]
         assert online["temp"][i] == pytest.approx(w.temp)
         assert online["visib"][i] == pytest.approx(w.visib)

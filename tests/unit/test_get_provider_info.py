@@ -27,6 +27,8 @@ EXPECTED_LINKS = {
     "airflow_mlops.links.mlflow.MlflowRunLink",
     "airflow_mlops.links.mlflow.MlflowModelVersionLink",
     "airflow_mlops.links.seldon.SeldonEndpointLink",
+    "airflow_mlops.links.great_expectations.DataDocsLink",
+    "airflow_mlops.links.drift.DriftReportLink",
 }
 HEAVY = ("mlflow", "feast", "great_expectations", "torch", "horovod", "seldon_core", "alibi_detect")
 
