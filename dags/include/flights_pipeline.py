@@ -175,7 +175,7 @@ def train_register_deploy(
         # what produced this version, as version tags: data, features, validation, DAG run
         lineage={
             "dataset_version": ingest_flights.output["version"],
-            "feature_views": FEATURE_VIEWS,
+            "feature_views": apply.output["versions"],  # {view: hash of its definition}
             "validation": {
                 "success": validate.output["success"],
                 "statistics": validate.output["statistics"],

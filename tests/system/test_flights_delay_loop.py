@@ -92,7 +92,9 @@ def test_pipeline_registers_champion_with_lineage(stack, runs):
     tags = {t["key"]: t["value"] for t in version.get("tags", [])}
     assert tags["dataset_version"] == ingest["version"]
     assert tags["airflow.run_id"] == run_id
-    assert json.loads(tags["feature_views"]) == ["weather_hourly", "carrier_daily"]
+    applied = stack.xcom(PIPELINE, run_id, "feast_apply")
+    assert json.loads(tags["feature_views"]) == applied["versions"]
+    assert set(applied["versions"]) == {"weather_hourly", "carrier_daily"}
     assert json.loads(tags["validation"])["success"] is True
     assert tags["gate.outcome"] == "promote"
     run = mlflow_get(stack, "runs/get", run_id=train["run_id"]).json()["run"]

@@ -91,6 +91,19 @@ def read_last_materialized_end(registry_path: str, project: str, feature_view: s
     return last_end_of(view)
 
 
+def definition_version(feature_view: Any) -> str:
+    """12 hex digits of a hash of the view's definition: unchanged while the definition is."""
+    import hashlib
+
+    spec = feature_view.to_proto().spec
+    # what is not the definition: the project, and the sources' registry bookkeeping (timestamps)
+    spec.project = ""
+    for source in (spec.batch_source, spec.stream_source):
+        source.project = ""
+        source.ClearField("meta")
+    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()[:12]
+
+
 class FeastHook(BaseHook):
     """
     Build a Feast ``FeatureStore`` from a ``feast`` connection.
@@ -209,17 +222,25 @@ class FeastHook(BaseHook):
             os.chdir(cwd)
             sys.path.remove(str(self.repo_path))
 
-    def apply(self) -> dict[str, list[str]]:
-        """Register the repo's definitions (``feast apply``); returns the feature views and entities."""
+    def apply(self) -> dict[str, Any]:
+        """
+        Register the repo's definitions (``feast apply``).
+
+        :return: ``feature_views`` and ``entities`` (names) and ``versions``: per feature view, a
+            hash of its definition (schema, entities, ttl, source), the version a model's lineage
+            records — Feast itself does not version views.
+        """
         from feast.repo_operations import apply_total
 
         with self._in_repo():
             apply_total(self.repo_config, self.repo_path, skip_source_validation=False)
         # a fresh store sees what apply just wrote to the registry
         self.__dict__.pop("store", None)
+        views = self.store.list_feature_views()
         return {
-            "feature_views": sorted(fv.name for fv in self.store.list_feature_views()),
+            "feature_views": sorted(fv.name for fv in views),
             "entities": sorted(e.name for e in self.store.list_entities()),
+            "versions": {fv.name: definition_version(fv) for fv in sorted(views, key=lambda v: v.name)},
         }
 
     # -- materialization -------------------------------------------------------------------

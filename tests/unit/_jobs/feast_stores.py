@@ -247,6 +247,7 @@ def store_checks(kind: str, work: Path, sources: dict, result: dict) -> None:
     hook = FeastHook(feast_conn_id=conn_id)
     out["describe"] = hook.describe()
     out["applied"] = hook.apply()
+    out["applied_again"] = hook.apply()
     out["before"] = online(hook, sources)
 
     views = ["weather_hourly", "carrier_daily"]

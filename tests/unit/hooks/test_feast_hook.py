@@ -118,11 +118,20 @@ def test_unknown_online_store_is_named():
 
 
 def test_job_ran_both_stores_with_unique_projects(job):
-    assert job["sqlite"]["applied"] == {
+    applied = dict(job["sqlite"]["applied"])
+    versions = applied.pop("versions")
+    assert applied == {
         "feature_views": ["carrier_daily", "weather_hourly"],
         "entities": ["carrier", "origin"],
     }
-    assert job["redis"]["applied"] == job["sqlite"]["applied"]
+    # a definition's version: a hash of the view, unchanged on re-apply
+    assert set(versions) == {"carrier_daily", "weather_hourly"}
+    assert all(len(v) == 12 and int(v, 16) >= 0 for v in versions.values())
+    assert versions["carrier_daily"] != versions["weather_hourly"]
+    for store in STORES:
+        assert job[store]["applied_again"] == job[store]["applied"]
+    redis = {k: v for k, v in job["redis"]["applied"].items() if k != "versions"}
+    assert redis == applied
     assert job["sqlite"]["project"] != job["redis"]["project"]
     assert "redis online store 127.0.0.1:6379" in job["redis"]["describe"]
 
