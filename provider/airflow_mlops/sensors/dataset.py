@@ -112,7 +112,9 @@ class DatasetVersionSensor(BaseSensorOperator):
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
-        self.defer(trigger=self._trigger(), method_name="execute_complete", timeout=self._defer_timeout())
+        from airflow_mlops.sensors._events import backstop_timeout
+
+        self.defer(trigger=self._trigger(), method_name="execute_complete", timeout=backstop_timeout(self))
 
     def _trigger(self):
         from airflow_mlops.triggers.dataset import DatasetVersionTrigger
@@ -130,23 +132,13 @@ class DatasetVersionSensor(BaseSensorOperator):
             timeout_at=timeout_at.isoformat(),
         )
 
-    def _defer_timeout(self) -> timedelta:
-        # a backstop only (e.g. no triggerer running): the trigger reports its own timeout first
-        return timedelta(seconds=self.timeout + max(60.0, 2 * self.poke_interval))
-
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, AirflowSkipException
+        from airflow_mlops.sensors._events import raise_for_trigger_event
 
-        status = (event or {}).get("status")
-        if status == "success":
+        if (event or {}).get("status") == "success":
             snapshot = event["snapshot"]
             self.log.info("New version %s of %r: %s", snapshot["version"], self.dataset, snapshot["path"])
             return snapshot
-        message = (event or {}).get("message") or f"the trigger returned no result ({event!r})"
-        if status == "timeout":
-            if self.soft_fail:
-                raise AirflowSkipException(f"{message} Skipping (soft_fail=True).")
-            raise AirflowSensorTimeout(
-                f"{message} Check that the ingesting DAG ran, or raise this sensor's timeout."
-            )
-        raise AirflowException(f"{self.task_id}: {message}")
+        raise_for_trigger_event(
+            self, event, "Check that the ingesting DAG ran, or raise this sensor's timeout."
+        )

@@ -85,12 +85,13 @@ class MlflowModelVersionSensor(BaseSensorOperator):
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
+        from airflow_mlops.sensors._events import backstop_timeout
+
         timeout_at = datetime.now(UTC) + timedelta(seconds=self.timeout)
         self.defer(
             trigger=self._trigger(timeout_at.isoformat()),
             method_name="execute_complete",
-            # a backstop only (e.g. no triggerer running): the trigger reports its own timeout first
-            timeout=timedelta(seconds=self.timeout + max(60.0, 2 * self.poke_interval)),
+            timeout=backstop_timeout(self),
         )
 
     def _trigger(self, timeout_at: str | None = None):
@@ -106,18 +107,12 @@ class MlflowModelVersionSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, AirflowSkipException
+        from airflow_mlops.sensors._events import raise_for_trigger_event
 
-        status = (event or {}).get("status")
-        if status == "success":
+        if (event or {}).get("status") == "success":
             found = event["model_version"]
             self.log.info("Model %s version %s found", found["name"], found["version"])
             return found
-        message = (event or {}).get("message") or f"the trigger returned no result ({event!r})"
-        if status == "timeout":
-            if self.soft_fail:
-                raise AirflowSkipException(f"{message} Skipping (soft_fail=True).")
-            raise AirflowSensorTimeout(
-                f"{message} Check that the registering DAG ran, or raise this sensor's timeout."
-            )
-        raise AirflowException(f"{self.task_id}: {message}")
+        raise_for_trigger_event(
+            self, event, "Check that the registering DAG ran, or raise this sensor's timeout."
+        )
