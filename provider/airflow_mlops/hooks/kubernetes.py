@@ -32,21 +32,19 @@ def _status(err: BaseException) -> int | None:
     return getattr(err, "status", None)
 
 
-class TrainingJobHook(BaseHook):
+class KubernetesApiHook(BaseHook):
     """
-    Training jobs on the cluster of a ``kubernetes`` connection (the cncf-kubernetes provider's type).
-
-    Every method works on plain dicts (the objects' JSON), like the manifests rendered by
-    :mod:`airflow_mlops.kubernetes.training`.
+    The cluster of a ``kubernetes`` connection (the cncf-kubernetes provider's type), through
+    that provider's ``KubernetesHook``: its connection handling and cached API clients.
 
     :param kubernetes_conn_id: the ``kubernetes`` connection.
-    :param namespace: namespace of the jobs; None takes the connection's ``namespace`` extra, else
-        ``default``.
+    :param namespace: namespace of the objects; None takes the connection's ``namespace`` extra,
+        else ``default``.
     """
 
     conn_name_attr = "kubernetes_conn_id"
     default_conn_name = "kubernetes_default"
-    hook_name = "Kubernetes training jobs"
+    hook_name = "Kubernetes"
 
     def __init__(self, kubernetes_conn_id: str = default_conn_name, namespace: str | None = None) -> None:
         super().__init__()
@@ -63,6 +61,21 @@ class TrainingJobHook(BaseHook):
     @cached_property
     def namespace(self) -> str:
         return self._namespace or self.kube.get_namespace() or "default"
+
+
+class TrainingJobHook(KubernetesApiHook):
+    """
+    Training jobs on the cluster of a ``kubernetes`` connection (the cncf-kubernetes provider's type).
+
+    Every method works on plain dicts (the objects' JSON), like the manifests rendered by
+    :mod:`airflow_mlops.kubernetes.training`.
+
+    :param kubernetes_conn_id: the ``kubernetes`` connection.
+    :param namespace: namespace of the jobs; None takes the connection's ``namespace`` extra, else
+        ``default``.
+    """
+
+    hook_name = "Kubernetes training jobs"
 
     def _to_dict(self, obj: Any) -> dict[str, Any]:
         # typed models (V1Job...) → the API's camelCase JSON, like CustomObjectsApi returns

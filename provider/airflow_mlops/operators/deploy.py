@@ -1,8 +1,10 @@
-"""Deploy a registered MLflow model with Seldon Core."""
+"""Deploy, promote and roll back models served with Seldon Core (local processes or Kubernetes)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,26 +33,9 @@ def input_example(model_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(data["data"], columns=data["columns"])
 
 
-class SeldonDeployOperator(MlopsBaseOperator):
-    """
-    Serve a registered model version with Seldon Core; replace the old one only once healthy.
+class _SeldonOperator(MlopsBaseOperator):
+    """What the Seldon operators share: the connection, the deployment's name, the result."""
 
-    Local mode starts the seldon-core microservice (serving runtime) on 127.0.0.1 for the
-    version the alias points at, waits until it answers, checks one real prediction, then
-    switches the deployment over and stops the previous server. A failed start leaves the
-    previous deployment serving and fails the task with the server's log. Re-running when
-    the same version is already serving and healthy changes nothing.
-
-    :param deployment_name: name of the deployment (templated).
-    :param model_name: registered model name (templated).
-    :param alias: alias whose version is deployed (templated); ignored when ``version`` is set.
-    :param version: explicit model version (templated).
-    :param ready_timeout: seconds the new server has to become ready.
-    :param mlflow_conn_id: the ``mlflow`` connection.
-    :param seldon_conn_id: the ``seldon`` connection (mode, bind host).
-    """
-
-    template_fields: Sequence[str] = ("deployment_name", "model_name", "alias", "version")
     operator_extra_links = (SeldonEndpointLink(),)
     ui_color = "#ede7f6"
 
@@ -58,31 +43,170 @@ class SeldonDeployOperator(MlopsBaseOperator):
         self,
         *,
         deployment_name: str,
-        model_name: str,
-        alias: str = "champion",
-        version: str | None = None,
-        ready_timeout: float = 180,
-        mlflow_conn_id: str = "mlflow_default",
         seldon_conn_id: str = "seldon_default",
         runtimes_dir: str | None = None,
+        drain_seconds: float = 2.0,
+        poll_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.deployment_name = deployment_name
+        self.poll_interval = poll_interval
+        self.seldon_conn_id = seldon_conn_id
+        self.runtimes_dir = runtimes_dir
+        self.drain_seconds = drain_seconds
+        self._seldon: SeldonHook | None = None
+
+    @property
+    def seldon(self) -> SeldonHook:
+        from airflow_mlops.hooks.seldon import SeldonHook
+
+        if self._seldon is None:
+            self._seldon = SeldonHook(self.seldon_conn_id, self.runtimes_dir)
+        return self._seldon
+
+    def _kubernetes(self):
+        from airflow_mlops.operators.seldon_kubernetes import KubernetesRollout
+
+        return KubernetesRollout(self.seldon, poll_interval=self.poll_interval)
+
+    def _result(self, context: Context, changed: bool, **extra: Any) -> dict[str, Any]:
+        from airflow_mlops.hooks.seldon import PREDICT_PATH, _main
+
+        state = self.seldon.current(self.deployment_name) or {}
+        main = _main(state) or {}
+        SeldonEndpointLink.persist(context, f"{state['endpoint']}/api/v1.0/metadata")
+        return {
+            "deployment": self.deployment_name,
+            "mode": "local",
+            "model_name": main.get("model_name"),
+            "version": state.get("version"),
+            "previous_version": state.get("previous_version"),
+            "endpoint": state["endpoint"],
+            "predict_url": f"{state['endpoint']}{PREDICT_PATH}",
+            "predictors": [
+                {k: p.get(k) for k in ("role", "version", "traffic", "endpoint")}
+                for p in state.get("predictors", [])
+            ],
+            "shadow_version": (state.get("shadow") or {}).get("version"),
+            "pid": state.get("pid"),
+            "changed": changed,
+            **extra,
+        }
+
+
+class SeldonDeployOperator(_SeldonOperator):
+    """
+    Serve a model version with Seldon Core; the new version takes traffic only once healthy.
+
+    **Local mode** (the embedded default): each version runs in its own seldon-core
+    microservice (serving runtime) on 127.0.0.1, behind a router that owns the deployment's
+    *stable* address (``port``, kept across deploys). Blue/green: the new version starts on a
+    new port, must answer its readiness probe and a smoke prediction on the model's input
+    example, then the router sends it the traffic and the old server is stopped after
+    ``drain_seconds``. With ``traffic`` < 100 the new version is a canary taking that share of
+    requests (promote it with :class:`SeldonPromoteCanaryOperator`); with ``shadow=True`` it
+    gets a copy of every request and its answers are dropped. A failed start leaves the old
+    version serving and fails the task with the server's error. Every process is recorded
+    under ``[mlops] data_dir``/deployments/<name>, so a retry or a restarted scheduler finds
+    what serves instead of starting a duplicate, and stops servers a killed deploy left behind.
+
+    **Kubernetes mode** (``mode: kubernetes`` on the ``seldon`` connection): renders and applies
+    a ``SeldonDeployment`` (canary as a second predictor with ``traffic``, shadow as a shadow
+    predictor), waits — in the triggerer when ``deferrable`` — for ``Available``, and on
+    ``Failed`` or ``timeout`` restores the previous spec.
+
+    :param deployment_name: name of the deployment (templated).
+    :param model_name: registered model name (templated).
+    :param alias: alias whose version is deployed (templated); ignored when ``version`` is set.
+    :param version: explicit model version (templated).
+    :param model_uri: serve this MLflow model URI instead of a registered version (templated);
+        ``version`` then labels it (default: a hash of the URI).
+    :param traffic: percent of requests for the new version; 100 replaces the current one.
+    :param shadow: mirror all requests to the new version, answering from the current one.
+    :param port: stable local port (default: the one already used, else a free one).
+    :param reference_path: the training data of this version (templated), recorded with the
+        deployment: drift monitoring compares served requests with it.
+    :param feature_lookup: a :class:`~airflow_mlops.serving.feature_lookup.FeatureLookup` (or
+        its dict): clients then send entity keys as ``{"jsonData": {"rows": [...]}}`` and the
+        router fetches the features from the Feast online store.
+    :param replicas: Kubernetes mode: replicas per predictor.
+    :param container_resources: Kubernetes mode: requests/limits of the model server's container
+        (``{"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": 1}}``).
+    :param image: Kubernetes mode: serving image (default: the prepackaged ``MLFLOW_SERVER``).
+    :param ready_timeout: seconds the new version has to become ready.
+    :param poll_interval: Kubernetes mode: seconds between two reads of the deployment's status.
+    :param deferrable: Kubernetes mode: wait for the rollout in the triggerer.
+    :param mlflow_conn_id: the ``mlflow`` connection.
+    :param seldon_conn_id: the ``seldon`` connection (mode, bind host, namespace).
+    """
+
+    template_fields: Sequence[str] = (
+        "deployment_name",
+        "model_name",
+        "alias",
+        "version",
+        "model_uri",
+        "reference_path",
+    )
+
+    def __init__(
+        self,
+        *,
+        model_name: str | None = None,
+        alias: str = "champion",
+        version: str | None = None,
+        model_uri: str | None = None,
+        traffic: int = 100,
+        shadow: bool = False,
+        port: int | None = None,
+        reference_path: str | None = None,
+        feature_lookup: Any = None,
+        replicas: int = 1,
+        container_resources: dict[str, Any] | None = None,
+        image: str | None = None,
+        ready_timeout: float = 180,
+        deferrable: bool = False,
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not model_name and not model_uri:
+            raise ValueError("Pass model_name (a registered model, with alias or version) or model_uri.")
+        if not 0 < traffic <= 100:
+            raise ValueError(f"traffic is a percentage of requests in (0, 100], got {traffic}.")
+        if shadow and traffic != 100:
+            raise ValueError("A shadow takes a copy of all requests: leave traffic at 100 with shadow=True.")
         self.model_name = model_name
         self.alias = alias
         self.version = version
+        self.model_uri = model_uri
+        self.traffic = traffic
+        self.shadow = shadow
+        self.port = port
+        self.reference_path = reference_path
+        self.feature_lookup = (
+            feature_lookup.to_dict() if hasattr(feature_lookup, "to_dict") else feature_lookup
+        )
+        self.replicas = replicas
+        self.container_resources = container_resources
+        self.image = image
         self.ready_timeout = ready_timeout
+        self.deferrable = deferrable
         self.mlflow_conn_id = mlflow_conn_id
-        self.seldon_conn_id = seldon_conn_id
-        self.runtimes_dir = runtimes_dir
         self._pending: dict[str, Any] | None = None
-        self._seldon: SeldonHook | None = None
 
-    def _resolve_version(self, mlflow_hook) -> str:
+    @property
+    def strategy(self) -> str:
+        return "shadow" if self.shadow else ("canary" if self.traffic < 100 else "replace")
+
+    # -- which model ------------------------------------------------------------------------
+    def _resolve_version(self) -> str:
         if self.version:
             return str(self.version)
-        version = mlflow_hook.alias_version(self.model_name, self.alias)
+        if self.model_uri:
+            return hashlib.sha256(self.model_uri.encode()).hexdigest()[:12]
+        version = self._mlflow.alias_version(self.model_name, self.alias)
         if version is None:
             raise DeploymentError(
                 f"Model '{self.model_name}' has no '{self.alias}' alias; register a version first "
@@ -90,85 +214,221 @@ class SeldonDeployOperator(MlopsBaseOperator):
             )
         return version
 
-    def _download(self, mlflow_hook, version: str) -> Path:
-        from airflow_mlops.hooks.seldon import SeldonHook
+    @property
+    def _mlflow(self):
+        from airflow_mlops.hooks.mlflow import MlflowHook
 
-        target = SeldonHook.deployment_dir(self.deployment_name) / "models" / f"v{version}"
+        return MlflowHook(self.mlflow_conn_id)
+
+    def _source_uri(self, version: str) -> str:
+        return self.model_uri or f"models:/{self.model_name}/{version}"
+
+    def _model_dir(self, version: str) -> Path:
+        """The model's files on this machine (downloaded once per version)."""
+        target = self.seldon.deployment_dir(self.deployment_name) / "models" / f"v{version}"
         if (target / "MLmodel").exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.partial")
-        mlflow_hook.mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # an interrupted download
+        downloaded = Path(
+            self._mlflow.mlflow.artifacts.download_artifacts(
+                artifact_uri=self._source_uri(version), dst_path=str(tmp)
+            )
         )
-        tmp.rename(target)
+        # a registry URI lands in dst_path itself, a folder URI in a sub-folder of its name
+        if not (downloaded / "MLmodel").exists():
+            downloaded = next((p.parent for p in downloaded.glob("*/MLmodel")), downloaded)
+        if not (downloaded / "MLmodel").exists():
+            raise DeploymentError(f"{self._source_uri(version)} holds no MLflow model (no MLmodel file).")
+        downloaded.rename(target)
+        if tmp.exists():
+            shutil.rmtree(tmp)
         return target
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_mlops.hooks.mlflow import MlflowHook
-        from airflow_mlops.hooks.seldon import SeldonHook
+    # -- local mode ---------------------------------------------------------------------------
+    def _already_serving(self, state: dict[str, Any] | None, version: str) -> bool:
+        from airflow_mlops.hooks.seldon import _predictors
 
-        self._seldon = seldon = SeldonHook(self.seldon_conn_id, self.runtimes_dir)
-        if seldon.mode != "local":
-            raise NotImplementedError(
-                f"Seldon mode '{seldon.mode}' is not supported yet; "
-                f"set mode=local on connection '{self.seldon_conn_id}'."
-            )
-        mlflow_hook = MlflowHook(self.mlflow_conn_id)
-        version = self._resolve_version(mlflow_hook)
-        current = seldon.current(self.deployment_name)
-        if current and current.get("version") == version and seldon.is_healthy(current):
-            self.log.info(
-                "Version %s already serves %s at %s", version, self.deployment_name, current["endpoint"]
-            )
-            return self._result(context, current, changed=False)
+        if not state:
+            return False
+        candidates = {"replace": ["main"], "canary": ["canary"], "shadow": []}[self.strategy]
+        serving = [p for p in _predictors(state) if p.get("role") in candidates]
+        if self.strategy == "shadow" and state.get("shadow"):
+            serving = [state["shadow"]]
+        if self.strategy == "replace" and len(_predictors(state)) > 1:
+            return False  # a canary is still taking traffic: replacing means removing it
+        return any(p["version"] == version and self.seldon.is_healthy(p) for p in serving)
 
-        model_dir = self._download(mlflow_hook, version)
-        self._pending = new = seldon.start_local(
-            self.deployment_name, str(model_dir), version, self.ready_timeout
-        )
+    def _smoke_test(self, new: dict[str, Any], model_dir: Path, version: str) -> None:
         try:
             example = input_example(model_dir)
-            probabilities = seldon.predict(new["endpoint"], example)
+            probabilities = self.seldon.predict(new["endpoint"], example)
             if len(probabilities) != len(example):
-                raise DeploymentError(
-                    f"Smoke prediction returned {len(probabilities)} values for {len(example)} rows."
-                )
-            self.log.info(
-                "Smoke prediction on %d example rows: %s", len(example), probabilities.round(4).tolist()
-            )
+                raise DeploymentError(f"it returned {len(probabilities)} values for {len(example)} rows")
         except Exception as err:
-            seldon.stop_state(new)
+            self.seldon.stop_state(new)
             raise DeploymentError(
-                f"Version {version} started but failed its smoke prediction ({err}); "
-                "the previous deployment keeps serving."
+                f"Version {version} of {self.deployment_name} started but failed its smoke prediction "
+                f"({err}); the previous deployment keeps serving."
             ) from err
-        previous = seldon.switch(self.deployment_name, new)
-        self._pending = None
         self.log.info(
-            "%s now serves version %s at %s (replaced %s)",
-            self.deployment_name,
-            version,
-            new["endpoint"],
-            (previous or {}).get("version"),
+            "Smoke prediction on %d example rows: %s", len(example), probabilities.round(4).tolist()
         )
-        return self._result(context, new, changed=True)
 
-    def _result(self, context: Context, state: dict[str, Any], changed: bool) -> dict[str, Any]:
-        from airflow_mlops.hooks.seldon import PREDICT_PATH
+    def _configure_lookup(self) -> None:
+        """Hand the Feast lookup to the router before traffic moves (its first import of feast is slow)."""
+        import time
 
-        SeldonEndpointLink.persist(context, f"{state['endpoint']}/api/v1.0/metadata")
-        return {
-            "deployment": self.deployment_name,
+        import requests
+
+        seldon, name = self.seldon, self.deployment_name
+        state = seldon.current(name) or {}
+        if state.get("feature_lookup") == self.feature_lookup or not state:
+            return
+        seldon._write_current(name, {**state, "feature_lookup": self.feature_lookup})
+        status_url = f"{state['router']['endpoint']}/router/status"
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if requests.get(status_url, timeout=self.ready_timeout).json().get("feature_lookup") == bool(
+                self.feature_lookup
+            ):
+                return
+            time.sleep(0.5)
+        raise DeploymentError(f"The router of {name} did not load the feature lookup; see its router.log.")
+
+    def _deploy_local(self, context: Context) -> dict[str, Any]:
+        seldon, name = self.seldon, self.deployment_name
+        seldon.reap_orphans(name)
+        # the stable address first: a restarted router keeps serving the current version
+        router = seldon.ensure_router(name, self.port)
+        version = self._resolve_version()
+        if self._already_serving(seldon.current(name), version):
+            self.log.info("Version %s already serves %s (%s): nothing to do", version, name, self.strategy)
+            return self._result(context, changed=False, strategy=self.strategy)
+        try:
+            model_dir = self._model_dir(version)
+            self._pending = new = seldon.start_local(name, str(model_dir), version, self.ready_timeout)
+            self._smoke_test(new, model_dir, version)
+            if self.feature_lookup is not None and seldon.current(name):
+                self._configure_lookup()
+        except Exception as err:
+            seldon.record_rollout(name, {"outcome": "failed", "version": version, "message": str(err)[:500]})
+            raise
+        record = {
             "model_name": self.model_name,
-            "version": state["version"],
-            "endpoint": state["endpoint"],
-            "predict_url": f"{state['endpoint']}{PREDICT_PATH}",
-            "pid": state["pid"],
-            "changed": changed,
+            "model_uri": self._source_uri(version),
+            "reference_path": self.reference_path,
         }
+        if self.strategy == "replace":
+            seldon.switch(name, new, self.drain_seconds, **record)
+        else:
+            seldon.add_canary(name, new, self.traffic, shadow=self.shadow, **record)
+        self._pending = None
+        if self.feature_lookup is not None:
+            self._configure_lookup()
+        seldon.record_rollout(name, {"outcome": "succeeded", "version": version, "strategy": self.strategy})
+        self.log.info("%s serves version %s (%s) at %s", name, version, self.strategy, router["endpoint"])
+        return self._result(context, changed=True, strategy=self.strategy)
+
+    # -- entry points ----------------------------------------------------------------------------
+    def execute(self, context: Context) -> dict[str, Any]:
+        if self.seldon.mode == "kubernetes":
+            version = self._resolve_version()
+            return self._kubernetes().deploy(self, context, version, self._cluster_uri(version))
+        return self._deploy_local(context)
+
+    def _cluster_uri(self, version: str) -> str:
+        """Where the cluster's model server downloads the model: the artifact URI, not ``models:/``."""
+        if self.model_uri:
+            return self.model_uri
+        return self._mlflow.client.get_model_version_download_uri(self.model_name, version)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._kubernetes().complete(event)
 
     def on_kill(self) -> None:
         # a server started by this try but never switched to must not be left running
         if self._seldon is not None and self._pending is not None:
             self._seldon.stop_state(self._pending)
+
+
+class SeldonPromoteCanaryOperator(_SeldonOperator):
+    """
+    Give the canary (or shadow) version all the traffic and retire the version it replaces.
+
+    Refuses, leaving routing untouched, when the canary does not answer. Running it again
+    once promoted changes nothing.
+
+    :param deployment_name: the deployment (templated).
+    :param seldon_conn_id: the ``seldon`` connection.
+    """
+
+    template_fields: Sequence[str] = ("deployment_name",)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.hooks.seldon import _predictors
+
+        if self.seldon.mode == "kubernetes":
+            return self._kubernetes().promote_canary(self.deployment_name)
+        state = self.seldon.current(self.deployment_name) or {}
+        if len(_predictors(state)) == 1 and not state.get("shadow"):
+            self.log.info(
+                "%s has no canary: version %s serves all traffic", self.deployment_name, state.get("version")
+            )
+            return self._result(context, changed=False)
+        promoted = self.seldon.promote_canary(self.deployment_name, self.drain_seconds)
+        self.seldon.record_rollout(
+            self.deployment_name,
+            {"outcome": "succeeded", "version": promoted["version"], "strategy": "promote"},
+        )
+        return self._result(context, changed=True)
+
+
+class SeldonRollbackOperator(SeldonDeployOperator):
+    """
+    Serve an earlier version again: the one before the current version, or ``to_version``.
+
+    The same blue/green rollout as a deploy (readiness, smoke prediction, switch), from the
+    model files kept for every version this deployment served; a canary or shadow is removed.
+
+    :param deployment_name: the deployment (templated).
+    :param to_version: the version to go back to (templated); default the previous one.
+    """
+
+    template_fields: Sequence[str] = (*SeldonDeployOperator.template_fields, "to_version")
+
+    def __init__(self, *, to_version: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("model_uri", "previous")  # resolved from the deployment's history
+        super().__init__(**kwargs)
+        self.to_version = to_version
+
+    def _target(self) -> dict[str, Any]:
+        state = self.seldon.current(self.deployment_name) or {}
+        history = [h for h in reversed(state.get("history", [])) if h.get("version") != state.get("version")]
+        if self.to_version:
+            history = [h for h in history if str(h.get("version")) == str(self.to_version)]
+        if not history:
+            raise DeploymentError(
+                f"{self.deployment_name!r} has no earlier version"
+                + (f" {self.to_version}" if self.to_version else "")
+                + f" to roll back to (it serves {state.get('version')!r}; served before: "
+                + f"{[h.get('version') for h in state.get('history', [])]})."
+            )
+        return history[0]
+
+    def _resolve_version(self) -> str:
+        return str(self._target()["version"])
+
+    def _source_uri(self, version: str) -> str:
+        return self._target().get("model_uri") or str(self._target()["model_dir"])
+
+    def _model_dir(self, version: str) -> Path:
+        return Path(self._target()["model_dir"])
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if self.seldon.mode == "kubernetes":
+            return self._kubernetes().rollback(self.deployment_name, self.to_version)
+        self.reference_path = self.reference_path or self._target().get("reference_path")
+        return self._deploy_local(context)

@@ -24,8 +24,12 @@ Environment:
 ``MODEL_NAME``
     Name reported by ``/api/v1.0/metadata``.  Default ``"mlflow-model"``.
 ``INFERENCE_LOG_DIR``
-    Optional.  When set, every successful prediction request is appended as one
-    JSON line to ``$INFERENCE_LOG_DIR/YYYY-MM-DD-HH.jsonl`` (UTC hour).
+    Optional.  When set, every successfully predicted row is logged to Parquet
+    files under this directory (see *Inference log* below).
+``INFERENCE_LOG_FLUSH_SECONDS``
+    How often the background writer flushes the in-memory buffer.  Default ``1.0``.
+``INFERENCE_LOG_MAX_ROWS``
+    Flush early once this many rows are buffered.  Default ``5000``.
 ``CLASS_NAMES``
     Optional comma separated output names, only used by seldon when the model
     returns more than one output column.
@@ -35,15 +39,68 @@ Response format: a model returning one value per row (shape ``(n,)`` or
 ``{"data": {"names": [], "ndarray": [0.61, 0.87]}, "meta": {"tags": {...}}}``
 (seldon 1.17 only reports ``names`` for 2-D outputs).  ``meta.tags`` carries
 ``model_version`` and the ``request_id`` written to the inference log.
+
+Inference log
+-------------
+Layout, partitioned by the UTC hour in which a file was *written*::
+
+    $INFERENCE_LOG_DIR/hour=2026-11-22T05/part-20261122T051502.123456Z-4242-000017.parquet
+                       hour=YYYY-MM-DDTHH/part-<UTC write time, µs>-<pid>-<seq>.parquet
+
+File names sort chronologically, within a partition and (because the partition
+is the hour of the same timestamp) across partitions, so a reader can keep the
+relative path of the last file it consumed as a cursor.  Each file is written
+under a temporary name in the log directory that does not end in ``.parquet``
+(``.part-<pid>-<seq>.parquet.tmp``) and then renamed into its partition with
+``os.replace``: a ``*.parquet`` file is always complete.  The
+name is taken right before the rename, so files appear in name order (up to
+the microseconds between naming and renaming, across processes).
+
+One row per predicted row, columns in this order:
+
+========================  ==========================================================
+``request_id``            string; also returned in the response's ``meta.tags``
+``row``                   int64, index of the row within its request
+``ts``                    timestamp[ms, UTC] when the request arrived (at most about
+                          one flush interval before the file's write time)
+``model_version``         string, ``MODEL_VERSION``
+``latency_ms``            float64, model time of the whole request (same on each row)
+``prediction``            float64; for a model with several output columns the last
+                          one (e.g. the positive class of ``[p0, p1]``), and then
+                          ``prediction_0`` .. ``prediction_<k-1>`` hold all of them;
+                          NaN when the output is not numeric
+``<feature>`` ...         float64, one column per feature as received (before the
+                          float32 cast for the model); names from the request, else
+                          from the model signature, else ``f0`` .. ``f<n-1>``; values
+                          that are not numbers are null; a name taken by a column
+                          above (or ``prediction_<k>``) is logged as ``feature_<name>``,
+                          a repeated one gets a ``_1``, ``_2`` ... suffix
+========================  ==========================================================
+
+Files written by requests with different feature names have different schemas
+(read them with a schema union: missing columns are null).
+
+Writing: the request path only appends a reference to the request's arrays to
+an in-memory list under a lock.  A daemon thread, started lazily in the process
+that logs (seldon forks gunicorn workers and gRPC worker processes; buffers and
+threads are reset in a forked child, and every operation checks the pid), builds
+the Arrow table and writes one file per flush, every
+``INFERENCE_LOG_FLUSH_SECONDS`` or as soon as ``INFERENCE_LOG_MAX_ROWS`` rows are
+buffered, and once more at process exit (``atexit``, plus a multiprocessing
+finaliser for seldon's ``multiprocessing`` children, which exit through
+``os._exit``).  A process killed with SIGKILL loses its unflushed rows.  Errors
+in the writer are logged and drop that batch: logging never fails a prediction.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
-import fcntl
-import json
+import itertools
 import logging
+import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -55,7 +112,12 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-_LOG_FILE_MODE = 0o644
+DEFAULT_FLUSH_SECONDS = 1.0
+DEFAULT_MAX_ROWS = 5000
+LOG_COLUMNS = ("request_id", "row", "ts", "model_version", "latency_ms", "prediction")
+_RESERVED = re.compile("|".join(LOG_COLUMNS) + r"|prediction_\d+")
+_ERROR_LOG_INTERVAL_S = 60.0
+_SEQ = itertools.count()  # per process; the pid in the file name tells processes apart
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -65,26 +127,242 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value.strip()
 
 
-def _append_line(path: str, line: bytes) -> None:
-    """Append one line so that concurrent writers never interleave.
-
-    The file is opened with O_APPEND and the whole line is handed to the
-    kernel in (normally) a single ``write``; an exclusive ``flock`` around it
-    additionally protects against short writes and non-local filesystems.
-    Gunicorn workers, threads and gRPC worker processes may all write here.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _LOG_FILE_MODE)
+def _positive(value: Any, name: str, default: float, cast: type) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        number = cast(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number <= 0:
+        logger.warning("%s=%r is not a positive number; using %s", name, value, default)
+        return default
+    return number
+
+
+# ------------------------------------------------------------------ inference log
+
+
+def _float_matrix(rows: np.ndarray) -> np.ndarray:
+    """The request's rows as float64; values that are not numbers become NaN (logged as null)."""
+    try:
+        return np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        frame = pd.DataFrame(rows)
+        return frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _feature_names(names: list[str]) -> list[str]:
+    """Column names for a request's features: a name taken by a log column (or ``prediction_<k>``)
+    becomes ``feature_<name>``; a repeated name gets ``_1``, ``_2`` ... (same input, same names)."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for name in names:
+        base = f"feature_{name}" if _RESERVED.fullmatch(name) else name
+        candidate, i = base, 0
+        while candidate in taken or _RESERVED.fullmatch(candidate):
+            i += 1
+            candidate = f"{base}_{i}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+class InferenceLogWriter:
+    """Per-process buffer of predicted rows, flushed to hourly Parquet partitions.
+
+    ``append`` is the only method on the request path: one list append under a
+    lock.  Everything else (numeric conversion, Arrow, I/O) happens in the
+    writer thread or at exit.
+    """
+
+    def __init__(self, log_dir: str, flush_seconds: float, max_rows: int) -> None:
+        self.log_dir = log_dir
+        self.flush_seconds = flush_seconds
+        self.max_rows = max_rows
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            # a forked child must not inherit the parent's rows, a possibly held lock or a
+            # (dead) thread; it starts its own writer on its first append
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._buffer: list[tuple] = []
+        self._rows = 0
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_error = -math.inf
+        self.dropped_rows = 0
+
+    # -- request path -------------------------------------------------------------------
+    def append(
+        self,
+        request_id: str,
+        ts_ms: int,
+        model_version: str,
+        latency_ms: float,
+        names: list[str],
+        rows: np.ndarray,
+        out: np.ndarray,
+    ) -> None:
+        if self._pid != os.getpid():  # forked without the at-fork hook
+            self._reset()
+        record = (request_id, ts_ms, model_version, latency_ms, names, rows, out)
+        with self._lock:
+            self._buffer.append(record)
+            self._rows += len(rows)
+            full = self._rows >= self.max_rows
+            start = self._thread is None
+            if start:
+                self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
+        if start:
+            self._start(self._thread)
+        if full:
+            self._wake.set()
+
+    def _start(self, thread: threading.Thread) -> None:
+        import multiprocessing.util
+
+        thread.start()
+        atexit.register(self.close)
+        # seldon's gRPC servers are multiprocessing children: they end with os._exit,
+        # which skips atexit but runs multiprocessing's finalisers
+        multiprocessing.util.Finalize(self, self.close, exitpriority=10)
+
+    # -- writer -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the writer thread of this process and write what is left (idempotent; called at
+        exit). Rows appended after it stay in memory until an explicit :meth:`flush`."""
+        if self._pid != os.getpid():
+            return
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout=30)
+        self.flush()
+
+    def flush(self) -> str | None:
+        """Write the buffered rows as one file; return its path (None when nothing to write)."""
+        if self._pid != os.getpid():
+            return None
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+            self._rows = 0
+        if not batch:
+            return None
         try:
-            view = memoryview(line)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            with self._write_lock:
+                return self._write(batch)
+        except Exception:
+            n = sum(len(r[5]) for r in batch)
+            self.dropped_rows += n
+            now = time.monotonic()
+            if now - self._last_error >= _ERROR_LOG_INTERVAL_S:
+                self._last_error = now
+                logger.exception(
+                    "inference log: could not write %d rows to %s (dropped %d rows so far)",
+                    n,
+                    self.log_dir,
+                    self.dropped_rows,
+                )
+            return None
+
+    def _table(self, batch: list[tuple]):
+        import pyarrow as pa
+
+        request_ids: list[str] = []
+        versions: list[str] = []
+        row_idx, ts, latency, preds = [], [], [], []
+        pred_cols: dict[int, list[np.ndarray]] = {}
+        features: dict[str, list[tuple[int, np.ndarray]]] = {}  # name -> [(offset, values)]
+        offset = 0
+        for request_id, ts_ms, version, latency_ms, names, rows, out in batch:
+            x = _float_matrix(rows)
+            n = x.shape[0]
+            y = np.asarray(out)
+            if y.ndim == 1:
+                y = y.reshape(-1, 1)
+            if y.ndim != 2 or y.shape[0] != n:
+                y = np.full((n, 1), np.nan)
+            try:
+                y = y.astype(np.float64)
+            except (TypeError, ValueError):
+                y = pd.DataFrame(y).apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+            request_ids.extend([request_id] * n)
+            versions.extend([version] * n)
+            row_idx.append(np.arange(n, dtype=np.int64))
+            ts.append(np.full(n, ts_ms, dtype=np.int64))
+            latency.append(np.full(n, latency_ms, dtype=np.float64))
+            preds.append(y[:, -1])
+            if y.shape[1] > 1:
+                for k in range(y.shape[1]):
+                    pred_cols.setdefault(k, []).append((offset, y[:, k]))
+            cols = list(names) if len(names) == x.shape[1] else [f"f{i}" for i in range(x.shape[1])]
+            for j, name in enumerate(_feature_names(cols)):
+                features.setdefault(name, []).append((offset, x[:, j]))
+            offset += n
+
+        def sparse(parts: list[tuple[int, np.ndarray]]):
+            values = np.full(offset, np.nan)
+            mask = np.ones(offset, dtype=bool)  # True = null
+            for start, v in parts:
+                values[start : start + len(v)] = v
+                mask[start : start + len(v)] = False
+            mask |= np.isnan(values)  # not sent, or not a number
+            return pa.array(values, type=pa.float64(), mask=mask if mask.any() else None)
+
+        arrays = {
+            "request_id": pa.array(request_ids, type=pa.string()),
+            "row": pa.array(np.concatenate(row_idx), type=pa.int64()),
+            "ts": pa.array(np.concatenate(ts), type=pa.timestamp("ms", tz="UTC")),
+            "model_version": pa.array(versions, type=pa.string()),
+            "latency_ms": pa.array(np.concatenate(latency), type=pa.float64()),
+            "prediction": pa.array(np.concatenate(preds), type=pa.float64()),
+        }
+        for k, parts in sorted(pred_cols.items()):
+            arrays[f"prediction_{k}"] = sparse(parts)
+        for name, parts in features.items():
+            arrays[name] = sparse(parts)
+        return pa.table(arrays)
+
+    def _write(self, batch: list[tuple]) -> str:
+        import pyarrow.parquet as pq
+
+        table = self._table(batch)
+        pid = os.getpid()
+        seq = next(_SEQ)
+        tmp_dir = self.log_dir
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = os.path.join(tmp_dir, f".part-{pid}-{seq:06d}.parquet.tmp")
+        try:
+            pq.write_table(table, tmp)
+            # name (and partition) from the time of the rename: names sort in the order the
+            # files become visible
+            now = _dt.datetime.now(_dt.UTC)
+            part_dir = os.path.join(self.log_dir, now.strftime("hour=%Y-%m-%dT%H"))
+            os.makedirs(part_dir, exist_ok=True)
+            final = os.path.join(
+                part_dir, f"part-{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{pid}-{seq:06d}.parquet"
+            )
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return final
 
 
 class MlflowModel:
@@ -102,8 +380,22 @@ class MlflowModel:
         self.model = None
         self._input_names: list[str] | None = None
         self._local = threading.local()
+        self._log_writer: InferenceLogWriter | None = None
         if self.inference_log_dir:
             os.makedirs(self.inference_log_dir, exist_ok=True)
+            flush_s = _positive(
+                parameters.get("inference_log_flush_seconds") or _env("INFERENCE_LOG_FLUSH_SECONDS"),
+                "INFERENCE_LOG_FLUSH_SECONDS",
+                DEFAULT_FLUSH_SECONDS,
+                float,
+            )
+            max_rows = _positive(
+                parameters.get("inference_log_max_rows") or _env("INFERENCE_LOG_MAX_ROWS"),
+                "INFERENCE_LOG_MAX_ROWS",
+                DEFAULT_MAX_ROWS,
+                int,
+            )
+            self._log_writer = InferenceLogWriter(str(self.inference_log_dir), flush_s, max_rows)
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
@@ -155,6 +447,21 @@ class MlflowModel:
             raise ValueError(f"got {len(names)} feature names for {arr.shape[1]} columns")
         return pd.DataFrame(arr, columns=names or None)
 
+    def _model_input(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The columns of the model's signature, in its order, when the request sends more.
+
+        A client may send columns the model does not read (an event time, an entity key): they
+        are logged with the prediction — drift monitoring reads them — but not given to a model
+        that would misread them (a tensor-based model takes every column it is handed).
+        """
+        names = self._input_names
+        if not names or isinstance(frame.columns, pd.RangeIndex) or list(frame.columns) == names:
+            return frame
+        missing = [n for n in names if n not in frame.columns]
+        if missing:
+            raise ValueError(f"the request lacks the model's input columns {missing}")
+        return frame[names]
+
     @staticmethod
     def _to_array(output: Any) -> np.ndarray:
         if isinstance(output, (pd.DataFrame, pd.Series)):
@@ -172,41 +479,37 @@ class MlflowModel:
             self.load()
         request_id = str(uuid.uuid4())
         self._local.request_id = request_id
-        ts = _dt.datetime.now(_dt.UTC)
+        ts_ms = time.time_ns() // 1_000_000
         started = time.perf_counter()
         rows = self._rows(X)
         frame = self._frame(rows, features_names)
-        out = self._to_array(self.model.predict(frame))
+        out = self._to_array(self.model.predict(self._model_input(frame)))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if self.inference_log_dir:
-            self._log(request_id, ts, list(frame.columns), rows, out, latency_ms)
+        if self._log_writer is not None:
+            self._log(request_id, ts_ms, frame.columns, rows, out, latency_ms)
         return out
 
     # ------------------------------------------------------------ inference log
     def _log(
         self,
         request_id: str,
-        ts: _dt.datetime,
-        features: list[Any],
+        ts_ms: int,
+        columns: pd.Index,
         rows: np.ndarray,
         out: np.ndarray,
         latency_ms: float,
     ) -> None:
         try:
-            record = {
-                "request_id": request_id,
-                "ts": ts.isoformat(timespec="milliseconds"),
-                "model_version": self.model_version,
-                "features": [str(c) for c in features],
-                "rows": rows.tolist(),  # as received, before the float32 cast
-                "predictions": out.tolist(),
-                "latency_ms": round(latency_ms, 3),
-            }
-            line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
-            path = os.path.join(self.inference_log_dir, ts.strftime("%Y-%m-%d-%H") + ".jsonl")
-            _append_line(path, line)
+            # unnamed features: the frame has a RangeIndex; the writer names them f0..fn
+            names = [str(c) for c in columns] if not isinstance(columns, pd.RangeIndex) else []
+            # rows as received (before the float32 cast); converted in the writer thread
+            self._log_writer.append(request_id, ts_ms, self.model_version, latency_ms, names, rows, out)
         except Exception:  # logging must never fail a prediction
-            logger.exception("failed to append to the inference log in %s", self.inference_log_dir)
+            logger.exception("failed to buffer a request for the inference log in %s", self.inference_log_dir)
+
+    def flush_inference_log(self) -> str | None:
+        """Write the buffered inference-log rows now; the file's path (None if nothing was buffered)."""
+        return self._log_writer.flush() if self._log_writer is not None else None
 
     # ------------------------------------------------------ seldon extensions
     def class_names(self) -> list[str]:

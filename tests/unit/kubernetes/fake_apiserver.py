@@ -1,10 +1,20 @@
 """A **fake** Kubernetes API server for tests: real HTTP on 127.0.0.1, a tiny in-memory store.
 
-It is not Kubernetes: it implements only the endpoints the training-job hook and trigger use
-(create/get/delete of MPIJobs and Jobs, ConfigMaps and Services, merge-patch of those two, and
-listing pods by label), runs no controller, and scripts job status instead: a created job reads
-as running for ``running_polls`` GETs, then as ``outcome`` (``Succeeded`` or ``Failed``). Every
-request is recorded (method, path, query, content type, JSON body) for the tests to assert on.
+It is not Kubernetes: it implements only the endpoints the training-job and Seldon hooks and
+triggers use (create/get/delete of MPIJobs and Jobs, ConfigMaps and Services, merge-patch of
+those two, listing pods by label, and create/get/replace/delete of SeldonDeployments), runs no
+controller, and scripts status instead:
+
+* a created job reads as running for ``running_polls`` GETs, then as ``outcome`` (``Succeeded``
+  or ``Failed``);
+* a SeldonDeployment reads as ``Creating`` for ``seldon_creating_polls`` GETs after each create
+  or replace, then as ``seldon_outcome`` (``Available``/``Failed``, or a function of the stored
+  object returning one, so a test can fail one model version and not another). Like the API
+  server, a replace (PUT) whose ``metadata.resourceVersion`` is not the stored one is refused
+  with 409 Conflict; every write bumps ``resourceVersion``, a changed ``spec`` bumps
+  ``metadata.generation``, and the scripted status carries ``observedGeneration``.
+
+Every request is recorded (method, path, query, content type, JSON body) for the tests to assert on.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,6 +35,7 @@ _RESOURCES = {
     ("/api/v1", "configmaps"): "ConfigMap",
     ("/api/v1", "services"): "Service",
     ("/api/v1", "pods"): "Pod",
+    ("/apis/machinelearning.seldon.io/v1", "seldondeployments"): "SeldonDeployment",
 }
 _JOB_KINDS = ("MPIJob", "Job")
 
@@ -48,6 +60,12 @@ class Scenario:
     message: str = ""
     #: pods returned by the pod list (e.g. with a terminated container's reason)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    #: SeldonDeployments: ``Creating`` for this many reads after each create/replace...
+    seldon_creating_polls: int = 1
+    #: ...then this state, or ``f(stored object) -> state``
+    seldon_outcome: str | Callable[[dict[str, Any]], str] = "Available"
+    #: ``status.description`` of a ``Failed`` SeldonDeployment
+    seldon_description: str = "Deployment does not have minimum availability."
 
 
 class FakeKubeApiServer:
@@ -134,6 +152,23 @@ class FakeKubeApiServer:
             }
         return {"conditions": [cond]}
 
+    def _seldon_status(self, key: tuple[str, str, str], obj: dict[str, Any]) -> dict[str, Any]:
+        self.reads[key] = n = self.reads.get(key, 0) + 1
+        s = self.scenario
+        generation = obj["metadata"].get("generation", 1)
+        if n <= s.seldon_creating_polls:
+            return {"state": "Creating", "description": "", "observedGeneration": generation}
+        state = s.seldon_outcome(obj) if callable(s.seldon_outcome) else s.seldon_outcome
+        status: dict[str, Any] = {"state": state, "observedGeneration": generation}
+        if state == "Failed":
+            status["description"] = s.seldon_description
+        elif state == "Available":
+            name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
+            status["address"] = {
+                "url": f"http://{name}-default.{namespace}.svc.cluster.local:8000/api/v1.0/predictions"
+            }
+        return status
+
     # --- HTTP ----------------------------------------------------------------------------
 
     def _handler(self):
@@ -199,8 +234,15 @@ class FakeKubeApiServer:
                         return self._status_error(409, "AlreadyExists", f"{kind} {key[2]} already exists")
                     obj = json.loads(json.dumps(body))
                     obj["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), resourceVersion="1")
+                    if kind == "SeldonDeployment":
+                        obj["metadata"]["generation"] = 1
+                        obj.pop("status", None)
+                        fake.reads.pop(key, None)
                     fake.objects[key] = obj
                     return self._reply(201, obj)
+                if name is None and method == "GET":  # a list: the objects of that kind and namespace
+                    items = [o for (k, ns, _), o in fake.objects.items() if k == kind and ns == namespace]
+                    return self._reply(200, {"kind": f"{kind}List", "metadata": {}, "items": items})
                 if name is None:
                     return self._status_error(405, "MethodNotAllowed", f"{method} on a collection")
                 obj = fake.objects.get(key)
@@ -210,16 +252,36 @@ class FakeKubeApiServer:
                     out = dict(obj)
                     if kind in _JOB_KINDS:
                         out["status"] = fake._status(kind, key, obj)
+                    elif kind == "SeldonDeployment" and not obj["metadata"].get("annotations", {}).get(
+                        "fake/fixed-status"
+                    ):
+                        out["status"] = fake._seldon_status(key, obj)
                     return self._reply(200, out)
                 if method == "DELETE":
                     del fake.objects[key]
                     return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 if method == "PUT":
-                    fake.objects[key] = {
-                        **body,
-                        "metadata": {**body["metadata"], "uid": obj["metadata"]["uid"]},
-                    }
-                    return self._reply(200, fake.objects[key])
+                    stored_rv = obj["metadata"].get("resourceVersion")
+                    sent_rv = body["metadata"].get("resourceVersion")
+                    if sent_rv is not None and sent_rv != stored_rv:
+                        return self._status_error(
+                            409, "Conflict",
+                            f'Operation cannot be fulfilled on {kind} "{name}": the object has been '
+                            "modified; please apply your changes to the latest version and try again",
+                        )  # fmt: skip
+                    meta = {**body["metadata"], "uid": obj["metadata"]["uid"]}
+                    if stored_rv is not None:
+                        meta["resourceVersion"] = str(int(stored_rv) + 1)
+                    new = {**body, "metadata": meta}
+                    if kind == "SeldonDeployment":
+                        generation = obj["metadata"].get("generation", 1)
+                        meta["generation"] = generation + (body.get("spec") != obj.get("spec"))
+                        new.pop("status", None)  # status is a subresource: a PUT cannot set it
+                        if "status" in obj:
+                            new["status"] = obj["status"]
+                        fake.reads.pop(key, None)
+                    fake.objects[key] = new
+                    return self._reply(200, new)
                 if method == "PATCH":
                     if self.headers.get("Content-Type") != "application/merge-patch+json" or not isinstance(
                         body, dict

@@ -109,6 +109,11 @@ def errors(manifest: dict[str, Any]) -> list[str]:
         checks.append(("", core_schema(_MODELS[kind]), manifest))
     else:
         return [f"no schema for kind {kind!r}"]
+    return check_errors(checks)
+
+
+def check_errors(checks: list[tuple[str, dict[str, Any], Any]]) -> list[str]:
+    """Every schema error of ``(path prefix, schema, instance)`` checks, as ``path: message``."""
     out = []
     for prefix, schema, instance in checks:
         for err in jsonschema.Draft202012Validator(schema).iter_errors(instance):

@@ -129,3 +129,26 @@ def log_flights_model(kind: str, tracking_uri: str, experiment: str = "flights_d
         )
         mlflow.set_tag("model_kind", kind)
     return run.info.run_id
+
+
+def save_flights_model(kind: str, path: Path) -> Path:
+    """Save model ``kind`` as a local MLflow model directory, with an input example (for serving tests)."""
+    import mlflow
+
+    example = holdout_frame()[MODELS[kind]].head(5).astype("float64")
+    mlflow.pyfunc.save_model(
+        str(path),
+        python_model=str(MODEL_CODE),
+        model_config=model_config(kind),
+        input_example=example,
+        pip_requirements=["mlflow", "numpy", "pandas"],
+    )
+    return path
+
+
+def save_corrupt_model(path: Path) -> Path:
+    """A model directory that passes for an MLflow model but cannot load: what a broken upload looks like."""
+    save_flights_model("medium", path)
+    mlmodel = path / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text().replace("python_function", "python_functoin"))
+    return path

@@ -1,0 +1,176 @@
+"""Read the serving runtime's inference log (control-plane side).
+
+The Seldon model (``runtimes/seldon_model.py``) writes Parquet files partitioned by the UTC hour in
+which each file was written::
+
+    <log_dir>/hour=YYYY-MM-DDTHH/part-<UTC write time, µs>-<pid>-<seq>.parquet
+
+with one row per predicted row: ``request_id``, ``row``, ``ts`` (UTC, ms), ``model_version``,
+``latency_ms``, ``prediction`` and one float64 column per feature. Files appear atomically (they
+are renamed into place), and ``(partition, file name)`` sorts in the order they were written, so
+the relative path of the last file consumed (``"hour=.../part-....parquet"``) is a cursor:
+:func:`list_files` returns the files strictly after it.
+
+pandas and pyarrow are imported inside the functions (this module is imported by triggers).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PARTITION_PREFIX = "hour="
+FILE_PREFIX = "part-"
+FILE_SUFFIX = ".parquet"
+LOG_COLUMNS = ("request_id", "row", "ts", "model_version", "latency_ms", "prediction")
+DEFAULT_MIN_ROWS = 1000
+
+
+class InferenceLogError(ValueError):
+    """An unreadable log file or a cursor that is not a log file's relative path."""
+
+
+def _cursor_key(log_dir: Path, after: str | os.PathLike[str]) -> tuple[str, str]:
+    path = PurePath(after)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(log_dir)
+        except ValueError as err:
+            raise InferenceLogError(
+                f"cursor {str(after)!r} is not inside the inference log {log_dir}"
+            ) from err
+    parts = PurePosixPath(path.as_posix()).parts
+    if len(parts) != 2 or not parts[0].startswith(PARTITION_PREFIX):
+        raise InferenceLogError(
+            f"cursor {str(after)!r} is not the relative path of an inference-log file "
+            f"('{PARTITION_PREFIX}YYYY-MM-DDTHH/{FILE_PREFIX}...{FILE_SUFFIX}')"
+        )
+    return parts[0], parts[1]
+
+
+def cursor_of(log_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
+    """The cursor string of a log file: its path relative to ``log_dir``, with ``/``."""
+    return "/".join(_cursor_key(Path(log_dir), path))
+
+
+def list_files(log_dir: str | os.PathLike[str], after: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The complete log files, sorted by (partition, file name), strictly after the cursor ``after``
+    (the relative path of the last file consumed; an absolute path inside ``log_dir`` works too).
+
+    Temporary files of a write in progress (they do not end in ``.parquet``) and anything outside
+    the ``hour=...`` partitions are ignored; a missing ``log_dir`` holds no files.
+    """
+    root = Path(log_dir)
+    cursor = _cursor_key(root, after) if after is not None else None
+    if not root.is_dir():
+        return []
+    found: list[tuple[tuple[str, str], Path]] = []
+    with os.scandir(root) as partitions:
+        for part in partitions:
+            if not part.name.startswith(PARTITION_PREFIX) or not part.is_dir():
+                continue
+            if cursor is not None and part.name < cursor[0]:
+                continue
+            with os.scandir(part.path) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if not (name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)):
+                        continue
+                    key = (part.name, name)
+                    if (cursor is None or key > cursor) and entry.is_file():
+                        found.append((key, Path(entry.path)))
+    found.sort(key=lambda kp: kp[0])
+    return [p for _, p in found]
+
+
+def _empty() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "request_id": pd.Series(dtype="object"),
+            "row": pd.Series(dtype="int64"),
+            "ts": pd.Series(dtype="datetime64[ms, UTC]"),
+            "model_version": pd.Series(dtype="object"),
+            "latency_ms": pd.Series(dtype="float64"),
+            "prediction": pd.Series(dtype="float64"),
+        }
+    )
+
+
+def _read_table(path: Path, columns: list[str] | None = None):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as err:  # pyarrow raises several types for corrupt / non-parquet files
+        raise InferenceLogError(f"cannot read inference-log file {path}: {err}") from err
+
+
+def _to_frame(tables: list) -> pd.DataFrame:
+    import pyarrow as pa
+
+    if not tables:
+        return _empty()
+    # files of requests with other feature names have other columns: union, missing = null
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.to_pandas()
+
+
+def read(files: list[str | os.PathLike[str]]) -> pd.DataFrame:
+    """All rows of ``files`` in the given order as one DataFrame (columns: the union of the files'
+    columns, null where a file lacks one; ``ts`` as a UTC datetime). No files: an empty frame with
+    the fixed log columns."""
+    return _to_frame([_read_table(Path(f)) for f in files])
+
+
+def _version_rows(table, model_version: str | None):
+    if model_version is None:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table["model_version"], model_version))
+
+
+def read_window(
+    log_dir: str | os.PathLike[str],
+    after: str | os.PathLike[str] | None = None,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    model_version: str | None = None,
+) -> tuple[pd.DataFrame, str | None]:
+    """The next window of at least ``min_rows`` logged rows after the cursor ``after``.
+
+    Whole files are taken in order until at least ``min_rows`` rows (of ``model_version`` when
+    given; the other versions' rows are left out of the frame) are collected. Returns the rows and
+    the new cursor (the relative path of the last file taken, to pass as ``after`` next time), or
+    an empty frame and ``None`` when the files after the cursor do not hold ``min_rows`` rows yet
+    (the cursor must then stay where it is).
+    """
+    import pyarrow.parquet as pq
+
+    if min_rows < 1:
+        raise ValueError(f"min_rows must be at least 1, got {min_rows}")
+    root = Path(log_dir)
+    files = list_files(root, after)
+    take: list[Path] = []
+    count = 0
+    for path in files:
+        if model_version is None:
+            try:
+                count += pq.ParquetFile(path).metadata.num_rows
+            except Exception as err:
+                raise InferenceLogError(f"cannot read inference-log file {path}: {err}") from err
+        else:
+            versions = _read_table(path, columns=["model_version"])
+            count += len(_version_rows(versions, model_version))
+        take.append(path)
+        if count >= min_rows:
+            break
+    if count < min_rows:
+        return _empty(), None
+    tables = [_version_rows(_read_table(p), model_version) for p in take]
+    return _to_frame(tables), cursor_of(root, take[-1])

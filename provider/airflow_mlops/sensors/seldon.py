@@ -1,0 +1,93 @@
+"""Wait for a Seldon deployment to serve; fail as soon as it cannot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator
+
+from airflow_mlops.sensors._events import backstop_timeout, raise_for_trigger_event
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class SeldonDeploymentSensor(BaseSensorOperator):
+    """
+    Succeed when a deployment is ``Available``; fail when it is ``Failed``.
+
+    Local mode: ``Available`` when the router and the main model server run and answer
+    ``/health/ping`` through the stable address; ``Failed`` when one of their processes is gone
+    (a killed or crashed server is reported at the next poke, with its pid), or when the
+    deployment does not exist. Kubernetes mode: the ``SeldonDeployment``'s ``status.state``.
+
+    :param deployment_name: the deployment (templated).
+    :param seldon_conn_id: the ``seldon`` connection (mode, namespace).
+    :param deferrable: wait in the triggerer (``SeldonDeploymentTrigger``) instead of a worker slot.
+    """
+
+    template_fields: Sequence[str] = ("deployment_name",)
+    ui_color = "#ede7f6"
+
+    def __init__(
+        self,
+        *,
+        deployment_name: str,
+        seldon_conn_id: str = "seldon_default",
+        deferrable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.deployment_name = deployment_name
+        self.seldon_conn_id = seldon_conn_id
+        self.deferrable = deferrable
+
+    def _status(self) -> tuple[str, str]:
+        from airflow_mlops.hooks.seldon import SeldonHook
+
+        hook = SeldonHook(self.seldon_conn_id)
+        if hook.mode == "kubernetes":
+            from airflow_mlops.operators.seldon_kubernetes import KubernetesRollout
+
+            return KubernetesRollout(hook).status(self.deployment_name)
+        return hook.local_status(self.deployment_name)
+
+    def poke(self, context: Context) -> bool:
+        from airflow.sdk.exceptions import AirflowException
+
+        state, message = self._status()
+        self.log.info("%s: %s (%s)", self.deployment_name, state, message)
+        if state == "Failed":
+            raise AirflowException(f"Deployment {self.deployment_name} failed: {message}")
+        return state == "Available"
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        if self.poke(context):
+            return None
+        from airflow_mlops.hooks.seldon import SeldonHook
+        from airflow_mlops.triggers.seldon import SeldonDeploymentTrigger
+
+        hook = SeldonHook(self.seldon_conn_id)
+        extras = hook.connection.extra_dejson if hook.connection else {}
+        self.defer(
+            trigger=SeldonDeploymentTrigger(
+                deployment_name=self.deployment_name,
+                mode=hook.mode,
+                namespace=extras.get("namespace"),
+                kubernetes_conn_id=extras.get("kubernetes_conn_id"),
+                poll_interval=self.poke_interval,
+                timeout_at=time.time() + self.timeout,
+            ),
+            method_name="execute_complete",
+            timeout=backstop_timeout(self),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+        if (event or {}).get("status") == "success":
+            self.log.info("%s: %s", self.deployment_name, event.get("message"))
+            return
+        raise_for_trigger_event(self, event, "Check the deployment's server logs, or raise timeout.")

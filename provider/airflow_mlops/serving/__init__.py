@@ -1,0 +1,1 @@
+"""What runs beside a served model in the control plane: request pre-processing (feature lookup)."""
