@@ -99,26 +99,10 @@ open(cfg["result_path"], "w").write(json.dumps(out))
 def flight_features(days: int):
     """January's flights (``days`` days) with origin weather and the carrier's previous-day statistics."""
     import pandas as pd
-    from airflow_mlops.example_data.nycflights13 import WEATHER_FEATURES, load_flights, load_weather
+    from airflow_mlops.example_data.nycflights13 import flight_features as features
 
     lo = pd.Timestamp("2013-01-01", tz="UTC")
-    hi = lo + pd.Timedelta(days=days)
-    flights = load_flights(lo - pd.Timedelta(days=1), hi)
-    flights["day"] = flights["time_hour"].dt.floor("D")
-    flights["late"] = (flights["arr_delay"] > 15).where(flights["arr_delay"].notna())
-    carriers = flights.groupby(["carrier", "day"]).agg(
-        carrier_flights=("flight", "size"),
-        carrier_dep_delay_mean=("dep_delay", "mean"),
-        carrier_delayed_share=("late", "mean"),
-    )
-    carriers = carriers.astype("float64").reset_index()
-    carriers["day"] += pd.Timedelta(days=1)
-    weather = load_weather(lo, hi).drop_duplicates(["origin", "time_hour"])
-    df = flights[(flights["time_hour"] >= lo) & flights["arr_delay"].notna()].copy()
-    df["delayed"] = (df["arr_delay"] > 15).astype("int64")
-    df["day_of_week"] = df["time_hour"].dt.dayofweek
-    df = df.merge(weather[["origin", "time_hour", *WEATHER_FEATURES]], on=["origin", "time_hour"], how="left")
-    return df.merge(carriers, on=["carrier", "day"], how="left")
+    return features(lo, lo + pd.Timedelta(days=days))
 
 
 def write_inputs(work: Path, days: int) -> tuple[dict[str, str], int]:

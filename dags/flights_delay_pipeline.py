@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import DAG, AssetAlias, Param
+from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 from airflow_mlops.operators.drift import DriftDetectOperator
 from include.flights_pipeline import (
-    DRIFT,
     FEATURES,
     WEATHER_FEATURES,
     build_feature_table,
@@ -68,7 +67,8 @@ with DAG(
         endpoint="{{ ti.xcom_pull(task_ids='deploy')['endpoint'] }}",
         model_features=FEATURES,
         window={"start": WINDOW_START, "end": WINDOW_END},
-        drift_asset=DRIFT,
-        outlets=[AssetAlias("flights_delay_drift_events")],
+        # the scored requests carry each flight's time: the drift watcher on the deployment
+        # (DRIFT's AssetWatcher) then announces the drifted months and retraining starts
+        event_time_column="event_timestamp",
     )
     stages["deploy"] >> detect_drift

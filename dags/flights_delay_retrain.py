@@ -1,9 +1,10 @@
-"""Retrain the flight-delay model when drift is announced: no person in the loop.
+"""Retrain the flight-delay model when served traffic drifts: no person in the loop.
 
-Scheduled on the ``flights_delay_drift`` Asset. The event's extra carries the drifted
-window; the model is retrained on it, gated against the current champion on that window's
-holdout (overall and per airport and airline), and deployed only if it wins: otherwise the
-gate skips ``deploy`` and the champion keeps serving.
+Scheduled on the ``flights_delay_drift`` Asset, whose watcher (``DriftEventTrigger``, in the
+triggerer) tests every 2,000 requests the deployment serves against the training data. The
+event carries the drifted window; the model is retrained on the whole months it spans, gated
+against the current champion on their holdout (overall and per airport and airline), and
+deployed only if it wins: otherwise the gate skips ``deploy`` and the champion keeps serving.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG
-from include.flights_pipeline import DRIFT, train_register_deploy
-
-# the window announced by the triggering drift event
-WINDOW_START = "{{ (triggering_asset_events.values() | first | last).extra['window']['start'] }}"
-WINDOW_END = "{{ (triggering_asset_events.values() | first | last).extra['window']['end'] }}"
+from include.flights_pipeline import (
+    DRIFT,
+    DRIFT_MACROS,
+    DRIFT_WINDOW_END,
+    DRIFT_WINDOW_START,
+    train_register_deploy,
+)
 
 with DAG(
     dag_id="flights_delay_retrain",
@@ -24,6 +27,7 @@ with DAG(
     start_date=datetime(2013, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    user_defined_macros=DRIFT_MACROS,
     tags=["mlops", "example"],
 ) as dag:
-    train_register_deploy(WINDOW_START, WINDOW_END)
+    train_register_deploy(DRIFT_WINDOW_START, DRIFT_WINDOW_END)

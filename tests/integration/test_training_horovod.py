@@ -99,35 +99,11 @@ def mlflow_url(mlflow_boot: MlflowServer, inputs: dict[str, str]) -> str:
     return mlflow_boot.wait_healthy(timeout=180).url
 
 
-def flight_features(start: str, end: str) -> pd.DataFrame:
-    """The example's feature table built with pandas (no Feast): flights of ``[start, end)`` with the
-    weather at their origin in their hour and their carrier's statistics of the previous day."""
-    from airflow_mlops.example_data.nycflights13 import WEATHER_FEATURES, load_flights, load_weather
-
-    lo, hi = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
-    flights = load_flights(lo - pd.Timedelta(days=1), hi)  # the day before: carrier statistics
-    flights["day"] = flights["time_hour"].dt.floor("D")
-    flights["late"] = (flights["arr_delay"] > 15).where(flights["arr_delay"].notna())
-    carriers = flights.groupby(["carrier", "day"]).agg(
-        carrier_flights=("flight", "size"),
-        carrier_dep_delay_mean=("dep_delay", "mean"),
-        carrier_delayed_share=("late", "mean"),
-    )
-    carriers = carriers.astype("float64").reset_index()
-    carriers["day"] += pd.Timedelta(days=1)  # known the next day only
-    weather = load_weather(lo, hi).drop_duplicates(["origin", "time_hour"])
-    df = flights[(flights["time_hour"] >= lo) & flights["arr_delay"].notna()].copy()
-    df["delayed"] = (df["arr_delay"] > 15).astype("int64")
-    df["day_of_week"] = df["time_hour"].dt.dayofweek
-    df = df.merge(weather[["origin", "time_hour", *WEATHER_FEATURES]], on=["origin", "time_hour"], how="left")
-    df = df.merge(carriers, on=["carrier", "day"], how="left")
-    return df.sort_values(["time_hour", "origin"], kind="mergesort").reset_index(drop=True)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, mlflow_boot: tuple) -> dict[str, str]:
     """Three weeks of January 2013 (~18k flights): 80 % train, 20 % holdout (fixed seed)."""
     sys.path.insert(0, str(SCRIPT.parent))
+    from airflow_mlops.example_data.nycflights13 import flight_features
     from train_flights_delay import FEATURES, LABEL
 
     df = flight_features("2013-01-01", "2013-01-22")[[*FEATURES, LABEL]]

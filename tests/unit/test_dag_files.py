@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS_DIR = REPO / "dags"
 #: what Airflow parses: the top-level files (``include/`` and ``feature_repo/`` are in .airflowignore)
 DAG_FILES = sorted(DAGS_DIR.glob("*.py"))
-EXPECTED_DAG_IDS = {"flights_delay_pipeline", "flights_delay_retrain"}
+EXPECTED_DAG_IDS = {"flights_delay_pipeline", "flights_delay_retrain", "flights_delay_rollback"}
 HEAVY = ("mlflow", "feast", "great_expectations", "torch", "horovod", "seldon_core", "alibi_detect")
 
 HEAVY_DAG = '''\
@@ -107,29 +107,27 @@ def test_import_guard_reports_a_dag_that_imports_mlflow(jobs):
 # --- wiring ----------------------------------------------------------------------------
 
 
-def test_retrain_dag_is_scheduled_on_the_asset_the_drift_task_announces(dagbag):
-    from airflow.sdk import Asset, AssetAlias
+def test_retrain_dag_is_scheduled_on_the_watched_drift_of_the_deployment(dagbag):
     from airflow.serialization.serialized_objects import DagSerialization
+    from airflow_mlops.triggers.drift import EVENT_TIME, DriftEventTrigger
 
     pipeline = dagbag.dags["flights_delay_pipeline"]
     retrain = dagbag.dags["flights_delay_retrain"]
-    drift_task = pipeline.get_task("detect_drift")
-    drift_asset = drift_task.drift_asset
-    assert isinstance(drift_asset, Asset)
-
-    scheduled_on = _assets(retrain.timetable.asset_condition)
-    assert scheduled_on == [drift_asset]
+    (drift_asset,) = _assets(retrain.timetable.asset_condition)
     assert list(retrain.schedule) == [drift_asset]
-    # what the scheduler sees after serialization is the same asset (by name and URI)
+    # the Asset's watcher tests what the pipeline's deployment serves
+    (watcher,) = drift_asset.watchers
+    assert isinstance(watcher.trigger, DriftEventTrigger)
+    deploy = pipeline.get_task("deploy")
+    assert watcher.trigger.deployment_name == deploy.deployment_name
+    assert "build_training_set" in str(deploy.reference_path)  # the version's training data
+    assert watcher.trigger.event_time_column == EVENT_TIME
+    drift_task = pipeline.get_task("detect_drift")
+    assert drift_task.event_time_column and drift_task.drift_asset is None  # the watcher announces
+    # what the scheduler sees after serialization is the same asset, with its watcher
     restored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(retrain))
-    assert [(a.name, a.uri) for a in _assets(restored.timetable.asset_condition)] == [
-        (drift_asset.name, drift_asset.uri)
-    ]
-
-    # drift is announced conditionally: through an alias outlet, not a plain Asset outlet
-    aliases = [o for o in drift_task.outlets if isinstance(o, AssetAlias)]
-    assert aliases, f"detect_drift has no AssetAlias outlet: {drift_task.outlets}"
-    assert not any(isinstance(o, Asset) and o.uri == drift_asset.uri for o in drift_task.outlets)
+    (restored_asset,) = _assets(restored.timetable.asset_condition)
+    assert (restored_asset.name, restored_asset.uri) == (drift_asset.name, drift_asset.uri)
 
 
 def test_pipeline_features_match_the_training_script():

@@ -129,3 +129,38 @@ def load_flights(start: datetime | None = None, end: datetime | None = None) -> 
 def load_weather(start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
     """Hourly weather at the three New York airports in ``[start, end)``."""
     return _between(_read("weather"), start, end)
+
+
+#: the carrier statistics of the previous day, served as features
+CARRIER_FEATURES = ["carrier_flights", "carrier_dep_delay_mean", "carrier_delayed_share"]
+
+
+def flight_features(start: str | datetime, end: str | datetime) -> pd.DataFrame:
+    """
+    The example's feature table built with pandas alone (no Feast), for tests and benchmarks.
+
+    Flights of ``[start, end)`` that arrived (label ``delayed``: more than 15 minutes late),
+    with the weather at their origin in their hour and their carrier's statistics of the
+    previous day — what the example pipeline gets from Feast point in time.
+    """
+    import pandas as pd
+
+    lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+    lo, hi = (t.tz_localize("UTC") if t.tzinfo is None else t for t in (lo, hi))
+    flights = load_flights(lo - pd.Timedelta(days=1), hi)  # the day before: carrier statistics
+    flights["day"] = flights["time_hour"].dt.floor("D")
+    flights["late"] = (flights["arr_delay"] > 15).where(flights["arr_delay"].notna())
+    carriers = flights.groupby(["carrier", "day"]).agg(
+        carrier_flights=("flight", "size"),
+        carrier_dep_delay_mean=("dep_delay", "mean"),
+        carrier_delayed_share=("late", "mean"),
+    )
+    carriers = carriers.astype("float64").reset_index()
+    carriers["day"] += pd.Timedelta(days=1)  # known the next day only
+    weather = load_weather(lo, hi).drop_duplicates(["origin", "time_hour"])
+    df = flights[(flights["time_hour"] >= lo) & flights["arr_delay"].notna()].copy()
+    df["delayed"] = (df["arr_delay"] > 15).astype("int64")
+    df["day_of_week"] = df["time_hour"].dt.dayofweek
+    df = df.merge(weather[["origin", "time_hour", *WEATHER_FEATURES]], on=["origin", "time_hour"], how="left")
+    df = df.merge(carriers, on=["carrier", "day"], how="left")
+    return df.sort_values(["time_hour", "origin"], kind="mergesort").reset_index(drop=True)

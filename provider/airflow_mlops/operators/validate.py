@@ -6,7 +6,7 @@ import json
 import statistics
 import warnings
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +42,16 @@ def _snapshot_location(data_path: str) -> tuple[Path, str, Path]:
     return base.parent, base.name, manifest
 
 
-def history_row_counts(root: Path, dataset: str, before: datetime, window: int = 12) -> list[int]:
+def history_row_counts(
+    root: Path, dataset: str, before: datetime, window: int = 12, per: timedelta | None = None
+) -> list[int]:
     """
     Row counts of the ``window`` latest intervals of ``dataset`` that end by ``before``.
 
     One count per interval: that of its most recently written manifest (an interval
-    re-ingested with changed content, or cleaned by a quarantine, counts once).
+    re-ingested with changed content, or cleaned by a quarantine, counts once). With ``per``,
+    each count is scaled to an interval of that length (a quarter's rows are not a month's:
+    the rate per day is what compares).
     """
     latest: dict[str, tuple[float, dict[str, Any]]] = {}
     for manifest in (root / dataset / "manifests").glob("*/*.json"):
@@ -57,7 +61,17 @@ def history_row_counts(root: Path, dataset: str, before: datetime, window: int =
         interval = manifest.parent.name
         if end <= before and (interval not in latest or latest[interval][0] < mtime):
             latest[interval] = (mtime, data)
-    return [latest[key][1]["rows"] for key in sorted(latest)[-window:]]
+    found = [latest[key][1] for key in sorted(latest)[-window:]]
+    if per is None:
+        return [m["rows"] for m in found]
+    return [round(m["rows"] * per / _length(m)) for m in found]
+
+
+def _length(manifest: dict[str, Any]) -> timedelta:
+    length = datetime.fromisoformat(manifest["interval_end"]) - datetime.fromisoformat(
+        manifest["interval_start"]
+    )
+    return length if length > timedelta(0) else timedelta(days=1)
 
 
 def row_count_bounds(counts: Sequence[int], tolerance: float) -> tuple[int, int]:
@@ -195,8 +209,10 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         if self.row_count_vs_history is None:
             return spec
         root, dataset, manifest = _snapshot_location(self.data_path)
-        start = datetime.fromisoformat(json.loads(manifest.read_text())["interval_start"])
-        counts = history_row_counts(root, dataset, start, self.history_window)
+        this = json.loads(manifest.read_text())
+        start = datetime.fromisoformat(this["interval_start"])
+        # scaled to this interval's length: a retraining on two months compares with monthly runs
+        counts = history_row_counts(root, dataset, start, self.history_window, per=_length(this))
         if len(counts) < self.min_history:
             self.log.info(
                 "Row count vs. history: %d earlier interval(s) of %s, %d needed; not checked yet.",

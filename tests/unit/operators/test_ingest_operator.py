@@ -234,8 +234,10 @@ def test_path_manifest_names_the_glob_and_the_files_read(sources, dag_id):
 
 
 def test_the_same_rows_from_csv_and_parquet_are_the_same_version(sources):
-    versions = {d: sources["runs"][d]["xcoms"]["ingest.return_value"]["version"]
-                for d in ("path_csv", "path_parquet", "path_mixed")}
+    versions = {
+        d: sources["runs"][d]["xcoms"]["ingest.return_value"]["version"]
+        for d in ("path_csv", "path_parquet", "path_mixed")
+    }
     assert len(set(versions.values())) == 1, versions
 
 
@@ -293,9 +295,10 @@ def test_sql_rerun_writes_nothing_and_a_changed_row_is_a_new_current_version(sou
         f"flights/manifests/{key}/{v2['version']}.json",
     }
     current = Path(v2["path"]).parents[2] / "current" / f"{key}.parquet"
-    assert changed["files"][f"flights/current/{key}.parquet"] == changed["files"][
-        f"flights/data/{key}/{v2['version']}.parquet"
-    ]
+    assert (
+        changed["files"][f"flights/current/{key}.parquet"]
+        == changed["files"][f"flights/data/{key}/{v2['version']}.parquet"]
+    )
     assert current.read_bytes() == Path(v2["path"]).read_bytes()
     assert (Path(v2["manifest"]).parent / "CURRENT").read_text() == v2["version"]
     # exactly the one changed value differs between the versions

@@ -1,0 +1,47 @@
+"""Test DAGs of the closed loop: serve a model, watch its traffic, retrain on drift.
+
+Copied next to the example DAGs by the system test. ``flights_loop_train`` trains on the
+interval it is triggered for (January–March 2013) and deploys ``flights-loop``; the
+``flights_loop_drift`` Asset watches that deployment's inference log (``DriftEventTrigger`` in
+the triggerer) and ``flights_loop_retrain`` is scheduled on it: the same wiring as the example
+``flights_delay_retrain``, on a deployment of its own.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG
+from include.flights_pipeline import (
+    DRIFT_MACROS,
+    DRIFT_WINDOW_END,
+    DRIFT_WINDOW_START,
+    drift_asset,
+    train_register_deploy,
+)
+
+MODEL = "flights_loop"
+DEPLOYMENT = "flights-loop"
+#: the test sends its two kinds of traffic seconds apart: leftovers of the first are dropped
+#: after 10 s instead of joining the second's first window
+LOOP_DRIFT = drift_asset(DEPLOYMENT, name="flights_loop_drift", max_window_age_seconds=10)
+
+with DAG(
+    dag_id="flights_loop_train",
+    schedule=None,
+    start_date=datetime(2013, 1, 1, tzinfo=UTC),
+    catchup=False,
+    tags=["test"],
+):
+    train_register_deploy("{{ data_interval_start }}", "{{ data_interval_end }}", MODEL, DEPLOYMENT)
+
+with DAG(
+    dag_id="flights_loop_retrain",
+    schedule=[LOOP_DRIFT],
+    start_date=datetime(2013, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    user_defined_macros=DRIFT_MACROS,
+    tags=["test"],
+):
+    train_register_deploy(DRIFT_WINDOW_START, DRIFT_WINDOW_END, MODEL, DEPLOYMENT)
