@@ -372,6 +372,16 @@ def deployments(data_dir: Path) -> list[dict[str, Any]]:
         state = _read_json(current)
         if not state:
             continue
+        # the predictors behind the router (a state written before routers: one server)
+        predictors = state.get("predictors") or [{**state, "role": "main", "traffic": 100}]
+        main = next((p for p in predictors if p.get("role") == "main"), predictors[0])
+        traffic = [
+            {"version": str(p.get("version")), "percent": p.get("traffic", 0)}
+            | ({} if p.get("role") == "main" else {"role": p.get("role")})
+            for p in predictors
+        ]
+        if state.get("shadow"):
+            traffic.append({"version": str(state["shadow"].get("version")), "percent": 0, "role": "shadow"})
         out.append(
             {
                 "name": state.get("name", current.parent.name),
@@ -380,12 +390,13 @@ def deployments(data_dir: Path) -> list[dict[str, Any]]:
                 "previous_version": state.get("previous_version"),
                 "endpoint": state.get("endpoint"),
                 "health": endpoint_health(state),
-                # one local server serves the current version: all of the traffic
-                "traffic": [{"version": str(state.get("version")), "percent": 100}],
-                "started_at": _iso(datetime.fromtimestamp(state["started_at"], UTC))
-                if state.get("started_at")
+                "traffic": traffic,
+                "started_at": _iso(datetime.fromtimestamp(main["started_at"], UTC))
+                if main.get("started_at")
                 else None,
                 "last_rollout": None,
+                # recorded by the deploy itself: a failed rollout leaves the old version serving
+                "rollout_outcome": state.get("last_rollout"),
             }
         )
     return out
