@@ -207,7 +207,14 @@ class FeastHook(BaseHook):
     def store(self):
         feast = require("feast", "feast")
         self.log.info("Feast store: %s", self.describe())
-        return feast.FeatureStore(config=self.repo_config)
+        store = feast.FeatureStore(config=self.repo_config)
+        # A materialization flips its views to MATERIALIZING in the shared registry, and Feast
+        # 0.67 then refuses every read of them — historical retrieval in another task, online
+        # lookups of a deployment — until it ends. Keep serving the last materialized values
+        # (Feast's ``serve_features_while_materializing``; set on the registry object, which
+        # honours it, because RegistryConfig warns that the option targets SQL registries).
+        store.registry.serve_features_while_materializing = True
+        return store
 
     @contextlib.contextmanager
     def _in_repo(self):

@@ -44,25 +44,35 @@ def day(n: float) -> datetime:
 # -- used by the test modules (stdlib only) -------------------------------------------------
 
 
-def submit(jobs) -> None:
-    work = jobs.workdir(JOB)
+def submit_job(jobs, name: str, script: str) -> None:
+    """Start job ``name``: ``_jobs/<script>.py WORKDIR RESULT.json`` in an Airflow home of its own."""
+    work = jobs.workdir(name)
     jobs.submit(
-        JOB,
-        [jobs.python, jobs.script("feast_stores"), work, work / "result.json"],
+        name,
+        [jobs.python, jobs.script(script), work, work / "result.json"],
         env=jobs.airflow_env(work / "airflow-home", PYTHONUNBUFFERED="1"),
         timeout=600,
     )
 
 
-def load(jobs) -> dict:
-    submit(jobs)
-    result = jobs.result(JOB).check()
-    work = jobs.workdir(JOB)
+def load_job(jobs, name: str, script: str) -> dict:
+    """Start the job if it is not running yet, wait for it and read its ``result.json``."""
+    submit_job(jobs, name, script)
+    result = jobs.result(name).check()
+    work = jobs.workdir(name)
     data = json.loads((work / "result.json").read_text())
     data["output"] = result.output
     data["seconds"] = result.seconds
     data["workdir"] = str(work)
     return data
+
+
+def submit(jobs) -> None:
+    submit_job(jobs, JOB, "feast_stores")
+
+
+def load(jobs) -> dict:
+    return load_job(jobs, JOB, "feast_stores")
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -173,6 +183,45 @@ def historical(hook, sources: dict) -> dict:
     }
 
 
+def while_materializing(conn_id: str, sources: dict) -> dict:
+    """
+    Reads while another task's materialization holds ``weather_hourly`` in ``MATERIALIZING``.
+
+    The state is set the way ``store.materialize`` sets it (in the shared registry file), by a
+    hook of its own; a fresh hook (another task) then reads, and so does a plain Feast store.
+    """
+    import pandas as pd
+    from airflow_mlops.hooks.feast import FeastHook
+    from feast import FeatureStore
+    from feast.feature_view import FeatureViewState
+
+    materializing = FeastHook(feast_conn_id=conn_id).store
+    view = materializing.registry.get_feature_view("weather_hourly", materializing.project, allow_cache=False)
+    previous = view.state
+    view.state = FeatureViewState.MATERIALIZING
+    materializing.registry.apply_feature_view(view, materializing.project, commit=True)
+    entity_df = pd.DataFrame(
+        {"origin": ["JFK"], "event_timestamp": [pd.Timestamp(day(1) + timedelta(hours=2))]}
+    )
+    refs = [f"weather_hourly:{f}" for f in WEATHER]
+    reader = FeastHook(feast_conn_id=conn_id)
+    out: dict = {"previous_state": previous.name}
+    try:
+        out["state"] = reader.feature_view("weather_hourly").state.name
+        features = reader.historical_features(entity_df, refs)
+        out["historical"] = json.loads(features.to_json(orient="records", date_format="iso"))
+        out["online"] = online(reader, sources)
+        try:
+            FeatureStore(config=reader.repo_config).get_historical_features(entity_df, refs).to_df()
+            out["plain_feast"] = "served"
+        except ValueError as err:
+            out["plain_feast"] = str(err)
+    finally:
+        view.state = previous
+        materializing.registry.apply_feature_view(view, materializing.project, commit=True)
+    return out
+
+
 def sensor_pokes(conn_id: str) -> dict:
     from airflow_mlops.sensors.feast import FeastFeatureFreshnessSensor
 
@@ -279,6 +328,8 @@ def store_checks(kind: str, work: Path, sources: dict, result: dict) -> None:
 
     out["pokes"] = sensor_pokes(conn_id)
     out["trigger"] = trigger_events(hook)
+    if kind == "sqlite":
+        result["while_materializing"] = while_materializing(conn_id, sources)
     if kind == "redis":
         out["redis_cleanup"] = clean_redis(hook, project)
 

@@ -55,23 +55,11 @@ def config(**overrides) -> dict:
 
 
 def submit(jobs) -> None:
-    work = jobs.workdir(JOB)
-    jobs.submit(
-        JOB,
-        [jobs.python, jobs.script("feature_lookup_store"), work, work / "result.json"],
-        env=jobs.airflow_env(work / "airflow-home", PYTHONUNBUFFERED="1"),
-        timeout=600,
-    )
+    feast_stores.submit_job(jobs, JOB, "feature_lookup_store")
 
 
 def load(jobs) -> dict:
-    submit(jobs)
-    result = jobs.result(JOB).check()
-    work = jobs.workdir(JOB)
-    data = json.loads((work / "result.json").read_text())
-    data["output"] = result.output
-    data["seconds"] = result.seconds
-    return data
+    return feast_stores.load_job(jobs, JOB, "feature_lookup_store")
 
 
 # -- the job ----------------------------------------------------------------------------------

@@ -214,3 +214,17 @@ def test_historical_features_are_point_in_time_correct(job):
     last = pd.Timestamp(day(7)) - pd.Timedelta(hours=1)
     assert got.loc[got["event_timestamp"] == last + pd.Timedelta(hours=2), "temp"].notna().all()
     assert got.loc[got["event_timestamp"] == last + pd.Timedelta(hours=5), "temp"].isna().all()
+
+
+def test_reads_keep_serving_while_another_task_materializes(job):
+    """A materialization holds its views in MATERIALIZING; Feast alone then refuses to read them."""
+    w = job["while_materializing"]
+    assert w["state"] == "MATERIALIZING"
+    assert "MATERIALIZING" in w["plain_feast"] and "cannot serve" in w["plain_feast"]
+    weather = read_source(job["sources"]["weather_dir"])
+    at = pd.Timestamp(day(1)) + pd.Timedelta(hours=2)
+    (expected,) = weather[(weather["origin"] == "JFK") & (weather["time_hour"] == at)].to_dict("records")
+    (row,) = w["historical"]
+    assert all(same(row[f], expected[f]) for f in WEATHER), (row, expected)
+    # the online store keeps answering with what was last materialized
+    assert w["online"] == job["sqlite"]["overlap_online"]
