@@ -182,6 +182,8 @@ def pipeline_run(stack) -> str:
             pytest.fail(f"the January pipeline run {run['dag_run_id']} failed: {states}")
     run_id = stack.trigger(PIPELINE, *JANUARY, conf={"drift_check_offset_months": 6})
     assert stack.wait_run(PIPELINE, run_id, timeout=1800) == "success", stack.task_states(PIPELINE, run_id)
+    # the drift check's July traffic makes the deployment's watcher start a retraining
+    stack.wait_for_new_run(RETRAIN, timeout=300)
     return run_id
 
 
@@ -252,14 +254,19 @@ def test_mlops_page_shows_champion_and_drift_chart(logged_in, stack, pipeline_ru
         ".textContent"
     )
     assert "champion" in row_text and (PIPELINE in row_text or RETRAIN in row_text)
+    # one timeline for the model: the pipeline's July check and the windows of served traffic
+    # its deployment's watcher tested, the one that started the retraining marked
     chart = b.eval(
-        "(() => { const s = document.querySelector('svg.drift-chart');"
-        " return s && {dag: s.dataset.dagId, points: s.querySelectorAll('circle.point').length,"
+        f"(() => {{ const s = document.querySelector('svg.drift-chart[data-model=\"{MODEL}\"]');"
+        " return s && {checks: s.querySelectorAll('circle.point.check').length,"
+        " watched: s.querySelectorAll('circle.point.watched').length,"
         " drift: s.querySelectorAll('circle.point.drift').length,"
+        " retrained: s.querySelectorAll('circle.point[data-retrained=\"true\"]').length,"
         " threshold: !!s.querySelector('path.threshold')}; })()"
     )
-    assert chart == {"dag": PIPELINE, "points": chart["points"], "drift": chart["drift"], "threshold": True}
-    assert chart["points"] >= 1 and chart["drift"] >= 1  # July drifted against January
+    assert chart is not None and chart["threshold"], chart
+    assert chart["checks"] >= 1 and chart["watched"] >= 1, chart
+    assert chart["drift"] >= 2 and chart["retrained"] >= 1, chart  # July drifted against January
     health = b.eval(f"document.querySelector('tr[data-deployment=\"{DEPLOYMENT}\"]')?.dataset.health")
     assert health == "healthy"
     datasets = b.eval("[...document.querySelectorAll('section.dataset')].map(s => s.dataset.dataset)")

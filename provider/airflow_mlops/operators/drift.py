@@ -162,6 +162,8 @@ class DriftDetectOperator(MlopsBaseOperator):
             "drift_score": report["drift_score"],
             "drifted_features": report["drifted_features"],
             "window": self.window,
+            # the deployment scored (the MLOps page puts the check with that deployment's model)
+            "endpoint": self.endpoint,
             "report": str(out_dir / "report.json"),
             "plot": str(out_dir / "pvalues.png"),
         }

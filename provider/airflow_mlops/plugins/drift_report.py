@@ -5,7 +5,11 @@ Mounted by the API server at ``/mlops`` (with the MLOps view, see :mod:`.mlops_v
 * ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>`` — an HTML page from the
   ``report.json`` ``DriftDetectOperator`` stored (written by the drift runtime): drift score,
   threshold, per-feature test / statistic / p-value, drifted features and the checked window;
-* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>/pvalues.png`` — its p-value plot.
+* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>/pvalues.png`` — its p-value plot;
+* ``GET /mlops/drift-window/<deployment>/<window_id>`` (and ``.../pvalues.png``) — the same page
+  for a window of served traffic tested by a ``DriftEventTrigger``
+  (``drift/watchers/<deployment>/<window_id>/``), for callers who may read DAG runs, as the
+  MLOps page.
 
 The report lives in ``[mlops] data_dir``/drift/<dag_id>/<run>/ (``<run>`` is the run id with
 characters other than letters, digits and ``-_.`` replaced by ``_``), or where the task's
@@ -30,8 +34,11 @@ from fastapi.responses import FileResponse, HTMLResponse
 from airflow_mlops.links.drift import DRIFT_REPORT_ROUTE
 from airflow_mlops.plugins.auth import authorize_dag_tasks as _authorize
 from airflow_mlops.plugins.auth import current_user as _user
+from airflow_mlops.plugins.auth import readable_dag_ids
 
 router = APIRouter()
+#: the page of a window of served traffic a ``DriftEventTrigger`` tested
+DRIFT_WINDOW_ROUTE = "/drift-window"
 User = Annotated[Any, Depends(_user)]
 
 
@@ -110,9 +117,14 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 
 
 def render_report(
-    report: dict[str, Any], *, dag_id: str, run_id: str, task_id: str, window: Any, plot_url: str | None
+    report: dict[str, Any], *, source: list[tuple[str, str]], window: Any, plot_url: str | None
 ) -> str:
-    """The page of one report (every value from the file HTML-escaped)."""
+    """
+    The page of one report (every value from the file HTML-escaped).
+
+    :param source: what made the report, as ``(label, value)`` pairs: DAG, run and task of a
+        check, or the deployment and window a watcher tested.
+    """
     e = html.escape
     drift = bool(report.get("is_drift"))
     rows = [(name, r) for name, r in (report.get("features") or {}).items()]
@@ -152,9 +164,10 @@ def render_report(
     summary = "".join(
         f'<tr><th>{label}</th><td id="{key}">{value}</td></tr>\n' for key, label, value in facts
     )
+    made_by = ", ".join(f"{e(label)} <code>{e(str(value))}</code>" for label, value in source)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>Drift report — {e(dag_id)} / {e(run_id)} / {e(task_id)}</title>
+<title>Drift report — {" / ".join(e(str(value)) for _, value in source)}</title>
 <style>
   body {{ font: 14px system-ui, sans-serif; margin: 16px 24px; color: #1b1f24; }}
   table {{ border-collapse: collapse; margin: 8px 0 16px; }}
@@ -164,8 +177,7 @@ def render_report(
 </style></head>
 <body>
 <h1>Drift report</h1>
-<div class="muted">DAG <code>{e(dag_id)}</code>, run <code>{e(run_id)}</code>,
-task <code>{e(task_id)}</code></div>
+<div class="muted" id="source">{made_by}</div>
 <h2 class="verdict {"drift" if drift else "ok"}">{"Drift found" if drift else "No drift"}</h2>
 <table id="summary">
 {summary}</table>
@@ -194,9 +206,7 @@ def drift_report(dag_id: str, run_id: str, task_id: str, user: User) -> HTMLResp
     has_plot = (folder / "pvalues.png").is_file()
     page = render_report(
         report if isinstance(report, dict) else {},
-        dag_id=dag_id,
-        run_id=run_id,
-        task_id=task_id,
+        source=[("DAG", dag_id), ("run", run_id), ("task", task_id)],
         window=result.get("window"),
         # relative to this page: .../<task_id>/pvalues.png
         plot_url=f"{quote(task_id, safe='')}/pvalues.png" if has_plot else None,
@@ -212,3 +222,52 @@ def drift_report_plot(dag_id: str, run_id: str, task_id: str, user: User) -> Fil
     missing = f"No p-value plot for the drift report of {dag_id!r} / {run_id!r}."
     plot = resolve(drift_root(), folder / "pvalues.png", missing)
     return FileResponse(plot, media_type="image/png")
+
+
+# --------------------------------------------------------------------------- watched windows
+
+
+def window_dir(deployment: str, window_id: str) -> tuple[Path, dict[str, Any]]:
+    """The folder of a window a ``DriftEventTrigger`` tested and its ``window.json``; 404 if none."""
+    missing = f"No drift report for window {window_id!r} of deployment {deployment!r}."
+    root = drift_root() / "watchers"
+    report = resolve(root, Path(deployment) / window_id / "report.json", missing)
+    try:
+        meta = json.loads((report.parent / "window.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return report.parent, meta if isinstance(meta, dict) else {}
+
+
+@router.get(
+    DRIFT_WINDOW_ROUTE + "/{deployment}/{window_id}", response_class=HTMLResponse, name="drift_window"
+)
+def drift_window(deployment: str, window_id: str, user: User) -> HTMLResponse:
+    """The report of one window of served traffic a drift watcher tested, as a page."""
+    readable_dag_ids(user)  # the MLOps page's rule: read access to DAG runs
+    folder, meta = window_dir(deployment, window_id)
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError) as err:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"The drift report of window {window_id!r} is unreadable: {err}"
+        ) from err
+    source = [("deployment", deployment), ("window", window_id)]
+    if meta.get("model_name") or meta.get("model_version"):
+        source.append(("model", f"{meta.get('model_name') or '?'} v{meta.get('model_version') or '?'}"))
+    page = render_report(
+        report if isinstance(report, dict) else {},
+        source=source,
+        window=meta.get("window"),
+        plot_url=f"{quote(window_id, safe='')}/pvalues.png" if (folder / "pvalues.png").is_file() else None,
+    )
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
+@router.get(DRIFT_WINDOW_ROUTE + "/{deployment}/{window_id}/pvalues.png", name="drift_window_plot")
+def drift_window_plot(deployment: str, window_id: str, user: User) -> FileResponse:
+    """The p-value plot of one watched window."""
+    readable_dag_ids(user)
+    folder, _ = window_dir(deployment, window_id)
+    missing = f"No p-value plot for window {window_id!r} of deployment {deployment!r}."
+    return FileResponse(resolve(drift_root(), folder / "pvalues.png", missing), media_type="image/png")

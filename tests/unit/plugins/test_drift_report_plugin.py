@@ -154,7 +154,7 @@ def test_render_escapes_values_from_the_report():
     from airflow_mlops.plugins.drift_report import render_report
 
     report = {"features": {"<script>x</script>": {"test": "ks", "p_val": 0.5, "drift": False}}}
-    html = render_report(report, dag_id="d", run_id="r<", task_id="t", window=None, plot_url=None)
+    html = render_report(report, source=[("run", "r<")], window=None, plot_url=None)
     assert "<script>x" not in html and "&lt;script&gt;x" in html and "r&lt;" in html
     assert "No p-value plot was stored." in html
 

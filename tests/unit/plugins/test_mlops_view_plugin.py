@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+#: the serving and drift runtimes: the job deploys a real model and tests real drift
+RUNTIMES = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve()
 API = ["/mlops/api/models", "/mlops/api/deployments", "/mlops/api/drift", "/mlops/api/datasets"]
 MODEL, PIPELINE, RETRAIN = "ui_flights_delay", "ui_pipeline", "ui_retrain"
 
@@ -41,9 +43,10 @@ def start_jobs(jobs) -> None:
         env=jobs.airflow_env(
             work / "airflow-home",
             AIRFLOW__MLOPS__DATA_DIR=str(work / "mlops"),
+            AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES),
             AIRFLOW__API_AUTH__JWT_SECRET="unit-test-secret-not-for-production",
         ),
-        timeout=400,
+        timeout=600,
     )
     jobs.submit(
         "ui-light-import",
@@ -151,28 +154,59 @@ def test_models_say_what_is_wrong_when_mlflow_cannot_be_read(responses):
 
 def test_deployments_show_endpoint_version_health_and_rollout(setup, responses):
     (d,) = body(responses, "viewer /mlops/api/deployments")["deployments"]
-    assert d["name"] == "ui-flights-delay"
+    assert d["name"] == "ui-flights-delay" and d["model_name"] == MODEL
+    # the challenger replaced the champion blue/green behind the same stable address
     assert d["version"] == "2" and d["previous_version"] == "1"
     assert d["endpoint"] == setup["endpoint"]
-    assert d["health"] == "healthy"
+    assert d["health"] == "healthy"  # the real router and model server answer
     assert d["traffic"] == [{"version": "2", "percent": 100}]
     rollout = d["last_rollout"]
     assert rollout["task_id"] == "deploy" and rollout["state"] == "success"
-    assert rollout["run_id"] == setup["runs"][-1][1]
+    assert rollout["run_id"] == setup["runs"][-1][1] and rollout["version"] == "2"
+    assert d["rollout_outcome"]["outcome"] == "succeeded" and d["rollout_outcome"]["version"] == "2"
 
 
-def test_drift_timeline_has_threshold_windows_and_retraining_runs(setup, responses):
+def test_drift_is_one_timeline_per_model_with_checks_watched_windows_and_retraining_runs(setup, responses):
     (series,) = body(responses, "viewer /mlops/api/drift")["series"]
-    assert series["dag_id"] == PIPELINE
-    calm, drifted = series["points"]  # in window order
-    assert calm["window"]["start"] == "2013-02-01" and drifted["window"]["start"] == "2013-07-01"
-    assert calm["is_drift"] is False and calm["triggered_runs"] == []
-    assert drifted["is_drift"] is True and drifted["drifted_features"] == ["temp"]
-    assert drifted["threshold"] == 0.025  # the Bonferroni-corrected cut-off of the report
-    assert drifted["min_p_value"] < drifted["threshold"] < calm["min_p_value"]
-    assert [r["run_id"] for r in drifted["triggered_runs"]] == [setup["retrain_run_id"]]
-    assert drifted["triggered_runs"][0]["dag_id"] == RETRAIN
-    assert drifted["run_id"] == setup["runs"][1][1]
+    assert series["model"] == MODEL and series["deployments"] == ["ui-flights-delay"]
+    assert series["dag_ids"] == [PIPELINE]
+    points = series["points"]  # in window order: January (check, watched), then July
+    assert [(p["source"], p["is_drift"]) for p in points] == [
+        ("check", False),
+        ("watcher", False),
+        ("check", True),
+        ("watcher", True),
+    ]
+    calm_check, calm_window, drift_check, drift_window = points
+    assert calm_check["window"]["start"] == "2013-01-01" and drift_check["window"]["start"] == "2013-07-01"
+    # the watcher's windows span the flights' own times (the requests' event_time)
+    assert calm_window["window"]["start"].startswith("2013-01")
+    assert drift_window["window"]["start"].startswith("2013-07")
+    assert [calm_window["model_version"], drift_window["model_version"]] == ["1", "2"]
+    for point in (drift_check, drift_window):
+        assert "temp" in point["drifted_features"]
+        assert point["threshold"] == pytest.approx(0.05 / 7)  # Bonferroni over the 7 weather features
+        assert point["min_p_value"] < point["threshold"]
+    assert calm_check["min_p_value"] > calm_check["threshold"]
+    assert calm_check["triggered_runs"] == calm_window["triggered_runs"] == []
+    assert [r["run_id"] for r in drift_check["triggered_runs"]] == [setup["retrain_run_id"]]
+    assert [r["run_id"] for r in drift_window["triggered_runs"]] == [setup["watcher_retrain_run_id"]]
+    assert drift_window["triggered_runs"][0]["dag_id"] == RETRAIN
+    assert drift_check["run_id"] == setup["runs"][1][1]
+    (event,) = setup["watcher_events"][1]
+    assert drift_window["report"] == event["report"]
+    assert drift_window["report_url"].startswith("/mlops/drift-window/ui-flights-delay/")
+
+
+def test_a_watched_window_has_its_report_page(setup, responses):
+    page = responses["viewer watched window"]
+    assert page["status"] == 200, page
+    assert "Drift found" in page["body"] and "ui-flights-delay" in page["body"]
+    assert f"{MODEL} v2" in page["body"]
+    assert 'src="' in page["body"] and responses["viewer watched window plot"]["status"] == 200
+    assert responses["anonymous watched window"]["status"] == 401
+    assert responses["nobody watched window"]["status"] == 403
+    assert responses["viewer watched window outside"]["status"] == 404
 
 
 def test_datasets_show_versions_rows_and_validation(setup, responses):

@@ -114,8 +114,19 @@ def model_config(kind: str) -> dict:
     return config
 
 
-def log_flights_model(kind: str, tracking_uri: str, experiment: str = "flights_delay") -> str:
-    """Log model ``kind`` in a new run of ``experiment`` on the server; return the run id."""
+def _example(kind: str) -> pd.DataFrame:
+    return holdout_frame()[MODELS[kind]].head(5).astype("float64")
+
+
+def log_flights_model(
+    kind: str, tracking_uri: str, experiment: str = "flights_delay", servable: bool = False
+) -> str:
+    """
+    Log model ``kind`` in a new run of ``experiment`` on the server; return the run id.
+
+    :param servable: with an input example (and so a signature), as a deployment needs for its
+        smoke prediction; without, the model takes any of :data:`FEATURES` (the gate's way).
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -125,6 +136,7 @@ def log_flights_model(kind: str, tracking_uri: str, experiment: str = "flights_d
             name="model",
             python_model=str(MODEL_CODE),
             model_config=model_config(kind),
+            input_example=_example(kind) if servable else None,
             pip_requirements=["mlflow", "numpy", "pandas"],
         )
         mlflow.set_tag("model_kind", kind)
@@ -135,12 +147,11 @@ def save_flights_model(kind: str, path: Path) -> Path:
     """Save model ``kind`` as a local MLflow model directory, with an input example (for serving tests)."""
     import mlflow
 
-    example = holdout_frame()[MODELS[kind]].head(5).astype("float64")
     mlflow.pyfunc.save_model(
         str(path),
         python_model=str(MODEL_CODE),
         model_config=model_config(kind),
-        input_example=example,
+        input_example=_example(kind),
         pip_requirements=["mlflow", "numpy", "pandas"],
     )
     return path

@@ -49,7 +49,13 @@ def deployment(tmp_path, monkeypatch, flights):
     state = {
         "name": "d",
         "predictors": [
-            {"role": "main", "version": "1", "pid": os.getpid(), "reference_path": str(reference)}
+            {
+                "role": "main",
+                "version": "1",
+                "model_name": "flights_delay",
+                "pid": os.getpid(),
+                "reference_path": str(reference),
+            }
         ],
     }
     path = SeldonHook.deployment_dir("d") / "current.json"
@@ -119,6 +125,13 @@ def test_same_distribution_traffic_fires_nothing_drifted_traffic_fires_once(depl
     assert asyncio.run(events_within(trigger(), 40)) == []
     reports = watch_reports(deployment)
     assert len(reports) == 1 and reports[0]["is_drift"] is False
+    # beside each report, what was tested (the MLOps page's timeline reads it)
+    (window,) = [
+        json.loads(p.read_text())
+        for p in deployment.parent.parent.parent.glob("drift/watchers/d/*/window.json")
+    ]
+    assert window["is_drift"] is False and window["model_version"] == "1" and window["rows"] == WINDOW
+    assert window["model_name"] == "flights_delay" and window["window"]["start"].startswith("2013-01")
 
     log_requests(deployment, flights["july"], WINDOW)
     log_requests(deployment, flights["july"].iloc[WINDOW:], WINDOW)  # a second drifted window: cooling down
@@ -128,7 +141,7 @@ def test_same_distribution_traffic_fires_nothing_drifted_traffic_fires_once(depl
     assert event["model_version"] == "1" and event["rows"] == WINDOW
     assert event["window"]["start"].startswith("2013-07") and event["window"]["end"].startswith("2013-07")
     assert "temp" in event["drifted_features"] and event["p_values"]["temp"] < 0.05 / 7
-    assert Path(event["report"]).exists()
+    assert Path(event["report"]).exists() and event["model_name"] == "flights_delay"
     assert len(watch_reports(deployment)) == 2  # the window in the cooldown was not tested
 
     # a restarted triggerer reads the cursor: nothing is announced twice
