@@ -562,7 +562,8 @@ def drift_series(points: list[dict[str, Any]], found: list[dict[str, Any]]) -> l
     Drift points grouped per model, each group in window order.
 
     A watched window names its deployment and model; a DAG's check is put with the model of the
-    deployment whose endpoint it scored, else in a group of its own DAG.
+    deployment whose endpoint it scored, else in a group of its own DAG. A deployment of a model
+    URI (no registered name) is a group of its own.
 
     :param points: from :func:`drift_reports` and :func:`watcher_windows`.
     :param found: the deployments (:func:`deployments`).
@@ -575,7 +576,12 @@ def drift_series(points: list[dict[str, Any]], found: list[dict[str, Any]]) -> l
         if deployment and not point.get("deployment"):
             point["deployment"] = deployment["name"]
         model = point.get("model_name") or (deployment or {}).get("model_name")
-        key = f"model:{model}" if model else f"dag:{point['dag_id']}" if point["dag_id"] else "unknown"
+        if model:
+            key = f"model:{model}"
+        elif point.get("deployment"):  # served from a model URI: no registered name
+            key = f"deployment:{point['deployment']}"
+        else:
+            key = f"dag:{point['dag_id']}"
         group = groups.setdefault(
             key, {"key": key, "model": model, "deployments": [], "dag_ids": [], "points": []}
         )

@@ -298,3 +298,29 @@ def test_page_script_is_valid_javascript(tmp_path):
     script = page.rsplit("<script>", 1)[1].split("</script>", 1)[0]
     (tmp_path / "page.js").write_text(script)
     subprocess.run([node, "--check", str(tmp_path / "page.js")], check=True)
+
+
+def test_drift_series_group_by_model_then_deployment_then_dag():
+    from airflow_mlops.plugins.sources import drift_series
+
+    def point(source, window, **kw):
+        base = {"source": source, "dag_id": None, "checked_at": "2026-01-01T00:00:00+00:00"}
+        return {**base, "window": {"start": window}, **kw}
+
+    found = [
+        {"name": "serving", "endpoint": "http://127.0.0.1:9000", "model_name": "delays"},
+        {"name": "adhoc", "endpoint": "http://127.0.0.1:9001", "model_name": None},
+    ]
+    points = [
+        point("watcher", "2013-07-02", deployment="serving", model_name="delays"),
+        point("check", "2013-07-01", dag_id="monthly", endpoint="http://127.0.0.1:9000"),
+        point("check", "2013-02-01", dag_id="other", endpoint="http://127.0.0.1:1"),  # no deployment
+        point("watcher", "2013-03-01", deployment="adhoc", model_name=None),
+    ]
+    series = {s["key"]: s for s in drift_series(points, found)}
+    assert set(series) == {"model:delays", "dag:other", "deployment:adhoc"}
+    delays = series["model:delays"]
+    assert [p["window"]["start"] for p in delays["points"]] == ["2013-07-01", "2013-07-02"]  # data order
+    assert delays["deployments"] == ["serving"] and delays["dag_ids"] == ["monthly"]
+    assert delays["points"][0]["deployment"] == "serving"  # the check's endpoint named it
+    assert series["dag:other"]["model"] is None and series["dag:other"]["deployments"] == []
