@@ -405,7 +405,7 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
         f"Airflow UI   {stack.airflow_url}   login: {stack.username} / {stack.password}",
         f"             DAGs: {PIPELINE_DAG} (January 2013), {RETRAIN_DAG} (triggered by drift)",
         f"MLOps page   {stack.airflow_url}/plugin/mlops   (Airflow's nav: MLOps) models and aliases, "
-        "deployments, drift chart, datasets",
+        "deployments, the model's drift timeline (served windows, the one that retrained), datasets",
         f"MLflow UI    {stack.mlflow_url}   experiment 'flights_delay', model 'flights_delay'",
         f"Registered   {registered['name']} version {registered['version']}: {registered['gate']['reason']}"
         f" -> {registered['gate']['outcome']}",
