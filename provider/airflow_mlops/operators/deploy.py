@@ -291,10 +291,15 @@ class SeldonDeployOperator(_SeldonOperator):
         status_url = f"{state['router']['endpoint']}/router/status"
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            if requests.get(status_url, timeout=self.ready_timeout).json().get("feature_lookup") == bool(
-                self.feature_lookup
-            ):
+            status = requests.get(status_url, timeout=30).json()
+            if status.get("feature_lookup") == bool(self.feature_lookup):
                 return
+            if status.get("feature_lookup_error"):
+                raise DeploymentError(
+                    f"The router of {name} could not build the feature lookup: "
+                    f"{status['feature_lookup_error']}. Fix the lookup (repo, features, connection) "
+                    "and deploy again; the routing it came with was not applied."
+                )
             time.sleep(0.5)
         raise DeploymentError(f"The router of {name} did not load the feature lookup; see its router.log.")
 
@@ -314,6 +319,9 @@ class SeldonDeployOperator(_SeldonOperator):
             if self.feature_lookup is not None and seldon.current(name):
                 self._configure_lookup()
         except Exception as err:
+            if self._pending is not None:  # started, never routed to: nothing else would stop it
+                seldon.stop_state(self._pending)
+                self._pending = None
             seldon.record_rollout(name, {"outcome": "failed", "version": version, "message": str(err)[:500]})
             raise
         record = {

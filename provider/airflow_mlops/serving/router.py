@@ -44,8 +44,26 @@ PREDICT_PATH = "/api/v1.0/predictions"
 _CONNECT_ERRORS = (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine, OSError)
 
 
+class LookupNotReady(Exception):
+    """Entity keys arrived while the deployment's feature lookup is still warming up (or failed)."""
+
+    def __init__(self, error: str | None) -> None:
+        super().__init__(
+            f"the feature lookup could not be built ({error}); see router.log"
+            if error
+            else "the feature lookup is warming up (Feast loads once, ~20 s); retry in a few seconds"
+        )
+
+
 class Routing:
-    """The routing of one deployment, re-read from its state file whenever the file changes."""
+    """
+    The routing of one deployment, re-read from its state file whenever the file changes.
+
+    A routing that asks for a new feature lookup is applied only once that lookup is warm:
+    warming imports Feast and opens the store (20 s or more), so it runs in a thread of its own
+    while requests keep the routing they had. A lookup that cannot be built leaves the routing
+    as it was and is reported by ``/router/status`` (``feature_lookup_error``).
+    """
 
     def __init__(self, state_path: str) -> None:
         self.state_path = state_path
@@ -54,6 +72,9 @@ class Routing:
         self.state: dict[str, Any] = {}
         self.lookup = None  # FeatureLookup, built when the routing asks for one
         self._lookup_config: dict[str, Any] | None = None
+        self._warming: dict[str, Any] | None = None  # the lookup config being warmed
+        self._failed: tuple[dict[str, Any], int] | None = None  # (config, state mtime) that failed
+        self.lookup_error: str | None = None
         self.counters: dict[str, dict[str, int]] = {}
 
     def refresh(self, force: bool = False) -> dict[str, Any]:
@@ -69,22 +90,45 @@ class Routing:
                     state = json.load(f)
             except (OSError, ValueError):
                 return self.state  # being replaced: keep the last good routing
+            config = state.get("feature_lookup")
+            if config and config != self._lookup_config:
+                self._warm(config, mtime)  # applied by the next refresh once the lookup is ready
+                if not self.state:  # a (re)started router: route now, entity keys wait (503)
+                    self.state = state
+                return self.state
+            if not config:
+                self.lookup, self._lookup_config, self._warming = None, None, None
             self.state, self._mtime = state, mtime
-            self._configure_lookup(state.get("feature_lookup"))
         return self.state
 
-    def _configure_lookup(self, config: dict[str, Any] | None) -> None:
-        if config == self._lookup_config:
+    def _warm(self, config: dict[str, Any], mtime: int) -> None:
+        """
+        Build and warm ``config``'s lookup in a thread (the caller holds the lock): once per
+        config, and again after a failure only when the state file is written again.
+        """
+        if config == self._warming or self._failed == (config, mtime):
             return
-        self._lookup_config = config
-        if not config:
-            self.lookup = None
-            return
-        from airflow_mlops.serving.feature_lookup import FeatureLookup
+        self._warming, self.lookup_error = config, None
 
-        lookup = FeatureLookup.from_dict(config)
-        lookup.warm()
-        self.lookup = lookup
+        def build() -> None:
+            from airflow_mlops.serving.feature_lookup import FeatureLookup
+
+            try:
+                lookup = FeatureLookup.from_dict(config)
+                lookup.warm()
+            except Exception as err:
+                print(f"router: the feature lookup could not be built: {err!r}", file=sys.stderr, flush=True)
+                with self._lock:
+                    if self._warming == config:
+                        self.lookup_error = f"{type(err).__name__}: {err}"
+                        self._warming, self._failed = None, (config, mtime)
+                return
+            with self._lock:
+                if self._warming == config:
+                    self.lookup, self._lookup_config, self._warming = lookup, config, None
+                    self._mtime = None  # the next refresh applies the routing that asked for it
+
+        threading.Thread(target=build, name="feature-lookup-warm", daemon=True).start()
 
     def choose(self) -> dict[str, Any] | None:
         """A predictor for one request, by traffic weight."""
@@ -184,7 +228,11 @@ class Router:
     def transform(self, body: bytes) -> bytes:
         """Entity keys (``jsonData.rows``) → the model's feature matrix, when a lookup is configured."""
         lookup = self.routing.lookup
-        if lookup is None or b'"jsonData"' not in body:
+        if b'"jsonData"' not in body:
+            return body
+        if lookup is None:
+            if self.routing.state.get("feature_lookup"):
+                raise LookupNotReady(self.routing.lookup_error)
             return body
         from airflow_mlops.serving.feature_lookup import model_request, rows_from_request
 
@@ -202,6 +250,8 @@ class Router:
             return 503, _error("the deployment has no predictor to route to"), "application/json", None
         try:
             body = self.transform(body)
+        except LookupNotReady as err:
+            return 503, _error(str(err)), "application/json", predictor
         except (ValueError, KeyError) as err:
             return 400, _error(f"feature lookup: {err}"), "application/json", predictor
         status, data, ctype = self._forward(predictor, "POST", PREDICT_PATH, body)
@@ -222,6 +272,7 @@ class Router:
             if state.get("shadow")
             else None,
             "feature_lookup": bool(self.routing.lookup),
+            "feature_lookup_error": self.routing.lookup_error,
             "counters": self.routing.counters,
         }
 

@@ -119,6 +119,11 @@ def as_json(result) -> dict:
 ROUTER_COEF = [0.01 * (i + 1) for i in range(len(OUTPUT_ORDER))]
 
 
+def model_request_body() -> dict:
+    """A request with the model's own features (no entity keys): the lookup is not needed."""
+    return {"data": {"names": OUTPUT_ORDER, "ndarray": [[1.0] * len(OUTPUT_ORDER)]}}
+
+
 def through_router(work: Path, data_dir: Path, lookup, rows: list[dict]) -> dict | None:
     """Entity keys sent to a deployment's stable address: the router looks the features up in
     Feast and forwards them to a real seldon model server serving a real MLflow model (a logistic
@@ -151,17 +156,41 @@ def through_router(work: Path, data_dir: Path, lookup, rows: list[dict]) -> dict
     hook = SeldonHook()
     try:
         router = hook.ensure_router("lookup")
+        url = f"{router['endpoint']}/api/v1.0/predictions"
+        status_url = f"{router['endpoint']}/router/status"
         hook.switch("lookup", hook.start_local("lookup", str(model_dir), "1"))
         hook._write_current("lookup", {**hook.current("lookup"), "feature_lookup": lookup.to_dict()})
-        deadline = time.monotonic() + 180  # the router imports feast once
-        while not requests.get(f"{router['endpoint']}/router/status", timeout=30).json()["feature_lookup"]:
+        # the router imports feast once, in the background: meanwhile it keeps answering
+        started = time.monotonic()
+        status = requests.get(status_url, timeout=30).json()
+        warming = {
+            "status_seconds": time.monotonic() - started,
+            "feature_lookup": status["feature_lookup"],
+            "entity_keys": requests.post(url, json={"jsonData": {"rows": rows}}, timeout=30).status_code,
+            "features": requests.post(url, json=model_request_body(), timeout=30).status_code,
+        }
+        deadline = time.monotonic() + 180
+        while not requests.get(status_url, timeout=30).json()["feature_lookup"]:
             if time.monotonic() > deadline:
                 return {"error": "the router did not load the lookup"}
             time.sleep(0.5)
-        url = f"{router['endpoint']}/api/v1.0/predictions"
         answer = requests.post(url, json={"jsonData": {"rows": rows}}, timeout=60)
         bad = requests.post(url, json={"jsonData": {"rows": [{"origin": "JFK"}]}}, timeout=60)
+        # a lookup that cannot be built: reported, and the working one keeps serving
+        working = lookup.to_dict()
+        features = [f.replace("weather_hourly", "no_such_view") for f in working["features"]]
+        broken = {**working, "features": features}
+        hook._write_current("lookup", {**hook.current("lookup"), "feature_lookup": broken})
+        deadline = time.monotonic() + 60
+        while not (status := requests.get(status_url, timeout=30).json())["feature_lookup_error"]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        still = requests.post(url, json={"jsonData": {"rows": rows}}, timeout=60)
         return {
+            "warming": warming,
+            "broken_error": status["feature_lookup_error"],
+            "broken_still_serves": [still.status_code, still.json()],
             "status": answer.status_code,
             "body": answer.json(),
             "version": answer.headers.get("X-Mlops-Model-Version"),

@@ -277,3 +277,16 @@ def test_the_router_looks_features_up_and_the_model_server_scores_them(job):
         assert got == pytest.approx(1 / (1 + math.exp(-z)), rel=1e-4)
     assert router["version"] == "1"
     assert router["bad_status"] == 400 and "lacks" in router["bad_body"]
+
+
+def test_the_router_keeps_answering_while_its_lookup_warms_up_and_when_one_breaks(job):
+    router = job["router"]
+    if router is None:
+        pytest.skip("the serving runtime is not built")
+    warming = router["warming"]
+    # Feast takes seconds to import in the router: it answers meanwhile, entity keys wait
+    assert warming["status_seconds"] < 5 and warming["feature_lookup"] is False, warming
+    assert warming["entity_keys"] == 503 and warming["features"] == 200, warming
+    assert "no_such_view" in router["broken_error"]
+    status, body = router["broken_still_serves"]
+    assert status == 200 and body["data"]["ndarray"] == router["body"]["data"]["ndarray"]
