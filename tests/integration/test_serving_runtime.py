@@ -408,6 +408,24 @@ def test_prediction_matches_model_and_is_logged(server: dict, models: dict) -> N
     )
 
 
+def test_a_request_tagged_not_to_log_is_answered_and_not_logged(server: dict) -> None:
+    """How the drift check scores its reference rows: they are not served traffic."""
+    url = f"{server['base']}/api/v1.0/predictions"
+    quiet = requests.post(
+        url,
+        json={"data": {"names": FEATURES, "ndarray": ROWS}, "meta": {"tags": {"mlops_log": False}}},
+        timeout=30,
+    )
+    assert quiet.status_code == 200, quiet.text
+    assert len(quiet.json()["data"]["ndarray"]) == len(ROWS)
+    quiet_id = quiet.json()["meta"]["tags"]["request_id"]
+    _, logged_id = _predict(server["base"], ROWS)  # an ordinary request after it
+    df = _logged(server["log_dir"], {logged_id})  # once it is in the log, the quiet one would be too
+    time.sleep(3 * FLUSH_S)
+    everything = inference_log.read(inference_log.list_files(server["log_dir"]))
+    assert quiet_id not in set(everything["request_id"]) and logged_id in set(df["request_id"])
+
+
 def test_concurrent_requests_lose_no_rows(server: dict) -> None:
     """200 requests from 8 client threads across 2 gunicorn workers x 4 threads: every row of
     every request is logged once, with the request id the response carried."""

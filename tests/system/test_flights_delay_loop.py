@@ -135,6 +135,10 @@ def test_drift_found_on_july_and_requests_logged(stack, runs):
     report = json.loads(Path(drift["report"]).read_text())
     assert report["is_drift"] is True and drift["is_drift"] is True
     assert "temp" in report["drifted_features"]
+    # prediction drift: the model's scores on July against its scores on the training rows,
+    # one more member of the corrected family (7 weather features + the prediction)
+    assert report["prediction_column"] == "prediction" and report["prediction"]["p_val"] is not None
+    assert report["tests"] == 8
     assert Path(drift["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert drift["window"]["start"].startswith("2013-07-01")
     # every July row went through the endpoint and landed in the inference log
@@ -144,6 +148,8 @@ def test_drift_found_on_july_and_requests_logged(stack, runs):
     logged = read(list_files(log_dir))
     # ... with their flight's time (smoke predictions of deploys have none)
     assert logged["event_time"].notna().sum() >= recent["rows"]
+    # the reference rows the check scored (5,000) were not logged: only a few smoke rows lack a time
+    assert logged["event_time"].isna().sum() <= 50
 
 
 def test_drift_event_triggers_retraining_that_registers_a_new_version(stack, runs):

@@ -478,8 +478,15 @@ class SeldonHook(BaseHook):
             self.stop_state(record)
 
     # -- calling an endpoint -------------------------------------------------------------------
-    def predict(self, endpoint: str, df: pd.DataFrame, batch_size: int = 1000, timeout: float = 60):
-        """Probabilities for the rows of ``df`` from a Seldon endpoint, in request batches."""
+    def predict(
+        self, endpoint: str, df: pd.DataFrame, batch_size: int = 1000, timeout: float = 60, log: bool = True
+    ):
+        """
+        Probabilities for the rows of ``df`` from a Seldon endpoint, in request batches.
+
+        :param log: False tags the requests ``{"mlops_log": false}``: our model servers answer
+            them without writing them to the inference log (rows that are not served traffic).
+        """
         import numpy as np
         import requests
 
@@ -487,9 +494,10 @@ class SeldonHook(BaseHook):
         with requests.Session() as session:
             for start in range(0, len(df), batch_size):
                 chunk = df.iloc[start : start + batch_size]
-                response = session.post(
-                    f"{endpoint}{PREDICT_PATH}", json=seldon_payload(chunk), timeout=timeout
-                )
+                body = seldon_payload(chunk)
+                if not log:
+                    body["meta"] = {"tags": {"mlops_log": False}}
+                response = session.post(f"{endpoint}{PREDICT_PATH}", json=body, timeout=timeout)
                 if not response.ok:
                     raise DeploymentError(
                         f"{endpoint} answered {response.status_code} to a prediction: {response.text[:500]}"

@@ -23,8 +23,10 @@ class DriftDetectOperator(MlopsBaseOperator):
     Compare a window of recent data with the training reference and report drift.
 
     When ``endpoint`` is set, the window's rows are first scored through the deployed model
-    (every request lands in the deployment's inference log); the score distribution is
-    tested too when the reference file also carries a ``prediction`` column.
+    (every request lands in the deployment's inference log), and so is a sample of the
+    reference rows (unless the reference file carries a ``prediction`` column already; those
+    requests are tagged not to be logged: they are not served traffic), so the distribution of
+    the model's scores is tested too — prediction drift, one more test of the corrected family.
     The test itself — Kolmogorov-Smirnov per numeric feature, Chi-squared per categorical one,
     corrected for multiple tests — runs in the isolated drift runtime (alibi-detect cannot
     live beside Airflow). The JSON report and a p-value plot are stored under ``report_dir``.
@@ -127,17 +129,44 @@ class DriftDetectOperator(MlopsBaseOperator):
         df.to_parquet(scored, index=False)
         return scored
 
+    def _score_reference(self, out_dir: Path) -> Path:
+        """
+        The deployed model's scores on (a sample of ``max_rows``) reference rows, not logged: the
+        baseline of the prediction test. A reference that carries ``prediction`` is used as is.
+        """
+        import pandas as pd
+
+        from airflow_mlops.hooks.seldon import SeldonHook
+
+        reference = Path(self.reference_path)
+        df = pd.read_parquet(reference)
+        if "prediction" in df.columns:
+            return reference
+        df = df.sample(n=min(len(df), self.max_rows), random_state=0).reset_index(drop=True)
+        features = df[self.model_features or self.numeric_features]
+        df["prediction"] = SeldonHook(self.seldon_conn_id).predict(self.endpoint, features, log=False)
+        self.log.info(
+            "Scored %d reference rows through %s, not logged (mean score %.4f)",
+            len(df),
+            self.endpoint,
+            float(df["prediction"].mean()),
+        )
+        scored = out_dir / "reference_scored.parquet"
+        df.to_parquet(scored, index=False)
+        return scored
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops import settings
         from airflow_mlops.hooks.runtime import RuntimeHook
 
         out_dir = self._report_dir(context)
         out_dir.mkdir(parents=True, exist_ok=True)
-        current = Path(self.current_path)
+        current, reference = Path(self.current_path), Path(self.reference_path)
         if self.endpoint:
             current = self._score_through_endpoint(current, out_dir)
+            reference = self._score_reference(out_dir)
         config = {
-            "reference": self.reference_path,
+            "reference": str(reference),
             "current": str(current),
             "numeric_features": self.numeric_features,
             "categorical_features": self.categorical_features,

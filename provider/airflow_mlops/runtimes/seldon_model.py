@@ -40,6 +40,10 @@ Response format: a model returning one value per row (shape ``(n,)`` or
 (seldon 1.17 only reports ``names`` for 2-D outputs).  ``meta.tags`` carries
 ``model_version`` and the ``request_id`` written to the inference log.
 
+A request whose ``meta.tags`` has ``"mlops_log": false`` is answered but not logged: that is
+how the drift check scores its *reference* rows (the training data) without them passing for
+served traffic in the log the drift watcher reads.
+
 Inference log
 -------------
 Layout, partitioned by the UTC hour in which a file was *written*::
@@ -114,6 +118,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_SECONDS = 1.0
 DEFAULT_MAX_ROWS = 5000
+#: ``meta.tags`` key of a request that must not be logged (``false``)
+NO_LOG_TAG = "mlops_log"
+
+
+def _wants_log(meta: Any) -> bool:
+    """False for a request tagged ``{"mlops_log": false}`` (a drift check's reference rows)."""
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    return not (isinstance(tags, dict) and tags.get(NO_LOG_TAG) is False)
+
+
 LOG_COLUMNS = ("request_id", "row", "ts", "model_version", "latency_ms", "prediction")
 _RESERVED = re.compile("|".join(LOG_COLUMNS) + r"|prediction_\d+")
 _ERROR_LOG_INTERVAL_S = 60.0
@@ -485,7 +499,7 @@ class MlflowModel:
         frame = self._frame(rows, features_names)
         out = self._to_array(self.model.predict(self._model_input(frame)))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if self._log_writer is not None:
+        if self._log_writer is not None and _wants_log(kwargs.get("meta")):
             self._log(request_id, ts_ms, frame.columns, rows, out, latency_ms)
         return out
 
