@@ -15,6 +15,7 @@ from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.triggers.drift import EVENT_TIME
 
 if TYPE_CHECKING:
+    import pandas as pd
     from airflow.sdk import Context
 
 
@@ -109,25 +110,31 @@ class DriftDetectOperator(MlopsBaseOperator):
         safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in ti.run_id)
         return settings.data_dir() / "drift" / ti.dag_id / safe_run
 
-    def _score_through_endpoint(self, current: Path, out_dir: Path) -> Path:
-        import pandas as pd
-
+    def _scored(self, df: pd.DataFrame, request: pd.DataFrame, path: Path, what: str, log: bool) -> Path:
+        """``df`` with the endpoint's scores of ``request`` as ``prediction``, written to ``path``."""
         from airflow_mlops.hooks.seldon import SeldonHook
+
+        df["prediction"] = SeldonHook(self.seldon_conn_id).predict(self.endpoint, request, log=log)
+        self.log.info(
+            "Scored %d %s through %s%s (mean score %.4f)",
+            len(df),
+            what,
+            self.endpoint,
+            "" if log else ", not logged",
+            float(df["prediction"].mean()),
+        )
+        df.to_parquet(path, index=False)
+        return path
+
+    def _score_through_endpoint(self, current: Path, out_dir: Path) -> Path:
+        """The window's rows scored by the deployment, as served traffic (logged, with event times)."""
+        import pandas as pd
 
         df = pd.read_parquet(current)
         request = df[self.model_features or self.numeric_features].copy()
         if self.event_time_column:
             request[EVENT_TIME] = df[self.event_time_column].astype("int64") // 10**9
-        df["prediction"] = SeldonHook(self.seldon_conn_id).predict(self.endpoint, request)
-        self.log.info(
-            "Scored %d rows through %s (mean score %.4f)",
-            len(df),
-            self.endpoint,
-            float(df["prediction"].mean()),
-        )
-        scored = out_dir / "current_scored.parquet"
-        df.to_parquet(scored, index=False)
-        return scored
+        return self._scored(df, request, out_dir / "current_scored.parquet", "rows", log=True)
 
     def _score_reference(self, out_dir: Path) -> Path:
         """
@@ -136,24 +143,13 @@ class DriftDetectOperator(MlopsBaseOperator):
         """
         import pandas as pd
 
-        from airflow_mlops.hooks.seldon import SeldonHook
-
         reference = Path(self.reference_path)
         df = pd.read_parquet(reference)
         if "prediction" in df.columns:
             return reference
         df = df.sample(n=min(len(df), self.max_rows), random_state=0).reset_index(drop=True)
-        features = df[self.model_features or self.numeric_features]
-        df["prediction"] = SeldonHook(self.seldon_conn_id).predict(self.endpoint, features, log=False)
-        self.log.info(
-            "Scored %d reference rows through %s, not logged (mean score %.4f)",
-            len(df),
-            self.endpoint,
-            float(df["prediction"].mean()),
-        )
-        scored = out_dir / "reference_scored.parquet"
-        df.to_parquet(scored, index=False)
-        return scored
+        request = df[self.model_features or self.numeric_features]
+        return self._scored(df, request, out_dir / "reference_scored.parquet", "reference rows", log=False)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops import settings
