@@ -19,6 +19,18 @@ from airflow.sdk import BaseHook
 from airflow_mlops._imports import require
 
 
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow search filter (``name=...``): model names may hold a ``'``.
+
+    MLflow's filter grammar has no escapes: a value is quoted with the quote it does not contain.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"MLflow cannot search for {value!r}: it contains both kinds of quotes.")
+
+
 class MlflowHook(BaseHook):
     """
     Talk to an MLflow tracking server and model registry.
@@ -87,7 +99,7 @@ class MlflowHook(BaseHook):
 
     def find_version_for_run(self, name: str, run_id: str):
         """The registered version of ``name`` created from ``run_id``, or None (makes retries idempotent)."""
-        versions = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        versions = self.client.search_model_versions(f"name={filter_value(name)} and run_id='{run_id}'")
         return min(versions, key=lambda v: int(v.version)) if versions else None
 
     def wait_until_ready(self, name: str, version: str, timeout: float = 300) -> Any:
@@ -281,7 +293,7 @@ def new_version_request(
         return "/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias}
     after = int(after_version) if after_version not in (None, "") else 0
     return "/api/2.0/mlflow/model-versions/search", {
-        "filter": f"name='{name}' and version_number > {after}",
+        "filter": f"name={filter_value(name)} and version_number > {after}",
         "order_by": "version_number DESC",
         "max_results": str(_SEARCH_PAGE),
     }

@@ -46,23 +46,30 @@ class SeldonDeploymentHook(KubernetesApiHook):
 
     # --- reads -------------------------------------------------------------------------
 
-    def get(self, name: str) -> dict[str, Any] | None:
-        """The live object ``name`` (with its status), or None when it does not exist."""
+    def get(self, name: str, request_timeout: float | None = None) -> dict[str, Any] | None:
+        """The live object ``name`` (with its status), or None when it does not exist.
+
+        :param request_timeout: seconds the API server has to answer (None: the client's default,
+            no limit); a reader that must not hang on an unreachable cluster sets one.
+        """
+        timeout = {} if request_timeout is None else {"_request_timeout": request_timeout}
         try:
             return self._api.get_namespaced_custom_object(
-                SELDON_GROUP, SELDON_VERSION, self.namespace, SELDON_PLURAL, name
+                SELDON_GROUP, SELDON_VERSION, self.namespace, SELDON_PLURAL, name, **timeout
             )
         except Exception as err:
             if _status(err) == 404:
                 return None
             raise
 
-    def state(self, name: str) -> tuple[str, str]:
+    def state(self, name: str, request_timeout: float | None = None) -> tuple[str, str]:
         """``(state, message)`` of ``name`` (see :func:`~airflow_mlops.kubernetes.seldon.deployment_state`).
 
         A missing object reads as ``Failed``: whatever was rolled out is not serving.
+
+        :param request_timeout: see :meth:`get`.
         """
-        obj = self.get(name)
+        obj = self.get(name, request_timeout)
         if obj is None:
             return "Failed", f"{self._where(name)} does not exist (deleted outside Airflow?)"
         return deployment_state(obj)

@@ -52,6 +52,8 @@ DEPLOYMENT_LABEL = f"{LABEL_DOMAIN}/deployment"
 PREVIOUS_SPEC_ANNOTATION = f"{LABEL_DOMAIN}/previous-spec"
 #: annotation naming the model version a rollout brought in (the canary's, during a canary)
 ROLLOUT_VERSION_ANNOTATION = f"{LABEL_DOMAIN}/rollout-version"
+#: annotation naming the registered model served (model names need not be valid label values)
+MODEL_NAME_ANNOTATION = f"{LABEL_DOMAIN}/registered-model"
 #: per-rollout bookkeeping: never carried into a restored or recorded spec
 _ROLLOUT_ANNOTATIONS = (PREVIOUS_SPEC_ANNOTATION, ROLLOUT_VERSION_ANNOTATION)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "airflow-mlops", "app.kubernetes.io/component": "serving"}
@@ -202,6 +204,7 @@ def render_seldon_deployment(
     request_logger_url: str | None = None,
     labels: dict[str, str] | None = None,
     env_from_secret: str | None = None,
+    registered_model: str | None = None,
 ) -> dict[str, Any]:
     """A ``SeldonDeployment`` serving one or more model versions.
 
@@ -225,6 +228,8 @@ def render_seldon_deployment(
     :param env_from_secret: a Secret in ``namespace``: our image gets it as ``envFrom`` (e.g.
         ``MLFLOW_TRACKING_URI``, credentials); a prepackaged server gets it as ``envSecretRefName``
         (the storage initializer's credentials). Never write credentials into the manifest.
+    :param registered_model: the MLflow registered model served, recorded in the
+        :data:`MODEL_NAME_ANNOTATION` annotation (the MLOps view groups deployments by model).
     :raises ValueError: bad names, traffic weights that do not sum to 100, a shadow with traffic, a
         missing model URI, or an MLflow-only URI for a prepackaged server.
     """
@@ -269,6 +274,8 @@ def render_seldon_deployment(
         "metadata": {"name": name, "namespace": namespace, "labels": obj_labels},
         "spec": {"protocol": "seldon", "predictors": out_predictors},
     }
+    if registered_model:
+        manifest["metadata"]["annotations"] = {MODEL_NAME_ANNOTATION: registered_model}
     return copy.deepcopy(manifest)  # predictors share label/resource dicts: no aliasing
 
 
@@ -364,6 +371,11 @@ def rollout_version(obj: dict[str, Any] | None) -> str | None:
     return (meta.get("annotations") or {}).get(ROLLOUT_VERSION_ANNOTATION) or (meta.get("labels") or {}).get(
         VERSION_LABEL
     )
+
+
+def registered_model(obj: dict[str, Any] | None) -> str | None:
+    """The registered model ``obj`` serves (its :data:`MODEL_NAME_ANNOTATION`), if recorded."""
+    return ((((obj or {}).get("metadata") or {}).get("annotations")) or {}).get(MODEL_NAME_ANNOTATION)
 
 
 def recorded_previous(obj: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -203,11 +203,8 @@ class KubernetesRollout:
 
         traffic = int(getattr(operator, "traffic", None) or 100)
         shadow = bool(getattr(operator, "shadow", False))
-        new = {
-            "version": str(version),
-            "model_uri": model_uri,
-            "model_name": getattr(operator, "model_name", None) or name,
-        }
+        model_name = getattr(operator, "model_name", None)
+        new = {"version": str(version), "model_uri": model_uri, "model_name": model_name or name}
         common = dict(
             image=option("image"),
             implementation=option("implementation", DEFAULT_IMPLEMENTATION),
@@ -218,7 +215,9 @@ class KubernetesRollout:
         )
         ns = self.hook.namespace
         if not shadow and traffic >= 100:
-            return render_seldon_deployment(name, ns, predictors=[{**new, "name": "main"}], **common)
+            return render_seldon_deployment(
+                name, ns, predictors=[{**new, "name": "main"}], registered_model=model_name, **common
+            )
         role = "shadow" if shadow else "canary"
         if live is None:
             raise DeploymentError(
@@ -329,13 +328,20 @@ class KubernetesRollout:
     def _result(
         self, live: dict[str, Any] | None, version: str | None, previous: dict[str, Any] | None, changed: bool
     ) -> dict[str, Any]:
-        from airflow_mlops.kubernetes.seldon import VERSION_LABEL, describe_versions, endpoint
+        from airflow_mlops.kubernetes.seldon import (
+            VERSION_LABEL,
+            describe_versions,
+            endpoint,
+            registered_model,
+        )
 
         predictors = ((live or {}).get("spec") or {}).get("predictors") or []
         url = endpoint(live)
         return {
             "deployment": (live or {}).get("metadata", {}).get("name"),
             "namespace": self.hook.namespace,
+            "kubernetes_conn_id": self.hook.kubernetes_conn_id,
+            "model_name": registered_model(live),
             "mode": "kubernetes",
             "state": "Available",
             "version": version,
@@ -368,8 +374,9 @@ class KubernetesRollout:
             default the one recorded on the live object by :meth:`start`.
         :param version: the model version rolled out (for messages); by default the one recorded
             on the live object.
-        :return: ``{"deployment", "namespace", "mode", "state", "version", "versions",
-            "predictors", "endpoint", "predict_url", "previous_version", "changed"}``.
+        :return: ``{"deployment", "namespace", "kubernetes_conn_id", "model_name", "mode", "state",
+            "version", "versions", "predictors", "endpoint", "predict_url", "previous_version",
+            "changed"}``.
         :raises DeploymentError: the event is not a success; the previous spec has been restored
             (or the new deployment deleted when there was none).
         """

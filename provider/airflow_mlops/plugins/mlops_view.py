@@ -171,8 +171,9 @@ def deployments(user: User) -> dict[str, Any]:
     from airflow_mlops.plugins import sources
 
     dag_ids = readable_dag_ids(user)
-    found = sources.deployments(_data_dir())
-    sources.attach_rollouts(found, sources.xcoms(dag_ids, "return_value"))
+    results = sources.xcoms(dag_ids, "return_value")
+    found = [*sources.deployments(_data_dir()), *sources.kubernetes_deployments(results)]
+    sources.attach_rollouts(found, results)
     return {"deployments": found}
 
 

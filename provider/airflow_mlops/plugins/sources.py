@@ -26,6 +26,8 @@ MAX_VERSIONS = 50
 MAX_DATASET_VERSIONS = 100
 MAX_XCOMS = 2000
 HEALTH_TIMEOUT_S = 1.0
+#: seconds a Kubernetes API server has to answer a status read of the deployments list
+KUBERNETES_TIMEOUT_S = 3.0
 MLFLOW_TIMEOUT_S = 10.0
 
 
@@ -101,10 +103,11 @@ class MlflowRest:
         return self.get("registered-models/search", max_results=MAX_MODELS).get("registered_models", [])
 
     def versions(self, name: str) -> list[dict[str, Any]]:
-        escaped = name.replace("'", "\\'")
+        from airflow_mlops.hooks.mlflow import filter_value
+
         found = self.get(
             "model-versions/search",
-            filter=f"name='{escaped}'",
+            filter=f"name={filter_value(name)}",
             max_results=MAX_VERSIONS,
             order_by="version_number DESC",
         ).get("model_versions", [])
@@ -389,6 +392,7 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": state.get("name", current.parent.name),
+                "namespace": None,
                 "model_name": main.get("model_name"),
                 "mode": "local",
                 "version": str(state.get("version")),
@@ -407,13 +411,92 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
     return out
 
 
+def kubernetes_health(value: dict[str, Any]) -> tuple[str, str]:
+    """``(health, message)`` of a SeldonDeployment from its live status on the cluster.
+
+    ``healthy`` (Available), ``creating``, ``unhealthy`` (Failed), ``stopped`` (deleted) or
+    ``unknown`` (the cluster did not answer: the message says why).
+    """
+    from airflow_mlops.hooks.seldon_kubernetes import SeldonDeploymentHook
+    from airflow_mlops.kubernetes.seldon import deployment_state
+
+    conn_id = value.get("kubernetes_conn_id") or "kubernetes_default"
+    hook = SeldonDeploymentHook(conn_id, value.get("namespace"))
+    try:
+        live = hook.get(value["deployment"], request_timeout=KUBERNETES_TIMEOUT_S)
+    except Exception as err:  # any client or connection error: the page still lists the others
+        return "unknown", f"the Kubernetes API did not answer: {type(err).__name__}: {str(err)[:200]}"
+    if live is None:
+        return "stopped", "the SeldonDeployment no longer exists"
+    state, message = deployment_state(live)
+    return {"Available": "healthy", "Failed": "unhealthy"}.get(state, "creating"), message
+
+
+def _kubernetes_traffic(predictors: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+    """The version the main predictor serves (most traffic) and the split, shaped like a local one's."""
+    serving = [p for p in predictors if not p.get("shadow")]
+    main = max(serving, key=lambda p: p.get("traffic", 0)) if serving else None
+    out = []
+    for p in predictors:
+        share = {"version": str(p.get("version")), "percent": p.get("traffic", 0)}
+        if p is not main:
+            share["role"] = "shadow" if p.get("shadow") else "canary"
+        out.append(share)
+    return (str(main.get("version")) if main else None), out
+
+
+def kubernetes_deployments(deploy_xcoms: list[dict[str, Any]], health: bool = True) -> list[dict[str, Any]]:
+    """
+    The SeldonDeployments rolled out on Kubernetes, from the deploy tasks' results (XComs, newest
+    first: the newest of each deployment says what it serves), with their live status.
+
+    :param health: read each object's status from its cluster (else ``health`` is None).
+    """
+    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    models: dict[tuple[Any, ...], str] = {}
+    for xcom in deploy_xcoms:
+        value = xcom["value"]
+        if not isinstance(value, dict) or value.get("mode") != "kubernetes" or not value.get("deployment"):
+            continue
+        key = (value.get("kubernetes_conn_id"), value.get("namespace"), value["deployment"])
+        newest.setdefault(key, xcom)
+        if value.get("model_name"):
+            models.setdefault(key, value["model_name"])
+    out = []
+    for key, xcom in newest.items():
+        value = xcom["value"]
+        status, message = kubernetes_health(value) if health else (None, None)
+        served, traffic = _kubernetes_traffic(value.get("predictors") or [])
+        out.append(
+            {
+                "name": value["deployment"],
+                "namespace": value.get("namespace"),
+                "model_name": models.get(key),
+                "mode": "kubernetes",
+                "version": served or str(value.get("version")),
+                "previous_version": value.get("previous_version"),
+                "endpoint": value.get("endpoint"),
+                "health": status,
+                "health_message": message,
+                "traffic": traffic,
+                "started_at": xcom.get("timestamp"),
+                "last_rollout": None,
+                "rollout_outcome": None,
+            }
+        )
+    return out
+
+
 def attach_rollouts(found: list[dict[str, Any]], deploy_xcoms: list[dict[str, Any]]) -> None:
     """Set each deployment's ``last_rollout``: the latest try of the task that deploys it."""
     for deployment in found:
         mine = [
             x
             for x in deploy_xcoms
-            if isinstance(x["value"], dict) and x["value"].get("deployment") == deployment["name"]
+            if isinstance(x["value"], dict)
+            and x["value"].get("deployment") == deployment["name"]
+            and x["value"].get("mode", "local") == deployment["mode"]
+            and x["value"].get("namespace") == deployment.get("namespace")
         ]
         if not mine:
             continue

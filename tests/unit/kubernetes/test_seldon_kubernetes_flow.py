@@ -547,3 +547,48 @@ def test_seldon_connection_test_lists_deployments_in_kubernetes_mode(seldon_imag
     monkeypatch.setenv("AIRFLOW_CONN_SELDON_BROKEN", json.dumps(broken))
     ok, message = SeldonHook("seldon_broken").test_connection()
     assert not ok and "cannot list SeldonDeployments" in message
+
+
+# --- the MLOps view's deployments list ------------------------------------------------------------
+
+
+def test_mlops_view_lists_kubernetes_deployments_with_their_live_state(seldon_image_conn, monkeypatch):
+    """What ``/mlops/api/deployments`` adds for Kubernetes: the deploy tasks' results + live status."""
+    from airflow_mlops.plugins import sources
+
+    fake = seldon_image_conn
+    xcoms = []  # as sources.xcoms returns them: newest first
+    for i, op in enumerate([ArgsDeployOperator(version="3"), ArgsDeployOperator(version="4", traffic=10)]):
+        xcoms.insert(0, {"dag_id": "flights", "run_id": f"r{i}", "task_id": "deploy", "value": _run(op)})
+    assert seldon.registered_model(_live(fake)) == "flights_delay"  # recorded on the object
+    xcoms.append({"dag_id": "other", "run_id": "r", "task_id": "t", "value": {"mode": "local"}})
+
+    (listed,) = sources.kubernetes_deployments(xcoms)
+    assert (listed["name"], listed["namespace"], listed["mode"]) == ("flights", NAMESPACE, "kubernetes")
+    assert listed["model_name"] == "flights_delay"
+    assert listed["version"] == "3" and listed["previous_version"] == "3"  # the main one serves most
+    assert listed["traffic"] == [
+        {"version": "3", "percent": 90},
+        {"version": "4", "percent": 10, "role": "canary"},
+    ]
+    assert listed["endpoint"].startswith("http://flights-default.training.svc")
+    assert listed["health"] == "healthy", listed["health_message"]
+
+    def reads() -> int:
+        return len([r for r in fake.requests if r.method == "GET" and r.path == f"{SDEPS}/flights"])
+
+    before = reads()
+    fake.scenario.seldon_outcome = "Failed"  # the Seldon operator reports the pods unavailable
+    (listed,) = sources.kubernetes_deployments(xcoms)
+    assert listed["health"] == "unhealthy"
+    assert "minimum availability" in listed["health_message"]
+    assert reads() == before + 1  # one status read per listing
+
+    del fake.objects[("SeldonDeployment", NAMESPACE, "flights")]  # deleted outside Airflow
+    assert sources.kubernetes_deployments(xcoms)[0]["health"] == "stopped"
+    assert sources.kubernetes_deployments(xcoms, health=False)[0]["health"] is None
+
+    # a cluster that does not answer: listed, health unknown, with the reason
+    moved = [{**x, "value": {**x["value"], "kubernetes_conn_id": "no_such_cluster"}} for x in xcoms[:2]]
+    (listed,) = sources.kubernetes_deployments(moved)
+    assert listed["health"] == "unknown" and "no_such_cluster" in listed["health_message"]

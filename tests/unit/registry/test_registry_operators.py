@@ -241,3 +241,20 @@ def test_champion_approval_wires_airflows_approval_operator(holdout):
             champion_approval(gate, deploy=EmptyOperator(task_id="deploy"))
         with pytest.raises(ValueError, match="add 'ask'"):
             champion_approval(gate, task_id="ask")
+
+
+def test_a_model_name_with_a_quote_is_found_by_every_search(tracking, runs, model_name, make_context):
+    """MLflow allows ``'`` in model names; its filters have no escapes (see ``filter_value``)."""
+    from airflow_mlops.hooks.mlflow import MlflowHook, filter_value
+    from airflow_mlops.plugins.sources import MlflowRest
+
+    name = f"o'hare {model_name}"
+    first = _register(runs["strong"], name, make_context())
+    retry = _register(runs["strong"], name, make_context())  # finds the version of that run
+    assert retry["version"] == first["version"] == "1"
+    assert len(tracking.client.search_model_versions(f"name={filter_value(name)}")) == 1
+    found = MlflowHook().find_new_version(name, alias=None, after_version=0)
+    assert found and found["version"] == "1"
+    assert [v["version"] for v in MlflowRest(tracking.url).versions(name)] == ["1"]
+    with pytest.raises(ValueError, match="both kinds of quotes"):
+        filter_value("""it's "x\"""")
