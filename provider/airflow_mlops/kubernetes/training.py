@@ -76,6 +76,9 @@ class TrainingJobSpec:
     :param service_account: service account of the pods (None: the namespace's default).
     :param active_deadline_seconds: Kubernetes kills the job after this long (from the task timeout).
     :param image_pull_policy: e.g. ``IfNotPresent``; None leaves the cluster default.
+    :param volumes: more pod volumes (e.g. a PersistentVolumeClaim holding the data), beside the
+        ConfigMap's.
+    :param volume_mounts: where the container mounts them.
     """
 
     name: str
@@ -90,6 +93,8 @@ class TrainingJobSpec:
     service_account: str | None = None
     active_deadline_seconds: int | None = None
     image_pull_policy: str | None = None
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def config_map_name(self) -> str:
@@ -207,7 +212,7 @@ def _container(spec: TrainingJobSpec, name: str, command: list[str], resources: 
         "image": spec.image,
         "command": command,
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *spec.env],
-        "volumeMounts": [{"name": "job-files", "mountPath": JOB_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": "job-files", "mountPath": JOB_DIR, "readOnly": True}, *spec.volume_mounts],
         "workingDir": "/tmp",
     }
     if resources:
@@ -220,7 +225,7 @@ def _container(spec: TrainingJobSpec, name: str, command: list[str], resources: 
 def _pod_spec(spec: TrainingJobSpec, containers: list[dict], restart_policy: str | None) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "containers": containers,
-        "volumes": [{"name": "job-files", "configMap": {"name": spec.config_map_name}}],
+        "volumes": [{"name": "job-files", "configMap": {"name": spec.config_map_name}}, *spec.volumes],
     }
     if restart_policy:
         pod["restartPolicy"] = restart_policy
@@ -336,11 +341,18 @@ def render_indexed_job(spec: TrainingJobSpec) -> dict[str, Any]:
     worker["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
     pod = _pod_spec(spec, [worker], "Never")
     pod["subdomain"] = spec.name
+    # one rank failing breaks the collective: fail the whole job, never restart a single rank
+    return render_batch_job(spec, pod, completions=spec.num_proc, completionMode="Indexed")
+
+
+def render_batch_job(spec: TrainingJobSpec, pod: dict[str, Any], **job_fields: Any) -> dict[str, Any]:
+    """A ``batch/v1`` Job of ``pod`` that never retries a pod by itself (``backoffLimit: 0``: Airflow's
+    retries decide), with ``activeDeadlineSeconds`` from the spec and more ``job_fields``."""
+    completions = job_fields.pop("completions", 1)
     job_spec: dict[str, Any] = {
-        "completionMode": "Indexed",
-        "completions": spec.num_proc,
-        "parallelism": spec.num_proc,
-        # one rank failing breaks the collective: fail the whole job, never restart a single rank
+        **job_fields,
+        "completions": completions,
+        "parallelism": completions,
         "backoffLimit": 0,
         "template": {"metadata": {"labels": spec.all_labels}, "spec": pod},
     }

@@ -12,6 +12,7 @@ from airflow.sdk import Asset
 from airflow_mlops.assets import emit_through_aliases
 from airflow_mlops.links.drift import DriftReportLink, drift_report_url
 from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin
 from airflow_mlops.triggers.drift import EVENT_TIME
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class DriftDetectOperator(MlopsBaseOperator):
+class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     """
     Compare a window of recent data with the training reference and report drift.
 
@@ -53,9 +54,36 @@ class DriftDetectOperator(MlopsBaseOperator):
     :param window: ``{"start", "end"}`` of the checked window, carried in the event (templated).
     :param drift_asset: the Asset announced on drift (through AssetAlias outlets).
     :param report_dir: where the report goes; defaults to ``[mlops] data_dir``/drift/<dag>/<run>.
+    :param runtimes_dir: where the ``drift`` runtime environment lives (local mode; default: config).
+    :param seldon_conn_id: the ``seldon`` connection used to score through ``endpoint``.
+    :param mode: ``local`` (default: a subprocess of the drift runtime environment) or
+        ``kubernetes`` (a ``batch/v1`` Job running the ``docker/drift/`` image; see docs/monitoring.md
+        "Kubernetes mode"). The parameters below apply to Kubernetes mode only.
+    :param shared_volume_claim: PersistentVolumeClaim the pod mounts at ``shared_volume_path``; the
+        reference, the window and ``report_dir`` must lie under that path, which Airflow's workers
+        mount too (a ReadWriteMany volume).
+    :param shared_volume_path: where both sides mount the volume; defaults to ``[mlops] data_dir``.
+    :param kubernetes_conn_id: the cncf-kubernetes ``kubernetes`` connection.
+    :param namespace: namespace of the job; None takes the connection's, else ``default`` (templated).
+    :param image: the drift image built from ``docker/drift/Dockerfile`` (templated).
+    :param container_resources: requests/limits of the pod, default ``{"cpu": "1", "memory": "2Gi"}``
+        (templated).
+    :param deferrable: wait for the job in the triggerer instead of a worker slot.
+    :param poll_interval: seconds between two status checks of the job.
+    :param service_account: service account of the pod (None: the namespace's default).
+    :param image_pull_policy: e.g. ``IfNotPresent``; None leaves the cluster's default.
     """
 
-    template_fields: Sequence[str] = ("reference_path", "current_path", "endpoint", "window", "report_dir")
+    template_fields: Sequence[str] = (
+        "reference_path",
+        "current_path",
+        "endpoint",
+        "window",
+        "report_dir",
+        "namespace",
+        "image",
+        "container_resources",
+    )
     ui_color = "#fdecea"
     operator_extra_links = (DriftReportLink(),)
 
@@ -78,11 +106,32 @@ class DriftDetectOperator(MlopsBaseOperator):
         report_dir: str | None = None,
         runtimes_dir: str | None = None,
         seldon_conn_id: str = "seldon_default",
+        mode: str = "local",
+        shared_volume_claim: str | None = None,
+        shared_volume_path: str | None = None,
+        kubernetes_conn_id: str = "kubernetes_default",
+        namespace: str | None = None,
+        image: str | None = None,
+        container_resources: dict[str, Any] | None = None,
+        deferrable: bool = False,
+        poll_interval: float = 10.0,
+        service_account: str | None = None,
+        image_pull_policy: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if correction not in ("bonferroni", "fdr"):
             raise ValueError(f"correction must be 'bonferroni' or 'fdr', got {correction!r}")
+        if mode not in ("local", "kubernetes"):
+            raise ValueError(f"mode must be 'local' or 'kubernetes', got {mode!r}")
+        if mode == "kubernetes" and not shared_volume_claim:
+            raise ValueError(
+                "mode='kubernetes' needs shared_volume_claim: the PersistentVolumeClaim holding the "
+                "reference, the window and the report, which Airflow's workers and the drift pod both "
+                "mount at shared_volume_path."
+            )
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         self.reference_path = reference_path
         self.current_path = current_path
         self.numeric_features = list(numeric_features)
@@ -99,7 +148,22 @@ class DriftDetectOperator(MlopsBaseOperator):
         self.report_dir = report_dir
         self.runtimes_dir = runtimes_dir
         self.seldon_conn_id = seldon_conn_id
+        self.mode = mode
+        self.shared_volume_claim = shared_volume_claim
+        self.shared_volume_path = shared_volume_path
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.namespace = namespace
+        self.image = image
+        self.container_resources = container_resources or {}
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.service_account = service_account
+        self.image_pull_policy = image_pull_policy
         self._runtime = None
+
+    @property
+    def job_kind(self) -> str:
+        return "Job"
 
     def _report_dir(self, context: Context) -> Path:
         from airflow_mlops import settings
@@ -111,9 +175,16 @@ class DriftDetectOperator(MlopsBaseOperator):
         return settings.data_dir() / "drift" / ti.dag_id / safe_run
 
     def _scored(self, df: pd.DataFrame, request: pd.DataFrame, path: Path, what: str, log: bool) -> Path:
-        """``df`` with the endpoint's scores of ``request`` as ``prediction``, written to ``path``."""
+        """``df`` with the endpoint's scores of ``request`` as ``prediction``, written to ``path``.
+
+        A file left by an earlier try of this task instance is kept: scoring again would log the
+        window's requests into the inference log a second time.
+        """
         from airflow_mlops.hooks.seldon import SeldonHook
 
+        if path.is_file():
+            self.log.info("Using the %s scored by an earlier try: %s", what, path)
+            return path
         df["prediction"] = SeldonHook(self.seldon_conn_id).predict(self.endpoint, request, log=log)
         self.log.info(
             "Scored %d %s through %s%s (mean score %.4f)",
@@ -123,7 +194,9 @@ class DriftDetectOperator(MlopsBaseOperator):
             "" if log else ", not logged",
             float(df["prediction"].mean()),
         )
-        df.to_parquet(path, index=False)
+        partial = path.with_name(f".{path.name}.partial")
+        df.to_parquet(partial, index=False)
+        partial.replace(path)  # whole or absent: a killed try leaves no half-written file to reuse
         return path
 
     def _score_through_endpoint(self, current: Path, out_dir: Path) -> Path:
@@ -151,17 +224,15 @@ class DriftDetectOperator(MlopsBaseOperator):
         request = df[self.model_features or self.numeric_features]
         return self._scored(df, request, out_dir / "reference_scored.parquet", "reference rows", log=False)
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_mlops import settings
-        from airflow_mlops.hooks.runtime import RuntimeHook
-
+    def _config(self, context: Context) -> dict[str, Any]:
+        """``drift_detect.py``'s config (the window and reference scored first when ``endpoint`` is set)."""
         out_dir = self._report_dir(context)
         out_dir.mkdir(parents=True, exist_ok=True)
         current, reference = Path(self.current_path), Path(self.reference_path)
         if self.endpoint:
             current = self._score_through_endpoint(current, out_dir)
             reference = self._score_reference(out_dir)
-        config = {
+        return {
             "reference": str(reference),
             "current": str(current),
             "numeric_features": self.numeric_features,
@@ -175,10 +246,23 @@ class DriftDetectOperator(MlopsBaseOperator):
             "output": str(out_dir / "report.json"),
             "plot": str(out_dir / "pvalues.png"),
         }
-        config_path = out_dir / "config.json"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if self.mode == "kubernetes":
+            return self._execute_kubernetes(context)
+        from airflow_mlops import settings
+        from airflow_mlops.hooks.runtime import RuntimeHook
+
+        config = self._config(context)
+        config_path = Path(config["output"]).with_name("config.json")
         config_path.write_text(json.dumps(config, indent=2))
         self._runtime = runtime = RuntimeHook("drift", self.runtimes_dir)
         runtime.run([runtime.python, str(settings.runtime_script("drift_detect")), str(config_path)])
+        return self._summarise(context)
+
+    def _summarise(self, context: Context) -> dict[str, Any]:
+        """Read the report, link it from the task, and announce drift on ``drift_asset``."""
+        out_dir = self._report_dir(context)
         report = json.loads((out_dir / "report.json").read_text())
         ti = context["ti"]
         DriftReportLink.persist(context, drift_report_url(ti.dag_id, ti.run_id, ti.task_id))
@@ -204,6 +288,55 @@ class DriftDetectOperator(MlopsBaseOperator):
                 self.log.warning("Drift found but the task has no AssetAlias outlet: no event emitted.")
         return summary
 
+    # --- Kubernetes mode (job naming, reattaching and waiting: KubernetesJobMixin) ------
+
+    def _execute_kubernetes(self, context: Context) -> dict[str, Any]:
+        hook = self._job_hook()
+        name = self._job_name(context, prefix="drift")
+        self._start_job(hook, name, lambda: self._manifests(context, name, hook.namespace))
+        return self._finish(context, hook, name, self._wait_for_job(hook, name))
+
+    def _manifests(self, context: Context, name: str, namespace: str) -> list[dict[str, Any]]:
+        from airflow_mlops import settings
+        from airflow_mlops.kubernetes import drift
+
+        mount = self.shared_volume_path or str(settings.data_dir())
+        paths = {"reference_path": self.reference_path, "current_path": self.current_path}
+        drift.check_on_volume({**paths, "report_dir": str(self._report_dir(context))}, mount)
+        config = self._config(context)
+        volume, volume_mount = drift.shared_volume(self.shared_volume_claim, mount)
+        spec = self._job_spec(
+            context,
+            name,
+            namespace,
+            image=self.image or drift.DEFAULT_IMAGE,
+            num_proc=1,
+            files={},
+            volumes=[volume],
+            volume_mounts=[volume_mount],
+        )
+        return drift.render(spec, config)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: read the pod's report, or fail with the job's reason."""
+        event = self._check_event(event)
+        name = event.get("name") or self._job_name(context, prefix="drift")
+        return self._finish(context, self._job_hook(), name, event)
+
+    def _finish(self, context: Context, hook: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        from airflow_mlops.exceptions import MlopsError
+
+        self._raise_unless_succeeded(hook, name, event)
+        report = self._report_dir(context) / "report.json"
+        if not report.is_file():
+            raise MlopsError(
+                f"Job {hook.namespace}/{name} succeeded but {report} is not there: "
+                f"is the PersistentVolumeClaim {self.shared_volume_claim!r} the volume this worker mounts at "
+                f"{self.shared_volume_path or 'the data_dir'}?"
+            )
+        return self._summarise(context)
+
     def on_kill(self) -> None:
         if self._runtime is not None:
             self._runtime.terminate()
+        self._kill_job()

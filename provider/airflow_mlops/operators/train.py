@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.links.mlflow import MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin, map_index
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -20,21 +20,15 @@ if TYPE_CHECKING:
     from airflow_mlops.hooks.runtime import RuntimeHook
 
 
-def _map_index(ti: Any) -> int:
-    """The task instance's map index; -1 when it is not mapped."""
-    index = getattr(ti, "map_index", -1)
-    return -1 if index is None else index
-
-
 def _checkpoint(ti: Any) -> dict[str, str]:
     """Where ``horovod_entry.py`` keeps checkpoints: the same key for every try of this task
     instance, so a retry (local or on Kubernetes) resumes from the last saved epoch."""
     from airflow_mlops.training import checkpoint_key
 
-    return {"key": checkpoint_key(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti))}
+    return {"key": checkpoint_key(ti.dag_id, ti.run_id, ti.task_id, map_index(ti))}
 
 
-class HorovodTrainOperator(MlopsBaseOperator):
+class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     """
     Train a model with ``horovodrun --gloo -np N`` in the training runtime and log it to MLflow.
 
@@ -210,16 +204,16 @@ class HorovodTrainOperator(MlopsBaseOperator):
     ) -> dict[str, Any]:
         """``config.json`` of ``horovod_entry.py`` in local mode."""
         ti = context["ti"]
-        map_index = _map_index(ti)
+        index = map_index(ti)
         # a mapped instance (hyperparameter search) gets its own run name and tag
-        suffix = f"-{map_index}" if map_index >= 0 else ""
+        suffix = f"-{index}" if index >= 0 else ""
         return {
             "script": str(script.resolve()),
             "inputs": self.inputs,
             "hyperparameters": self.hyperparameters,
             "experiment": experiment,
             "run_name": f"{ti.task_id}{suffix}-{ti.run_id}"[:250],
-            "tags": {**self._run_tags(context), "airflow.map_index": str(map_index)},
+            "tags": {**self._run_tags(context), "airflow.map_index": str(index)},
             "seed": self.seed,
             "result_path": str(result_path),
             "checkpoint": _checkpoint(ti),
@@ -229,65 +223,17 @@ class HorovodTrainOperator(MlopsBaseOperator):
     def on_kill(self) -> None:
         if self._runtime is not None:
             self._runtime.terminate()
-        if self._job is not None:
-            hook, name = self._job
-            hook.delete_job(self.kind, name)
+        self._kill_job()
 
-    # --- Kubernetes mode ---------------------------------------------------------------
-    # Job names come from dag/run/task/map index, not the try number (kubernetes/training.py):
-    # a retry reattaches to the earlier try's job while it runs or once it has succeeded, and
-    # only replaces a job that failed.
-
-    def _job_name(self, context: Context) -> str:
-        from airflow_mlops.kubernetes.training import job_name
-
-        ti = context["ti"]
-        return job_name(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti))
-
-    def _training_hook(self) -> TrainingJobHook:
-        from airflow_mlops.hooks.kubernetes import TrainingJobHook
-
-        return TrainingJobHook(self.kubernetes_conn_id, self.namespace)
+    # --- Kubernetes mode (job naming, reattaching and waiting: KubernetesJobMixin) ------
 
     def _execute_kubernetes(self, context: Context) -> dict[str, Any]:
-        hook = self._training_hook()
+        hook = self._job_hook()
         name = self._job_name(context)
-        existing = self._existing_job(hook, name)
-        if existing is None:
-            hook.create(self._manifests(context, name, hook.namespace))
+        self._start_job(hook, name, lambda: self._manifests(context, name, hook.namespace))
         if not self.wait_for_completion:
             return {"job_name": name, "namespace": hook.namespace, "kind": self.kind}
-        if self.deferrable:
-            self._defer(name, hook.namespace)
-        self._job = (hook, name)
-        try:
-            phase = hook.wait(self.kind, name, self.poll_interval)
-        finally:
-            self._job = None
-        status = "success" if phase.state == "succeeded" else "failed"
-        return self._finish(context, hook, name, {"status": status, "reason": phase.reason})
-
-    def _existing_job(self, hook: TrainingJobHook, name: str) -> dict[str, Any] | None:
-        """The earlier try's job to reattach to, or None (after deleting it when it had failed)."""
-        from airflow_mlops.kubernetes.training import TRY_LABEL, job_phase
-
-        job = hook.get_job(self.kind, name)
-        if job is None:
-            return None
-        created_by = (job["metadata"].get("annotations") or {}).get(TRY_LABEL, "?")
-        phase = job_phase(self.kind, job)
-        if phase.state == "failed":
-            self.log.warning(
-                "%s %s of try %s failed (%s); deleting it and starting again.", self.kind, name, created_by,
-                phase.reason,
-            )  # fmt: skip
-            hook.delete_job(self.kind, name)
-            hook.wait_deleted(self.kind, name)
-            return None
-        self.log.info(
-            "Reattaching to %s %s (%s), created by try %s.", self.kind, name, phase.state, created_by
-        )
-        return job
+        return self._finish(context, hook, name, self._wait_for_job(hook, name))
 
     def _manifests(self, context: Context, name: str, namespace: str) -> list[dict[str, Any]]:
         from airflow_mlops.hooks.mlflow import MlflowHook
@@ -318,68 +264,31 @@ class HorovodTrainOperator(MlopsBaseOperator):
                 f"{script} and its config exceed the ~1 MiB a ConfigMap can hold; ship the script in the "
                 "training image instead."
             )
-        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        map_index = getattr(ti, "map_index", -1)
-        spec = training.TrainingJobSpec(
-            name=name,
-            namespace=namespace,
+        spec = self._job_spec(
+            context,
+            name,
+            namespace,
+            annotations={
+                f"{training.LABEL_DOMAIN}/experiment": experiment,
+                f"{training.LABEL_DOMAIN}/nonce": nonce,
+            },
             image=self.image or training.DEFAULT_IMAGE,
             num_proc=self.num_proc,
             files=files,
             env=training.mlflow_env(mlflow_hook.subprocess_env(), self.mlflow_secret_name),
-            resources=self.container_resources,
-            labels=training.job_labels(ti.try_number),
-            annotations={
-                **training.job_annotations(ti.dag_id, ti.run_id, ti.task_id, map_index, ti.try_number),
-                f"{training.LABEL_DOMAIN}/experiment": experiment,
-                f"{training.LABEL_DOMAIN}/nonce": nonce,
-            },
-            service_account=self.service_account,
-            active_deadline_seconds=int(timeout) if timeout else None,
-            image_pull_policy=self.image_pull_policy,
         )
         return training.render(spec, self.kind)
 
-    def _defer(self, name: str, namespace: str) -> None:
-        from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
-
-        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        trigger = TrainingJobTrigger(
-            name=name,
-            namespace=namespace,
-            kind=self.kind,
-            kubernetes_conn_id=self.kubernetes_conn_id,
-            poll_interval=self.poll_interval,
-            deadline=time.time() + timeout if timeout else None,
-        )
-        self.defer(trigger=trigger, method_name="execute_complete")
-
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: collect the MLflow result, or fail with the job's reason."""
-        if not event or "status" not in event:
-            raise RuntimeError(f"The training job trigger sent no usable event: {event!r}")
-        hook = self._training_hook()
-        return self._finish(context, hook, event.get("name") or self._job_name(context), event)
+        event = self._check_event(event)
+        return self._finish(context, self._job_hook(), event.get("name") or self._job_name(context), event)
 
     def _finish(
         self, context: Context, hook: TrainingJobHook, name: str, event: dict[str, Any]
     ) -> dict[str, Any]:
-        from airflow_mlops.exceptions import MlopsError
-
-        status = event["status"]
-        if status == "success":
-            return self._collect_result(context, hook, name)
-        if status == "failed":
-            raise MlopsError(hook.failure_details(self.kind, name))
-        if status == "timeout":
-            hook.delete_job(self.kind, name)
-            raise MlopsError(
-                f"{self.kind} {hook.namespace}/{name} timed out and was deleted: {event.get('message')}"
-            )
-        raise MlopsError(
-            f"Lost track of {self.kind} {hook.namespace}/{name} "
-            f"({event.get('reason')}): {event.get('message')}"
-        )
+        self._raise_unless_succeeded(hook, name, event)
+        return self._collect_result(context, hook, name)
 
     def _collect_result(self, context: Context, hook: TrainingJobHook, name: str) -> dict[str, Any]:
         """The MLflow run the job's rank 0 logged, found by the nonce tag written at creation."""

@@ -118,3 +118,28 @@ class FakeTI:
 
 def make_context(run_id: str = "manual__2026-01-01", try_number: int = 1) -> dict:
     return {"ti": FakeTI(run_id, try_number), "dag": SimpleNamespace(dag_id="flights")}
+
+
+def kill_while_waiting(op, context: dict) -> list[BaseException]:
+    """Run ``op.execute(context)`` in a thread, call ``op.on_kill()`` once it waits for its job (as
+    Airflow does when the task is stopped), and return what ``execute`` raised then."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute(context)
+        except BaseException as err:  # the job disappears under the waiting operator
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    for _ in range(250):
+        if op._job is not None:
+            break
+        thread.join(0.02)
+    assert op._job is not None, "the operator never started waiting"
+    op.on_kill()
+    thread.join(5)
+    return errors

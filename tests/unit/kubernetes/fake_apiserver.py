@@ -6,7 +6,10 @@ those two, listing pods by label, and create/get/replace/delete of SeldonDeploym
 controller, and scripts status instead:
 
 * a created job reads as running for ``running_polls`` GETs, then as ``outcome`` (``Succeeded``
-  or ``Failed``);
+  or ``Failed``) — unless the scenario has a ``job_runner``: then a created ``batch/v1`` Job's pod
+  is "run" by that function (in a thread, e.g. its container's command as a local process), the
+  Job reads as running until it returns, then ``Complete`` or ``Failed`` by its exit code, and the
+  pod list shows the pod with its termination message (as ``FallbackToLogsOnError`` would);
 * a SeldonDeployment reads as ``Creating`` for ``seldon_creating_polls`` GETs after each create
   or replace, then as ``seldon_outcome`` (``Available``/``Failed``, or a function of the stored
   object returning one, so a test can fail one model version and not another). Like the API
@@ -66,6 +69,45 @@ class Scenario:
     seldon_outcome: str | Callable[[dict[str, Any]], str] = "Available"
     #: ``status.description`` of a ``Failed`` SeldonDeployment
     seldon_description: str = "Deployment does not have minimum availability."
+    #: runs a created Job's pod: ``f(job, config_maps) -> (exit code, termination message)``, where
+    #: ``config_maps`` maps the namespace's ConfigMap names to their ``data``
+    job_runner: Callable[[dict[str, Any], dict[str, dict[str, str]]], tuple[int, str]] | None = None
+
+
+@dataclass
+class _PodRun:
+    """A Job's pod run by ``Scenario.job_runner``: running until ``done`` is set."""
+
+    name: str
+    container: str
+    done: threading.Event = field(default_factory=threading.Event)
+    exit_code: int | None = None
+    message: str = ""
+
+    def pod(self) -> dict[str, Any]:
+        state = (
+            {"running": {}}
+            if not self.done.is_set()
+            else {"terminated": {"exitCode": self.exit_code, "reason": "Completed" if self.exit_code == 0
+                                 else "Error", "message": self.message}}
+        )  # fmt: skip
+        phase = "Running" if not self.done.is_set() else ("Succeeded" if self.exit_code == 0 else "Failed")
+        return {
+            "metadata": {"name": f"{self.name}-pod"},
+            "status": {
+                "phase": phase,
+                "containerStatuses": [
+                    {
+                        "name": self.container,
+                        "ready": False,
+                        "restartCount": 0,
+                        "image": "",
+                        "imageID": "",
+                        "state": state,
+                    }
+                ],
+            },
+        }
 
 
 class FakeKubeApiServer:
@@ -76,6 +118,7 @@ class FakeKubeApiServer:
         self.requests: list[Request] = []
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name)
         self.reads: dict[tuple[str, str, str], int] = {}
+        self.pod_runs: dict[tuple[str, str, str], _PodRun] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -127,9 +170,43 @@ class FakeKubeApiServer:
 
     # --- status scripting --------------------------------------------------------------
 
+    def _start_pod_run(self, key: tuple[str, str, str], job: dict[str, Any]) -> None:
+        container = job["spec"]["template"]["spec"]["containers"][0]["name"]
+        run = self.pod_runs[key] = _PodRun(key[2], container)
+        config_maps = {
+            name: o.get("data", {})
+            for (k, ns, name), o in self.objects.items()
+            if k == "ConfigMap" and ns == key[1]
+        }
+
+        def target() -> None:
+            try:
+                run.exit_code, run.message = self.scenario.job_runner(job, config_maps)
+            except Exception as err:  # a broken runner reads as a failed pod, not a hung job
+                run.exit_code, run.message = 1, f"job_runner raised {err!r}"
+            run.done.set()
+
+        threading.Thread(target=target, daemon=True).start()
+
+    def _pod_run_status(self, run: _PodRun) -> dict[str, Any]:
+        if not run.done.is_set():
+            return {
+                "conditions": [{"type": "Running", "status": "True", "reason": "JobRunning"}],
+                "active": 1,
+            }
+        if run.exit_code == 0:
+            return {
+                "conditions": [{"type": "Complete", "status": "True", "reason": "Completed"}],
+                "succeeded": 1,
+            }
+        reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+        return {"conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": message}]}
+
     def _status(self, kind: str, key: tuple[str, str, str], obj: dict[str, Any]) -> dict[str, Any]:
         if obj["metadata"].get("annotations", {}).get("fake/fixed-status"):
             return obj.get("status", {})
+        if key in self.pod_runs:
+            return self._pod_run_status(self.pod_runs[key])
         self.reads[key] = n = self.reads.get(key, 0) + 1
         s = self.scenario
         if n <= s.running_polls:
@@ -226,8 +303,9 @@ class FakeKubeApiServer:
             def _dispatch(self, method, kind, namespace, name, query, body) -> None:
                 key = (kind, namespace, name)
                 if kind == "Pod" and method == "GET" and name is None:
+                    runs = [r.pod() for (_, ns, _), r in fake.pod_runs.items() if ns == namespace]
                     return self._reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
-                                             "items": fake.scenario.pods})  # fmt: skip
+                                             "items": [*fake.scenario.pods, *runs]})  # fmt: skip
                 if method == "POST" and name is None:
                     key = (kind, namespace, body["metadata"]["name"])
                     if key in fake.objects:
@@ -239,6 +317,8 @@ class FakeKubeApiServer:
                         obj.pop("status", None)
                         fake.reads.pop(key, None)
                     fake.objects[key] = obj
+                    if kind == "Job" and fake.scenario.job_runner is not None:
+                        fake._start_pod_run(key, obj)
                     return self._reply(201, obj)
                 if name is None and method == "GET":  # a list: the objects of that kind and namespace
                     items = [o for (k, ns, _), o in fake.objects.items() if k == kind and ns == namespace]
@@ -259,6 +339,7 @@ class FakeKubeApiServer:
                     return self._reply(200, out)
                 if method == "DELETE":
                     del fake.objects[key]
+                    fake.pod_runs.pop(key, None)
                     return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 if method == "PUT":
                     stored_rv = obj["metadata"].get("resourceVersion")

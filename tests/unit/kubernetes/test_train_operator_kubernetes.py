@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import k8s_schema
 import pytest
-from conftest import CONN_ID, NAMESPACE, make_context
+from conftest import CONN_ID, NAMESPACE, kill_while_waiting, make_context
 from fake_apiserver import Scenario
 from mlflow_server import shared_server
 
@@ -212,27 +212,8 @@ def test_a_retry_replaces_a_job_that_failed(fake, mlflow, script):
 
 
 def test_on_kill_deletes_the_job(fake, mlflow, script):
-    import threading
-
     fake.scenario = Scenario(running_polls=10_000)
-    op = _operator(script)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            op.execute(make_context())
-        except BaseException as err:  # the job disappears under the waiting operator
-            errors.append(err)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if op._job is not None:
-            break
-        thread.join(0.02)
-    assert op._job is not None, "the operator never started waiting"
-    op.on_kill()
-    thread.join(5)
+    errors = kill_while_waiting(_operator(script), make_context())
 
     deletes = fake.calls("DELETE", "mpijobs")
     assert len(deletes) == 1 and deletes[0].query.get("propagationPolicy") == ["Background"]

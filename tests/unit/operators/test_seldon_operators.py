@@ -138,6 +138,45 @@ def test_redeploying_the_serving_version_changes_nothing(env, first):
     assert again["pid"] == first["pid"] and again["endpoint"] == first["endpoint"]
 
 
+def _logged_rows(settle_s: float = 2.5) -> int:
+    """Rows in the deployment's inference log once the model server's writer has flushed (1 s)."""
+    from airflow_mlops import inference_log
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    time.sleep(settle_s)
+    return len(inference_log.read(inference_log.list_files(SeldonHook.inference_log_dir(NAME))))
+
+
+def test_a_retried_drift_check_does_not_log_the_window_twice(env, first):
+    from airflow_mlops.operators.drift import DriftDetectOperator
+    from flights_models import FEATURES, holdout_frame, train_frame
+
+    tables = env["root"] / "drift-tables"
+    tables.mkdir()
+    train_frame()[FEATURES].to_parquet(tables / "reference.parquet", index=False)
+    holdout_frame()[FEATURES].head(300).to_parquet(tables / "window.parquet", index=False)
+
+    def check() -> dict:
+        return DriftDetectOperator(
+            task_id="detect_drift",
+            reference_path=str(tables / "reference.parquet"),
+            current_path=str(tables / "window.parquet"),
+            numeric_features=["distance", "dep_delay"],
+            model_features=FEATURES,
+            endpoint=first["endpoint"],
+            max_rows=1000,
+        ).execute(context("detect_drift"))
+
+    before = _logged_rows()
+    result = check()
+    after_first = _logged_rows()
+    assert after_first - before == 300, "every scored window row is served traffic, logged once"
+    retried = check()  # the same task instance again (a retry): the scored window is reused
+    assert _logged_rows() == after_first
+    assert retried["drift_score"] == result["drift_score"]
+    assert retried["drifted_features"] == result["drifted_features"]
+
+
 def test_blue_green_switch_loses_no_request(env, first):
     stream = Stream(first["predict_url"])
     stream.start()
