@@ -174,3 +174,55 @@ def read_window(
         return _empty(), None
     tables = [_version_rows(_read_table(p), model_version) for p in take]
     return _to_frame(tables), cursor_of(root, take[-1])
+
+
+def _matching_positions(table, model_version: str | None):
+    """Row positions of ``table`` that belong to ``model_version`` (all rows when None)."""
+    import numpy as np
+
+    if model_version is None:
+        return np.arange(table.num_rows)
+    import pyarrow.compute as pc
+
+    mask = pc.fill_null(pc.equal(table["model_version"], model_version), False)
+    return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+
+
+def next_window(
+    log_dir: str | os.PathLike[str],
+    rows: int,
+    after: str | os.PathLike[str] | None = None,
+    skip: int = 0,
+    model_version: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, str | int | None]] | None:
+    """Exactly the next ``rows`` logged rows (of ``model_version`` when given) after a cursor.
+
+    The cursor is ``(after, skip)``: ``after`` the last file consumed entirely (as for
+    :func:`list_files`), ``skip`` how many rows of the file after it were consumed already. A
+    window may therefore end inside a file — one request of 5,000 rows makes two and a half
+    windows of 2,000, not one of 5,000 — and the rest of that file starts the next window.
+
+    :return: the rows and the new cursor ``{"after", "skip"}``, or None when there are fewer than
+        ``rows`` rows after the cursor yet (the caller's cursor then stays where it is).
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
+    root = Path(log_dir)
+    tables = []
+    count, previous = 0, (str(after) if after is not None else None)
+    for i, path in enumerate(list_files(root, after)):
+        start = skip if i == 0 else 0
+        table = _read_table(path).slice(start)
+        positions = _matching_positions(table, model_version)
+        need = rows - count
+        if len(positions) < need:
+            tables.append(table.take(positions))
+            count += len(positions)
+            previous = cursor_of(root, path)
+            continue
+        consumed = int(positions[need - 1]) + 1  # raw rows of this file used, from ``start``
+        tables.append(table.take(positions[:need]))
+        if consumed == table.num_rows:
+            return _to_frame(tables), {"after": cursor_of(root, path), "skip": 0}
+        return _to_frame(tables), {"after": previous, "skip": start + consumed}
+    return None

@@ -101,8 +101,8 @@ def test_held_out_reference_flights_do_not_retrain(stack, served):
     import pandas as pd
 
     holdout = pd.read_parquet(served["table"]["holdout"]).sample(frac=1, random_state=0)
-    # window by window: the watcher reads whole log files, whose size depends on how fast the
-    # rows arrive, so each window's rows are sent and tested before the next ones go out
+    # window by window, each window's rows tested before the next ones go out, so the test
+    # waits on a known number of reports
     batch = WINDOW_ROWS + WINDOW_ROWS // 4
     with requests.Session() as session:
         for n in range(2):

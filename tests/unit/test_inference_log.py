@@ -12,7 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from airflow_mlops import inference_log
-from airflow_mlops.inference_log import InferenceLogError, cursor_of, list_files, read, read_window
+from airflow_mlops.inference_log import (
+    InferenceLogError,
+    cursor_of,
+    list_files,
+    next_window,
+    read,
+    read_window,
+)
 
 
 def _write(
@@ -185,6 +192,41 @@ def test_read_window_counts_only_the_model_version(tmp_path: Path) -> None:
 def test_read_window_rejects_min_rows_below_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_rows"):
         read_window(tmp_path, min_rows=0)
+
+
+# --------------------------------------------------------------------------- next_window
+
+
+def test_next_window_has_exactly_rows_and_splits_a_big_file(tmp_path: Path) -> None:
+    big = _write(tmp_path, "2026-11-22T05:00:00Z", 5)  # one request of 5 rows
+    small = _write(tmp_path, "2026-11-22T05:00:01Z", 3)
+
+    df, cursor = next_window(tmp_path, rows=2)
+    assert df["row"].tolist() == [0, 1] and cursor == {"after": None, "skip": 2}
+    df, cursor = next_window(tmp_path, rows=2, **cursor)
+    assert df["row"].tolist() == [2, 3] and cursor == {"after": None, "skip": 4}
+    # the rest of the big file, then the small one's first row
+    df, cursor = next_window(tmp_path, rows=2, **cursor)
+    assert df["row"].tolist() == [4, 0] and cursor == {"after": cursor_of(tmp_path, big), "skip": 1}
+    # a window that ends with its last file: the cursor moves past it, skip 0
+    df, cursor = next_window(tmp_path, rows=2, **cursor)
+    assert df["row"].tolist() == [1, 2] and cursor == {"after": cursor_of(tmp_path, small), "skip": 0}
+    assert next_window(tmp_path, rows=1, **cursor) is None
+    # every row was in exactly one window
+    assert len(read(list_files(tmp_path))) == 8
+
+
+def test_next_window_waits_for_enough_rows_of_the_version(tmp_path: Path) -> None:
+    _write(tmp_path, "2026-11-22T05:00:00Z", 3, version="1")
+    other = _write(tmp_path, "2026-11-22T05:00:01Z", 4, version="2")
+    assert next_window(tmp_path, rows=4, model_version="1") is None
+    _write(tmp_path, "2026-11-22T05:00:02Z", 3, version="1")
+    df, cursor = next_window(tmp_path, rows=4, model_version="1")
+    assert len(df) == 4 and set(df["model_version"]) == {"1"} and df["row"].tolist() == [0, 1, 2, 0]
+    # the other version's file is passed over; one row of the last file is used
+    assert cursor == {"after": cursor_of(tmp_path, other), "skip": 1}
+    with pytest.raises(ValueError, match="rows"):
+        next_window(tmp_path, rows=0)
 
 
 # --------------------------------------------------------------------------- with the real writer

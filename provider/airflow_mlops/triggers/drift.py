@@ -36,8 +36,9 @@ class DriftEventTrigger(BaseEventTrigger):
     """
     Score each new window of served requests against the served version's training data.
 
-    Every ``poll_interval`` seconds it reads the inference-log files written after its cursor;
-    once they hold ``window_rows`` rows of the version now serving, that window is tested in the
+    Every ``poll_interval`` seconds it reads the inference log after its cursor (a file and the
+    rows of the next file already used); once it holds ``window_rows`` rows of the version now
+    serving, exactly those rows — a window may end inside a file — are tested in the
     drift runtime (alibi-detect: Kolmogorov-Smirnov per numeric feature, Chi-squared per
     categorical one, one family corrected for multiple tests; MMD on the joint numeric features
     as an option) against the ``reference_path`` the deployment recorded for that version. The
@@ -163,18 +164,24 @@ class DriftEventTrigger(BaseEventTrigger):
 
     # -- one window ------------------------------------------------------------------------
     def _next_window(self, cursor: dict[str, Any]):
-        """(window rows, last file, served predictor), or Nones when there is no full window yet."""
+        """(exactly ``window_rows`` rows, the cursor after them, served predictor), or Nones when
+        there is no full window yet. A window may end inside a log file: the rest starts the next."""
         from airflow_mlops.hooks.seldon import SeldonHook, _main
-        from airflow_mlops.inference_log import read_window
+        from airflow_mlops.inference_log import next_window
 
         main = _main(SeldonHook.current_state(self.deployment_name))
         if main is None:
             return None, None, None
-        log_dir = SeldonHook.inference_log_dir(self.deployment_name)
-        df, last = read_window(
-            log_dir, after=cursor.get("after"), min_rows=self.window_rows, model_version=str(main["version"])
+        found = next_window(
+            SeldonHook.inference_log_dir(self.deployment_name),
+            rows=self.window_rows,
+            after=cursor.get("after"),
+            skip=int(cursor.get("skip") or 0),
+            model_version=str(main["version"]),
         )
-        return df, last, main
+        if found is None:
+            return None, None, None
+        return found[0], found[1], main
 
     def _drop_stale(self, cursor: dict[str, Any]) -> bool:
         """Move the cursor past an incomplete window older than ``max_window_age_seconds``."""
@@ -196,7 +203,7 @@ class DriftEventTrigger(BaseEventTrigger):
             self.max_window_age_seconds,
             self.window_rows,
         )
-        cursor["after"] = cursor_of(log_dir, files[-1])
+        cursor.update(after=cursor_of(log_dir, files[-1]), skip=0)
         return True
 
     def _span(self, values) -> dict[str, str]:
@@ -257,8 +264,8 @@ class DriftEventTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
             cursor = await self._load_cursor()
-            df, last, main = await asyncio.to_thread(self._next_window, cursor)
-            if last is None:
+            df, position, main = await asyncio.to_thread(self._next_window, cursor)
+            if position is None:
                 if await asyncio.to_thread(self._drop_stale, cursor):
                     await self._save_cursor(cursor)
                 await asyncio.sleep(self.poll_interval)
@@ -266,7 +273,7 @@ class DriftEventTrigger(BaseEventTrigger):
             version = str(main["version"])
             reference = main.get("reference_path") or self.reference_path
             window_id = f"{int(time.time() * 1000)}-v{version}"
-            cursor["after"] = last
+            cursor.update(position)
             if not reference:
                 self.log.warning(
                     "%s: version %s has no reference data (deploy it with reference_path=): window skipped",

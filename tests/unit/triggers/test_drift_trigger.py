@@ -162,3 +162,20 @@ def test_rows_too_few_and_too_old_for_a_window_are_dropped_not_mixed_with_new_tr
     log_requests(deployment, flights["july"], WINDOW)
     (event,) = asyncio.run(events_within(trigger(max_window_age_seconds=60), 40))
     assert event["rows"] == WINDOW and event["window"]["start"].startswith("2013-07")  # no January rows
+
+
+def test_a_log_file_bigger_than_a_window_makes_windows_of_exactly_window_rows(deployment, flights):
+    # one request of 2.5 windows (what a batch client sends): two windows, the rest waits
+    log_requests(deployment, flights["july"], WINDOW * 5 // 2)
+    events = asyncio.run(events_within(trigger(cooldown_seconds=0), 60))
+    windows = [
+        json.loads(p.read_text())
+        for p in sorted(deployment.parent.parent.parent.glob("drift/watchers/d/*/window.json"))
+    ]
+    assert [w["rows"] for w in windows] == [WINDOW, WINDOW]
+    assert [e["rows"] for e in events] == [WINDOW, WINDOW]  # both drifted, no cooldown
+    # the half window left starts the next one: with 1,500 more rows it is tested, once
+    log_requests(deployment, flights["july"].iloc[WINDOW * 5 // 2 :], 1500)
+    (event,) = asyncio.run(events_within(trigger(cooldown_seconds=0), 40))
+    assert event["rows"] == WINDOW
+    assert len(watch_reports(deployment)) == 3
