@@ -161,9 +161,13 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         self.image_pull_policy = image_pull_policy
         self._runtime = None
 
+    job_name_prefix = "drift"
+
     @property
     def job_kind(self) -> str:
-        return "Job"
+        from airflow_mlops.kubernetes.drift import KIND
+
+        return KIND
 
     def _report_dir(self, context: Context) -> Path:
         from airflow_mlops import settings
@@ -292,17 +296,26 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
 
     def _execute_kubernetes(self, context: Context) -> dict[str, Any]:
         hook = self._job_hook()
-        name = self._job_name(context, prefix="drift")
+        name = self._job_name(context)
         self._start_job(hook, name, lambda: self._manifests(context, name, hook.namespace))
         return self._finish(context, hook, name, self._wait_for_job(hook, name))
 
-    def _manifests(self, context: Context, name: str, namespace: str) -> list[dict[str, Any]]:
+    def _mount_path(self) -> str:
+        """Where Airflow's workers and the pod both mount the shared volume."""
         from airflow_mlops import settings
+
+        return self.shared_volume_path or str(settings.data_dir())
+
+    def _manifests(self, context: Context, name: str, namespace: str) -> list[dict[str, Any]]:
         from airflow_mlops.kubernetes import drift
 
-        mount = self.shared_volume_path or str(settings.data_dir())
-        paths = {"reference_path": self.reference_path, "current_path": self.current_path}
-        drift.check_on_volume({**paths, "report_dir": str(self._report_dir(context))}, mount)
+        mount = self._mount_path()
+        paths = {
+            "reference_path": self.reference_path,
+            "current_path": self.current_path,
+            "report_dir": str(self._report_dir(context)),
+        }
+        drift.check_on_volume(paths, mount)
         config = self._config(context)
         volume, volume_mount = drift.shared_volume(self.shared_volume_claim, mount)
         spec = self._job_spec(
@@ -317,13 +330,9 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         )
         return drift.render(spec, config)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: read the pod's report, or fail with the job's reason."""
-        event = self._check_event(event)
-        name = event.get("name") or self._job_name(context, prefix="drift")
-        return self._finish(context, self._job_hook(), name, event)
-
     def _finish(self, context: Context, hook: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        """After the job (waited for here or by the trigger): read the pod's report, or fail with
+        the job's reason."""
         from airflow_mlops.exceptions import MlopsError
 
         self._raise_unless_succeeded(hook, name, event)
@@ -332,7 +341,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
             raise MlopsError(
                 f"Job {hook.namespace}/{name} succeeded but {report} is not there: "
                 f"is the PersistentVolumeClaim {self.shared_volume_claim!r} the volume this worker mounts at "
-                f"{self.shared_volume_path or 'the data_dir'}?"
+                f"{self._mount_path()}?"
             )
         return self._summarise(context)
 

@@ -32,10 +32,13 @@ class KubernetesJobMixin:
 
     The operator provides ``kubernetes_conn_id``, ``namespace``, ``poll_interval``, ``deferrable``,
     ``container_resources``, ``service_account``, ``image_pull_policy`` and ``execution_timeout``
-    attributes, and :attr:`job_kind` (``MPIJob``, ``IndexedJob`` or ``Job``).
+    attributes, :attr:`job_kind` (``MPIJob``, ``IndexedJob`` or ``Job``), :attr:`job_name_prefix`,
+    and ``_finish(context, hook, name, event)``: the result once the job has ended.
     """
 
     _job: tuple[TrainingJobHook, str] | None = None
+    #: first part of the job's name (:func:`~airflow_mlops.kubernetes.training.job_name`)
+    job_name_prefix: str = "hvd"
 
     @property
     def job_kind(self) -> str:
@@ -46,11 +49,11 @@ class KubernetesJobMixin:
 
         return TrainingJobHook(self.kubernetes_conn_id, self.namespace)
 
-    def _job_name(self, context: Context, prefix: str = "hvd") -> str:
+    def _job_name(self, context: Context) -> str:
         from airflow_mlops.kubernetes.training import job_name
 
         ti = context["ti"]
-        return job_name(ti.dag_id, ti.run_id, ti.task_id, map_index(ti), prefix=prefix)
+        return job_name(ti.dag_id, ti.run_id, ti.task_id, map_index(ti), prefix=self.job_name_prefix)
 
     def _job_spec(
         self,
@@ -98,9 +101,8 @@ class KubernetesJobMixin:
             return None
         created_by = (job["metadata"].get("annotations") or {}).get(TRY_LABEL, "?")
         phase = job_phase(kind, job)
-        log = self.log
         if phase.state == "failed":
-            log.warning(
+            self.log.warning(
                 "%s %s of try %s failed (%s); deleting it and starting again.",
                 kind,
                 name,
@@ -110,7 +112,7 @@ class KubernetesJobMixin:
             hook.delete_job(kind, name)
             hook.wait_deleted(kind, name)
             return None
-        log.info("Reattaching to %s %s (%s), created by try %s.", kind, name, phase.state, created_by)
+        self.log.info("Reattaching to %s %s (%s), created by try %s.", kind, name, phase.state, created_by)
         return job
 
     def _wait_for_job(self, hook: TrainingJobHook, name: str) -> dict[str, Any]:
@@ -139,11 +141,11 @@ class KubernetesJobMixin:
         )
         self.defer(trigger=trigger, method_name="execute_complete")
 
-    @staticmethod
-    def _check_event(event: dict[str, Any] | None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the trigger: the operator's result (``_finish``), or the job's reason."""
         if not event or "status" not in event:
             raise RuntimeError(f"The Kubernetes job trigger sent no usable event: {event!r}")
-        return event
+        return self._finish(context, self._job_hook(), event.get("name") or self._job_name(context), event)
 
     def _raise_unless_succeeded(self, hook: TrainingJobHook, name: str, event: dict[str, Any]) -> None:
         """Return on ``success``; otherwise raise with the job's and pods' reasons (a timed-out

@@ -142,7 +142,6 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         self.service_account = service_account
         self.image_pull_policy = image_pull_policy
         self._runtime: RuntimeHook | None = None
-        self._job: tuple[TrainingJobHook, str] | None = None
 
     def _run_tags(self, context: Context) -> dict[str, str]:
         ti = context["ti"]
@@ -279,14 +278,11 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         )
         return training.render(spec, self.kind)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: collect the MLflow result, or fail with the job's reason."""
-        event = self._check_event(event)
-        return self._finish(context, self._job_hook(), event.get("name") or self._job_name(context), event)
-
     def _finish(
         self, context: Context, hook: TrainingJobHook, name: str, event: dict[str, Any]
     ) -> dict[str, Any]:
+        """After the job (waited for here or by the trigger): collect the MLflow result, or fail
+        with the job's reason."""
         self._raise_unless_succeeded(hook, name, event)
         return self._collect_result(context, hook, name)
 
