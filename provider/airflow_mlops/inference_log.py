@@ -129,11 +129,10 @@ def read(files: list[str | os.PathLike[str]]) -> pd.DataFrame:
 
 
 def _version_rows(table, model_version: str | None):
+    """The rows of ``table`` that belong to ``model_version`` (all of them when None)."""
     if model_version is None:
         return table
-    import pyarrow.compute as pc
-
-    return table.filter(pc.equal(table["model_version"], model_version))
+    return table.take(_matching_positions(table, model_version))
 
 
 def read_window(
