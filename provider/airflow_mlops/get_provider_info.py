@@ -167,16 +167,17 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "mlflow_default",
                     },
                     "ui_retrain_dag_id": {
-                        "description": "DAG the MLOps page's Retrain button triggers; empty: the DAG "
-                        "that trained the champion.",
+                        "description": "DAG the MLOps page's Retrain button triggers for every model; "
+                        "empty: the DAGs with a MlflowRegisterModelOperator of the model (default the one "
+                        "that trained the champion).",
                         "version_added": "0.2.0",
                         "type": "string",
                         "example": "flights_delay_retrain",
                         "default": "",
                     },
                     "ui_rollback_dag_id": {
-                        "description": "DAG the MLOps page's Rollback button triggers; empty: the page "
-                        "asks for one.",
+                        "description": "DAG the MLOps page's Roll back button triggers for every "
+                        "deployment; empty: the DAGs with a SeldonRollbackOperator of the deployment.",
                         "version_added": "0.2.0",
                         "type": "string",
                         "example": "flights_delay_rollback",

@@ -16,8 +16,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "dags"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
+from browser import CHROMIUM, Browser  # noqa: E402
 from stack import Stack, free_port  # noqa: E402
+
+PIPELINE = "flights_delay_pipeline"
 
 
 def _runtimes_dir() -> Path:
@@ -48,3 +52,27 @@ def stack(tmp_path_factory):
             log = home / "logs" / f"{name}.log"
             if log.exists():
                 print(f"--- end of {name} log ---\n{log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def scheduled_run(stack) -> dict:
+    """
+    The pipeline run the scheduler started by itself (nothing triggers it): the stack's DAGs are
+    unpaused at creation and the pipeline is ``@monthly`` from a recent start date, so the
+    scheduler runs the latest month at once. Waits for it to end; its state is the tests' to check.
+    """
+    stack.wait_for_dag(PIPELINE)
+    run = stack.wait_for_new_run(PIPELINE, timeout=300, run_type="scheduled")
+    run["state"] = stack.wait_run(PIPELINE, run["dag_run_id"], timeout=1800)
+    return run
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}: run scripts/install_browser.sh")
+    b = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield b
+    finally:
+        b.close()

@@ -1,10 +1,12 @@
 """The whole loop under the real scheduler, on real data, against a real MLflow server.
 
-``airflow standalone`` (LocalExecutor, SQLite) runs the example DAGs triggered through
-Airflow's REST API: January 2013 trains, registers and deploys the first model; the drift
-check scores July through the Seldon endpoint, finds drift and announces it; the
-retraining DAG runs without a person. A month with a broken column fails validation and
-registers nothing. Re-running the register task creates no second version.
+``airflow standalone`` (LocalExecutor, SQLite) runs the example DAGs as their users meet
+them: nothing triggers the pipeline, the scheduler starts its latest month by itself and the
+replay clock maps that month onto 2013 (``pick_months``); it trains, registers and deploys the
+first model; the drift check scores the month six months later through the Seldon endpoint,
+finds drift and announces it; the retraining DAG runs without a person. A month with a broken
+column (triggered through the REST API) fails validation and registers nothing. Re-running
+the register task creates no second version.
 """
 
 from __future__ import annotations
@@ -40,16 +42,42 @@ def alias_version(stack, name: str, alias: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(stack):
-    """Trigger the bad month and the real pipeline together and wait for both."""
+def runs(stack, scheduled_run):
+    """The bad month, triggered through the REST API, and the run the scheduler started."""
     for dag_id in (PIPELINE, RETRAIN, BAD):
         stack.wait_for_dag(dag_id)
     bad = stack.trigger(BAD, *JANUARY)
-    good = stack.trigger(PIPELINE, *JANUARY, conf={"drift_check_offset_months": 6})
+    good = scheduled_run["dag_run_id"]
     return {
         "bad": (bad, stack.wait_run(BAD, bad, timeout=1200)),
-        "good": (good, stack.wait_run(PIPELINE, good, timeout=1800)),
+        "good": (good, scheduled_run["state"]),
+        "months": stack.xcom(PIPELINE, good, "pick_months"),
     }
+
+
+def test_the_scheduler_runs_the_pipeline_on_a_month_of_2013_and_every_task_runs(stack, runs, scheduled_run):
+    from airflow_mlops.replay import ReplayClock
+    from include.flights_pipeline import CLOCK
+
+    run_id, state = runs["good"]
+    assert scheduled_run["run_type"] == "scheduled"
+    assert state == "success", stack.task_states(PIPELINE, run_id)
+    states = stack.task_states(PIPELINE, run_id)
+    dag_tasks = {t["task_id"] for t in stack.api("GET", f"/dags/{PIPELINE}/tasks")["tasks"]}
+    assert set(states) == dag_tasks and set(states.values()) == {"success"}, states
+    # the run's data interval (a recent month) is replayed on the same month of 2013
+    expected = CLOCK.interval(
+        data_interval_start=scheduled_run["data_interval_start"],
+        data_interval_end=scheduled_run["data_interval_end"],
+    )
+    assert isinstance(CLOCK, ReplayClock) and expected.start.year == 2013
+    months = runs["months"]
+    assert (months["start"], months["end"]) == (expected.start.isoformat(), expected.end.isoformat())
+    ingest = stack.xcom(PIPELINE, run_id, "ingest_flights")
+    assert pd.Timestamp(ingest["interval_start"]) == pd.Timestamp(months["start"])
+    assert pd.Timestamp(ingest["interval_end"]) == pd.Timestamp(months["end"])
+    log = stack.task_log(PIPELINE, run_id, "pick_months")
+    assert f"This run works on {months['label']}" in log and "replay clock" in log
 
 
 def test_bad_month_fails_validation_and_registers_nothing(stack, runs):
@@ -76,7 +104,7 @@ def test_pipeline_registers_champion_with_lineage(stack, runs):
     train = stack.xcom(PIPELINE, run_id, "train")
     registered = stack.xcom(PIPELINE, run_id, "register")
     gate = stack.xcom(PIPELINE, run_id, "gate", key="comparison")
-    assert ingest["rows"] > 20000  # January 2013 has 27,004 flights
+    assert ingest["rows"] > 20000  # every month of 2013 has 24,951 to 29,425 flights
     assert train["num_proc"] == 2
     assert 0.5 < train["metrics"]["holdout_roc_auc"] <= 1.0
     # the gate scores the *logged* model (MLflow pyfunc, as serving does) on the same
@@ -128,7 +156,7 @@ def test_endpoint_serves_probabilities_for_real_rows(stack, runs):
     assert deployed["endpoint"].startswith("http://127.0.0.1:")
 
 
-def test_drift_found_on_july_and_requests_logged(stack, runs):
+def test_drift_found_six_months_later_and_requests_logged(stack, runs):
     run_id, _ = runs["good"]
     drift = stack.xcom(PIPELINE, run_id, "detect_drift")
     recent = stack.xcom(PIPELINE, run_id, "build_recent_features")
@@ -140,8 +168,8 @@ def test_drift_found_on_july_and_requests_logged(stack, runs):
     assert report["prediction_column"] == "prediction" and report["prediction"]["p_val"] is not None
     assert report["tests"] == 8
     assert Path(drift["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert drift["window"]["start"].startswith("2013-07-01")
-    # every July row went through the endpoint and landed in the inference log
+    assert pd.Timestamp(drift["window"]["start"]) == pd.Timestamp(runs["months"]["check_start"])
+    # every row of the checked month went through the endpoint and landed in the inference log
     from airflow_mlops.inference_log import list_files, read
 
     log_dir = stack.data_dir / "deployments" / "flights-delay" / "inference_log"
@@ -159,11 +187,12 @@ def test_drift_event_triggers_retraining_that_registers_a_new_version(stack, run
     state = stack.wait_run(RETRAIN, retrain["dag_run_id"], timeout=1800)
     assert state == "success", stack.task_states(RETRAIN, retrain["dag_run_id"])
     ingest = stack.xcom(RETRAIN, retrain["dag_run_id"], "ingest_flights")
-    assert ingest["interval_start"].startswith("2013-07-01")  # trained on the drifted window
+    # trained on the drifted window: the month the pipeline's drift check sent through the endpoint
+    assert pd.Timestamp(ingest["interval_start"]) == pd.Timestamp(runs["months"]["check_start"])
     second = stack.xcom(RETRAIN, retrain["dag_run_id"], "register")
     assert int(second["version"]) == int(first["version"]) + 1
     gate = stack.xcom(RETRAIN, retrain["dag_run_id"], "gate", key="comparison")
-    # both versions scored on the same July holdout
+    # both versions scored on the same holdout of the drifted month
     assert gate["previous_champion"] == first["version"] and gate["champion"] is not None
     champion = alias_version(stack, MODEL, "champion")
     states = stack.task_states(RETRAIN, retrain["dag_run_id"])
@@ -201,21 +230,19 @@ def test_rerunning_register_creates_no_second_version(stack, runs):
     ]
 
 
-def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
-    """Feast's SQLite online store holds, per entity, the latest source row materialized.
+def test_online_store_answers_with_the_rows_of_the_latest_materialization(stack, runs):
+    """
+    Feast's SQLite online store holds, per entity, the last source row of the interval
+    materialized last (``[start, end)``: a row stamped at ``end`` belongs to the next interval).
 
-    The retraining run materializes the drifted window (July) after the pipeline's January:
-    once it is done, the online store must answer with July's last rows (before August 1).
+    Checked once the drift-triggered retraining, which materializes the drifted month after the
+    pipeline's month, is done; the latest interval is read from Feast's registry, so the check
+    holds whichever run of the session materialized last.
     """
     from feast import FeatureStore, RepoConfig
 
     retrain = stack.wait_for_new_run(RETRAIN, timeout=300)
     assert stack.wait_run(RETRAIN, retrain["dag_run_id"], timeout=1800) == "success"
-    weather_snapshot = stack.xcom(RETRAIN, retrain["dag_run_id"], "ingest_weather")
-    weather = pd.read_parquet(weather_snapshot["path"])
-    carrier = pd.read_parquet(stack.xcom(RETRAIN, retrain["dag_run_id"], "compute_carrier_stats")["path"])
-    end = pd.Timestamp(weather_snapshot["interval_end"])
-    assert end == pd.Timestamp("2013-08-01", tz="UTC")
     feast_dir = stack.data_dir / "feast"
     store = FeatureStore(
         config=RepoConfig(
@@ -227,16 +254,28 @@ def test_online_store_answers_with_the_materialized_source_rows(stack, runs):
             entity_key_serialization_version=3,
         )
     )
-    online = store.get_online_features(
-        features=["weather_hourly:temp", "weather_hourly:visib", "carrier_daily:carrier_delayed_share"],
-        entity_rows=[{"origin": "JFK", "carrier": "UA"}, {"origin": "LGA", "carrier": "DL"}],
-    ).to_dict()
-    # intervals are [start, end): a row stamped at `end` (July 31's carrier statistics, known
-    # at midnight) belongs to August's interval and is not materialized by July's run
-    for i, (origin, code) in enumerate([("JFK", "UA"), ("LGA", "DL")]):
-        w = weather[(weather.origin == origin) & (weather.time_hour < end)].sort_values("time_hour").iloc[-1]
-        c = carrier[(carrier.carrier == code) & (carrier.event_timestamp < end)]
-        c = c.sort_values("event_timestamp").iloc[-1]
-        assert online["temp"][i] == pytest.approx(w.temp)
-        assert online["visib"][i] == pytest.approx(w.visib)
-        assert online["carrier_delayed_share"][i] == pytest.approx(c.carrier_delayed_share)
+    retrained = stack.xcom(RETRAIN, retrain["dag_run_id"], "feast_materialize")
+    assert pd.Timestamp(retrained["end"]) == pd.Timestamp(runs["months"]["check_end"])
+    checks = [
+        ("weather_hourly", "weather", "time_hour", "origin", ["JFK", "LGA"], ["temp", "visib"]),
+        (
+            "carrier_daily",
+            "carrier_daily",
+            "event_timestamp",
+            "carrier",
+            ["UA", "DL"],
+            ["carrier_delayed_share"],
+        ),
+    ]
+    for view, dataset, time_column, entity, keys, features in checks:
+        start, end = (pd.Timestamp(t) for t in store.get_feature_view(view).materialization_intervals[-1])
+        start, end = (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for t in (start, end))
+        source = pd.read_parquet(stack.data_dir / "datasets" / dataset / "current")
+        source = source[(source[time_column] >= start) & (source[time_column] < end)]
+        online = store.get_online_features(
+            features=[f"{view}:{name}" for name in features], entity_rows=[{entity: key} for key in keys]
+        ).to_dict()
+        for i, key in enumerate(keys):
+            last = source[source[entity] == key].sort_values(time_column).iloc[-1]
+            for name in features:
+                assert online[name][i] == pytest.approx(last[name]), (view, key, name, start, end)

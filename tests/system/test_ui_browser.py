@@ -1,28 +1,20 @@
 """The MLOps view in a real browser: headless Chromium against ``airflow standalone``.
 
-Runs after ``test_flights_delay_loop.py`` (file order) on the same session stack, so the real
-pipeline has trained, registered, deployed and checked drift; when run alone, it runs the
-January pipeline first. Chromium is driven over its DevTools protocol (``websockets``, no
-Selenium or driver); install it with ``scripts/install_browser.sh``. Screenshots of every
-step go to ``tests/system/artifacts/`` (or ``$MLOPS_TEST_ARTIFACTS``).
+Uses the pipeline run the scheduler started on the session stack (it trained, registered,
+deployed and checked drift). Chromium is driven over its DevTools protocol (``browser.py``);
+install it with ``scripts/install_browser.sh``. Screenshots of every step go to
+``tests/system/artifacts/`` (or ``$MLOPS_TEST_ARTIFACTS``).
 """
 
 from __future__ import annotations
 
-import base64
-import itertools
 import json
-import os
-import shutil
-import subprocess
-import time
-from contextlib import ExitStack
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 import requests
+from browser import Browser, log_in
+from run_checks import assert_every_task_ran
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(3000)]
 
@@ -31,193 +23,37 @@ JANUARY = ("2013-01-01T00:00:00Z", "2013-02-01T00:00:00Z")
 MODEL = "flights_delay"
 DEPLOYMENT = "flights-delay"
 DATASETS = {"flights", "weather"}
-ARTIFACTS = Path(os.environ.get("MLOPS_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-
-
-# --------------------------------------------------------------------------- a tiny CDP client
-
-
-class Browser:
-    """
-    Headless Chromium driven over the DevTools protocol: navigate, evaluate, type, screenshot.
-
-    ``confirm()`` / ``alert()`` dialogs are accepted as they open and their messages kept in
-    :attr:`dialogs` (a page that asks for confirmation blocks until the dialog is answered).
-
-    :param profile: an empty folder for the browser profile (cookies of this session only).
-    """
-
-    def __init__(self, profile: Path) -> None:
-        from websockets.sync.client import connect
-
-        self.dialogs: list[str] = []
-        self._ids = itertools.count(1)
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless=new",
-                "--no-sandbox",  # root in a container has no user namespace for the sandbox
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                f"--user-data-dir={profile}",
-                "--window-size=1440,1000",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        port = self._devtools_port(profile)
-        targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(t for t in targets if t["type"] == "page")
-        self._closing = ExitStack()
-        self.ws = self._closing.enter_context(
-            connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
-        )
-        for domain in ("Page", "Runtime", "Network"):
-            self.send(f"{domain}.enable")
-        self.send(
-            "Emulation.setDeviceMetricsOverride", width=1440, height=1000, deviceScaleFactor=1, mobile=False
-        )
-
-    def _devtools_port(self, profile: Path, timeout: float = 60) -> int:
-        marker = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{CHROMIUM} exited with {self.proc.returncode} at start")
-            if marker.exists() and marker.read_text().strip():
-                return int(marker.read_text().split()[0])
-            time.sleep(0.2)
-        raise TimeoutError(f"{CHROMIUM} did not open its DevTools port within {timeout}s")
-
-    def send(self, method: str, timeout: float = 60, **params: Any) -> dict[str, Any]:
-        call_id = next(self._ids)
-        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
-        deadline = time.monotonic() + timeout
-        while True:
-            message = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-            if message.get("method") == "Page.javascriptDialogOpening":
-                self.dialogs.append(message["params"]["message"])
-                # answered without waiting: the call that opened the dialog is still pending
-                answer = {
-                    "id": next(self._ids),
-                    "method": "Page.handleJavaScriptDialog",
-                    "params": {"accept": True},
-                }
-                self.ws.send(json.dumps(answer))
-            if message.get("id") == call_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method} failed: {message['error']}")
-                return message.get("result", {})
-
-    def eval(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression!r} raised {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def goto(self, url: str) -> None:
-        self.send("Page.navigate", url=url)
-
-    def wait_for(self, expression: str, timeout: float = 60, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        last_error = None
-        while time.monotonic() < deadline:
-            try:
-                value = self.eval(expression)
-                if value:
-                    return value
-            except RuntimeError as err:  # the page is between documents
-                last_error = err
-            time.sleep(0.5)
-        self.screenshot(f"failed-{int(time.time())}")  # what the page showed instead
-        raise TimeoutError(
-            f"{what or expression} not true within {timeout}s on {self.eval('location.href')} ({last_error})"
-        )
-
-    def type_into(self, selector: str, text: str) -> None:
-        """Focus ``selector`` and type ``text`` the way a keyboard does (frameworks see input events)."""
-        self.eval(f"document.querySelector({json.dumps(selector)}).focus()")
-        self.send("Input.insertText", text=text)
-
-    def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
-        path = ARTIFACTS / f"{name}.png"
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-    def close(self) -> None:
-        try:
-            self._closing.close()
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, 15)  # the browser and its helper processes, by our pid
-                self.proc.wait(timeout=30)
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(stack) -> str:
-    """A successful January run of the pipeline: the loop tests' one, or a new one."""
-    stack.wait_for_dag(PIPELINE)
-    for run in stack.dag_runs(PIPELINE):
-        if run["state"] in ("queued", "running"):
-            stack.wait_run(PIPELINE, run["dag_run_id"])
-    runs = stack.dag_runs(PIPELINE)
-    done = [r for r in runs if r["state"] == "success"]
-    if done:
-        return done[0]["dag_run_id"]
-    # a January run exists (logical dates are unique per DAG) but failed: say why, don't re-trigger
-    for run in runs:
-        if str(run.get("logical_date", "")).startswith(JANUARY[0][:10]):
-            states = stack.task_states(PIPELINE, run["dag_run_id"])
-            pytest.fail(f"the January pipeline run {run['dag_run_id']} failed: {states}")
-    run_id = stack.trigger(PIPELINE, *JANUARY, conf={"drift_check_offset_months": 6})
-    assert stack.wait_run(PIPELINE, run_id, timeout=1800) == "success", stack.task_states(PIPELINE, run_id)
-    # the drift check's July traffic makes the deployment's watcher start a retraining
-    stack.wait_for_new_run(RETRAIN, timeout=300)
-    return run_id
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: run scripts/install_browser.sh")
-    b = Browser(tmp_path_factory.mktemp("chromium-profile"))
-    try:
-        yield b
-    finally:
-        b.close()
+def pipeline_run(scheduled_run) -> str:
+    """The pipeline run the scheduler started: it trained, registered, deployed and checked drift."""
+    assert scheduled_run["state"] == "success", scheduled_run
+    return scheduled_run["dag_run_id"]
 
 
 @pytest.fixture(scope="module")
 def logged_in(browser, stack, pipeline_run) -> Browser:
-    """Log in through the simple auth manager's form with the password the stack generated."""
-    browser.goto(f"{stack.airflow_url}/auth/login?next={quote(stack.airflow_url + '/')}")
-    browser.wait_for("!!document.querySelector('input[name=username]')", what="the login form")
-    browser.type_into("input[name=username]", stack.username)
-    browser.type_into("input[name=password]", stack.password)
-    browser.screenshot("01-login")
-    browser.eval("document.querySelector('button[type=submit]').click()")
-    browser.wait_for("!location.pathname.startsWith('/auth')", what="leaving the login page")
-    cookies = browser.send("Network.getCookies", urls=[stack.airflow_url])["cookies"]
-    assert any(c["name"] == "_token" for c in cookies), cookies
-    return browser
+    return log_in(browser, stack)
 
 
 # --------------------------------------------------------------------------- tests
 
 
-def test_mlops_is_in_the_navigation(logged_in, stack):
-    b = logged_in
+#: the MLOps page inside Airflow's UI: the iframe of the external view (same origin)
+FRAME = "document.querySelector('iframe[src*=\"/mlops/\"]')?.contentDocument"
+
+
+def in_frame(expression: str) -> str:
+    """``expression`` evaluated with ``doc`` bound to the MLOps page's document inside the iframe."""
+    return f"(() => {{ const doc = {FRAME}; if (!doc || !doc.body) return null; return ({expression}); }})()"
+
+
+def open_mlops_through_the_navigation(b: Browser, stack) -> None:
+    """Airflow's home page, then MLOps in its navigation: the page in Airflow's iframe, loaded."""
     b.goto(f"{stack.airflow_url}/")
     link = b.wait_for(
         "(() => { const a = [...document.querySelectorAll('a')]"
@@ -225,12 +61,80 @@ def test_mlops_is_in_the_navigation(logged_in, stack):
         what="the MLOps entry of the navigation",
     )
     assert link.rstrip("/").endswith("/plugin/mlops")
-    b.screenshot("02-airflow-home-nav")
     b.eval("[...document.querySelectorAll('a')].find(e => e.textContent.trim() === 'MLOps').click()")
-    # the page is embedded in Airflow's UI (an iframe on /plugin/mlops)
-    b.wait_for("!!document.querySelector('iframe[src*=\"/mlops/\"]')", what="the MLOps iframe")
-    time.sleep(3)  # let the embedded page load its data for the screenshot
+    b.wait_for(in_frame("doc.body.dataset.loaded === 'true'"), what="the MLOps page's data inside the iframe")
+    sandbox = b.eval("document.querySelector('iframe[src*=\"/mlops/\"]').getAttribute('sandbox')")
+    assert "allow-modals" not in sandbox and "allow-top-navigation" not in sandbox, sandbox
+
+
+def test_mlops_is_in_the_navigation(logged_in, stack):
+    b = logged_in
+    b.reset_records()
+    open_mlops_through_the_navigation(b, stack)
+    assert b.eval(in_frame("[...doc.querySelectorAll('.error')].map(e => e.textContent)")) == []
+    assert b.eval(in_frame(f"!!doc.querySelector('section.model[data-model=\"{MODEL}\"]')"))
+    b.pump(2)
+    assert b.console_errors == [] and b.failed_requests == [], (b.console_errors, b.failed_requests)
     b.screenshot("03-mlops-in-airflow-ui")
+
+
+def press_in_the_frame(b: Browser, stack, scope: str, action: str) -> dict:
+    """
+    Press Retrain… or Roll back… in ``scope`` of the framed page, keep the form's parameters,
+    press Confirm, and return the run the page started (``dag_id``, ``run_id``) once Airflow has it.
+    """
+    b.eval(in_frame(f"doc.querySelector('{scope} button.{action}').click()"))
+    form = f"{scope} form.trigger-form[data-action={action}]"
+    dag_id = b.wait_for(in_frame(f"doc.querySelector('{form}')?.dataset.dagId"), what=f"the {action} form")
+    b.screenshot(f"05-{action}-form")
+    b.eval(in_frame(f"doc.querySelector('{form} button.confirm').click()"))
+    result = f"{scope} .run-result[data-action={action}][data-run-id]"
+    run_id = b.wait_for(in_frame(f"doc.querySelector('{result}')?.dataset.runId"), what=f"the {action} run")
+    assert b.eval(in_frame(f"doc.querySelector('{result}').dataset.dagId")) == dag_id
+    assert any(r["dag_run_id"] == run_id for r in stack.dag_runs(dag_id)), (dag_id, run_id)
+    return {"dag_id": dag_id, "run_id": run_id, "result": result}
+
+
+def test_retrain_and_roll_back_from_the_mlops_page_inside_airflow(logged_in, stack):
+    """
+    A person on the MLOps page, inside Airflow: Retrain… on the model, Confirm in the page, the
+    run it started succeeds with every task run; then Roll back… likewise. No dialog is used
+    (the iframe's sandbox ignores them), the result appears in the model's section with the
+    run's state kept up to date, and its link opens the run in Airflow's UI.
+    """
+    b = logged_in
+    b.reset_records()
+    open_mlops_through_the_navigation(b, stack)
+    model = f'section.model[data-model="{MODEL}"]'
+
+    retrain = press_in_the_frame(b, stack, model, "retrain")
+    state = stack.wait_run(retrain["dag_id"], retrain["run_id"], timeout=1800)
+    states = assert_every_task_ran(stack, retrain["dag_id"], retrain["run_id"], state)
+    assert "pick_months" in states
+    months = stack.xcom(retrain["dag_id"], retrain["run_id"], "pick_months")
+    assert months["start"].startswith("2013-"), months  # the form's default month: the replay clock
+    # the page polled the run to its end
+    b.wait_for(in_frame(f"doc.querySelector('{retrain['result']}').dataset.state === 'success'"), timeout=120)
+    b.screenshot("06-retrain-done")
+
+    rollback = press_in_the_frame(b, stack, model, "rollback")
+    state = stack.wait_run(rollback["dag_id"], rollback["run_id"], timeout=900)
+    assert_every_task_ran(stack, rollback["dag_id"], rollback["run_id"], state)
+    rolled = stack.xcom(rollback["dag_id"], rollback["run_id"], "rollback")
+    current = json.loads((stack.data_dir / "deployments" / DEPLOYMENT / "current.json").read_text())
+    assert str(current["version"]) == str(rolled["version"]) and rolled["changed"] is True
+    b.wait_for(
+        in_frame(f"doc.querySelector('{rollback['result']}').dataset.state === 'success'"), timeout=120
+    )
+    assert b.dialogs == []
+    b.pump(1)
+    assert b.console_errors == [] and b.failed_requests == [], (b.console_errors, b.failed_requests)
+
+    # the run's link opens the run in Airflow's UI (the parent page), not inside the frame
+    b.eval(in_frame(f"doc.querySelector('{rollback['result']} a.airflow-link').click()"))
+    path = f"/dags/{rollback['dag_id']}/runs/"
+    b.wait_for(f"location.pathname.startsWith({json.dumps(path)})", what="Airflow's page of the run")
+    b.screenshot("07-run-opened-from-the-page")
 
 
 def test_mlops_page_shows_champion_and_drift_chart(logged_in, stack, pipeline_run):
@@ -274,27 +178,6 @@ def test_mlops_page_shows_champion_and_drift_chart(logged_in, stack, pipeline_ru
     b.screenshot("04-mlops-page")
 
 
-def test_trigger_a_dag_run_from_the_page(logged_in, stack):
-    """The Retrain button: form, confirmation dialog, then a new run through Airflow's REST API."""
-    b = logged_in
-    # a DAG that fails fast on its own: the test checks the trigger, not another training run
-    b.goto(f"{stack.airflow_url}/mlops/?retrain_dag={BAD}")
-    b.wait_for("document.body.dataset.loaded === 'true'", what="the MLOps page's data")
-    before = {r["dag_run_id"] for r in stack.dag_runs(BAD)}
-    b.eval(f"document.querySelector('section.model[data-model=\"{MODEL}\"] button.retrain').click()")
-    assert b.eval("document.getElementById('trigger-dag').value") == BAD
-    b.screenshot("05-trigger-form")
-    b.eval("document.getElementById('trigger-submit').click()")
-    run_id = b.wait_for(
-        "document.getElementById('triggered-run')?.dataset.runId", what="the triggered run's id", timeout=60
-    )
-    assert b.dialogs and BAD in b.dialogs[-1]
-    b.screenshot("06-triggered")
-    runs = {r["dag_run_id"]: r for r in stack.dag_runs(BAD)}
-    assert run_id in runs and run_id not in before
-    assert runs[run_id]["conf"]["model_name"] == MODEL
-
-
 def test_train_task_links_to_its_mlflow_run(logged_in, stack, pipeline_run):
     b = logged_in
     links = stack.api("GET", f"/dags/{PIPELINE}/dagRuns/{quote(pipeline_run)}/taskInstances/train/links")
@@ -314,3 +197,37 @@ def test_train_task_links_to_its_mlflow_run(logged_in, stack, pipeline_run):
     shows_run = f"document.body.innerText.includes({json.dumps(train['run_id'])})"
     b.wait_for(shows_run, what="the MLflow run page", timeout=90)
     b.screenshot("08-mlflow-run")
+
+
+def test_every_page_we_serve_loads_without_error_and_nothing_from_outside(logged_in, stack, pipeline_run):
+    """The MLOps page, a drift check's report, a watched window's report and the Data Docs."""
+    from urllib.parse import urlsplit
+
+    b = logged_in
+
+    def extra_link(task_id: str, name: str) -> str:
+        links = stack.api(
+            "GET", f"/dags/{PIPELINE}/dagRuns/{quote(pipeline_run)}/taskInstances/{task_id}/links"
+        )
+        return (links.get("extra_links") or links)[name]
+
+    series = stack.request("GET", "/mlops/api/drift")["series"]
+    watched = next(p["report_url"] for s in series for p in s["points"] if p["source"] == "watcher")
+    pages = {
+        "mlops": f"{stack.airflow_url}/mlops/",
+        "drift report": extra_link("detect_drift", "Drift report"),
+        "watched window": stack.airflow_url + watched,
+        "data docs": extra_link("validate_flights", "Data Docs"),
+    }
+    for what, url in pages.items():
+        b.reset_records()
+        b.goto(url)
+        b.wait_for("document.readyState === 'complete'", what=f"the {what} page")
+        b.pump(3)
+        assert b.eval("document.title") and b.eval("!location.pathname.startsWith('/auth')"), what
+        assert b.console_errors == [], (what, url, b.console_errors)
+        assert b.failed_requests == [], (what, url, b.failed_requests)
+        remote = [urlsplit(u) for u in b.requested if urlsplit(u).scheme in ("http", "https", "ws", "wss")]
+        outside = [u.geturl() for u in remote if u.hostname != "127.0.0.1"]
+        assert outside == [], (what, outside)
+        b.screenshot(f"09-page-{what.replace(' ', '-')}")

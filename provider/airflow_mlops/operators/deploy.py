@@ -438,5 +438,8 @@ class SeldonRollbackOperator(SeldonDeployOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if self.seldon.mode == "kubernetes":
             return self._kubernetes().rollback(self.deployment_name, self.to_version)
-        self.reference_path = self.reference_path or self._target().get("reference_path")
+        target = self._target()
+        self.reference_path = self.reference_path or target.get("reference_path")
+        # the registered model the restored version belongs to, as a deploy records it
+        self.model_name = self.model_name or target.get("model_name")
         return self._deploy_local(context)

@@ -104,7 +104,7 @@ class FeastMaterializeOperator(_FeastOperator):
         self.incremental = incremental
 
     def execute(self, context: Context) -> dict[str, Any]:
-        start, end = resolve_interval(context, self.start, self.end, self.task_id)
+        start, end = resolve_interval(context, self.start, self.end, self.task_id, names=("start", "end"))
         hook = self.hook
         self.log.info(
             "Materializing %s for [%s, %s)%s%s, %s chunks; %s",

@@ -3,6 +3,8 @@
 FastAPI apps of plugins are mounted by Airflow's API server but not protected by it, so every
 route resolves its caller the way Airflow's own API does (the JWT of the ``Authorization:
 Bearer`` header, or the UI's ``_token`` cookie) and asks the configured auth manager.
+The HTML pages send a browser without a valid session to Airflow's login page instead of
+answering 401 (:func:`page_user`); the JSON routes answer 401 / 403.
 Airflow's security modules are imported inside the functions: they cost ~1.5 s and every
 Airflow process loads plugins, only the API server serves them.
 """
@@ -12,9 +14,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 _bearer = HTTPBearer(auto_error=False)
+
+
+class LoginRequired(Exception):
+    """A browser asked for a page without a valid session: send it to Airflow's login page."""
+
+    def __init__(self, login_url: str) -> None:
+        super().__init__(login_url)
+        self.login_url = login_url
 
 
 async def current_user(
@@ -24,6 +35,64 @@ async def current_user(
     from airflow.api_fastapi.core_api.security import get_user
 
     return await get_user(request, _oauth_token=None, bearer_credentials=credentials)
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def login_url(request: Request) -> str:
+    """
+    Airflow's login page (the auth manager's ``get_url_login``) with ``next`` back to this page.
+
+    ``next`` is the page's URL under ``[api] base_url`` when it is set (the address users
+    reach Airflow at), else the URL of the request; a login path without Airflow's base path
+    gets it.
+    """
+    from urllib.parse import urlsplit
+
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.configuration import conf
+
+    base = urlsplit(conf.get("api", "base_url", fallback="") or "")
+    if base.scheme and base.netloc:
+        origin = f"{base.scheme}://{base.netloc}"
+    else:
+        origin = f"{request.url.scheme}://{request.url.netloc}"
+    # the path as the browser sent it (still quoted: a run id may hold "/", ":" or "+")
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.url.path
+    next_url = origin + path + (f"?{request.url.query}" if request.url.query else "")
+    login = get_auth_manager().get_url_login(next_url=next_url)
+    prefix = base.path.rstrip("/")
+    if login.startswith("/") and prefix and not login.startswith(prefix + "/"):
+        login = prefix + login
+    return login
+
+
+async def page_user(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Any:
+    """
+    The caller of an HTML page: as :func:`current_user`, but a browser without a valid session
+    (no ``_token`` cookie, or an expired or revoked one; no ``Authorization`` header; ``Accept:
+    text/html``) is redirected to Airflow's login page, which brings it back here afterwards.
+    Scripts (a bearer token, or no ``text/html`` in ``Accept``) still get 401 / 403.
+    """
+    try:
+        return await current_user(request, credentials)
+    except HTTPException as err:
+        if credentials is None and _wants_html(request) and err.status_code in (401, 403):
+            raise LoginRequired(login_url(request)) from err
+        raise
+
+
+async def redirect_to_login(request: Request, exc: Exception) -> RedirectResponse:
+    """The app's handler of :class:`LoginRequired`: a redirect that is never cached."""
+    assert isinstance(exc, LoginRequired)
+    return RedirectResponse(
+        exc.login_url, status_code=status.HTTP_302_FOUND, headers={"Cache-Control": "no-store"}
+    )
 
 
 def authorize_dag_tasks(user: Any, dag_id: str) -> None:

@@ -15,7 +15,9 @@ The report lives in ``[mlops] data_dir``/drift/<dag_id>/<run>/ (``<run>`` is the
 characters other than letters, digits and ``-_.`` replaced by ``_``), or where the task's
 result (XCom ``return_value``, key ``report``) says, as long as that is inside the ``drift``
 folder: nothing else is served. Every request needs read access to the task instances of
-the DAG (401 without credentials, 403 otherwise), as the Data Docs route.
+the DAG (401 without credentials, 403 otherwise), as the Data Docs route; a browser without a
+session asking for a page is sent to Airflow's login page instead. Each page links back to the
+MLOps page ("← MLOps"): it opens in the same frame as the MLOps page, inside Airflow's UI.
 
 Only light imports at module level: plugins are loaded by every Airflow process.
 """
@@ -32,14 +34,27 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import FileResponse, HTMLResponse
 
 from airflow_mlops.links.drift import DRIFT_REPORT_ROUTE
+from airflow_mlops.links.great_expectations import URL_PREFIX
 from airflow_mlops.plugins.auth import authorize_dag_tasks as _authorize
 from airflow_mlops.plugins.auth import current_user as _user
+from airflow_mlops.plugins.auth import page_user as _page_user
 from airflow_mlops.plugins.auth import readable_dag_ids
 
 router = APIRouter()
 #: the page of a window of served traffic a ``DriftEventTrigger`` tested
 DRIFT_WINDOW_ROUTE = "/drift-window"
 User = Annotated[Any, Depends(_user)]
+#: the caller of a page: a browser without a session is sent to Airflow's login page
+PageUser = Annotated[Any, Depends(_page_user)]
+
+
+def mlops_page_path() -> str:
+    """Path of the MLOps page (under the path of ``[api] base_url``): the reports' back link."""
+    from urllib.parse import urlsplit
+
+    from airflow.configuration import conf
+
+    return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/") + URL_PREFIX + "/"
 
 
 def drift_root() -> Path:
@@ -117,13 +132,20 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 
 
 def render_report(
-    report: dict[str, Any], *, source: list[tuple[str, str]], window: Any, plot_url: str | None
+    report: dict[str, Any],
+    *,
+    source: list[tuple[str, str]],
+    window: Any,
+    plot_url: str | None,
+    back_url: str | None = None,
 ) -> str:
     """
     The page of one report (every value from the file HTML-escaped).
 
     :param source: what made the report, as ``(label, value)`` pairs: DAG, run and task of a
         check, or the deployment and window a watcher tested.
+    :param back_url: the MLOps page, linked as "← MLOps" (the report opens in the same frame,
+        inside Airflow's UI).
     """
     e = html.escape
     drift = bool(report.get("is_drift"))
@@ -165,6 +187,7 @@ def render_report(
         f'<tr><th>{label}</th><td id="{key}">{value}</td></tr>\n' for key, label, value in facts
     )
     made_by = ", ".join(f"{e(label)} <code>{e(str(value))}</code>" for label, value in source)
+    back = f'<nav><a id="back" href="{e(back_url)}" target="_self">← MLOps</a></nav>\n' if back_url else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Drift report — {" / ".join(e(str(value)) for _, value in source)}</title>
@@ -174,9 +197,10 @@ def render_report(
   td, th {{ border-bottom: 1px solid #d0d7de; padding: 4px 10px; text-align: left; }}
   tr.drift td {{ color: #b42318; font-weight: 600; }} .muted {{ color: #57606a; }}
   .verdict.drift {{ color: #b42318; }} .verdict.ok {{ color: #1a7f37; }} img {{ max-width: 100%; }}
+  nav a {{ color: #017cee; text-decoration: none; }} nav a:hover {{ text-decoration: underline; }}
 </style></head>
 <body>
-<h1>Drift report</h1>
+{back}<h1>Drift report</h1>
 <div class="muted" id="source">{made_by}</div>
 <h2 class="verdict {"drift" if drift else "ok"}">{"Drift found" if drift else "No drift"}</h2>
 <table id="summary">
@@ -192,7 +216,7 @@ def render_report(
 @router.get(
     DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse, name="drift_report"
 )
-def drift_report(dag_id: str, run_id: str, task_id: str, user: User) -> HTMLResponse:
+def drift_report(dag_id: str, run_id: str, task_id: str, user: PageUser) -> HTMLResponse:
     """The drift report of one task instance as a page."""
     _authorize(user, dag_id)
     folder, result = report_dir(dag_id, run_id, task_id)
@@ -210,6 +234,7 @@ def drift_report(dag_id: str, run_id: str, task_id: str, user: User) -> HTMLResp
         window=result.get("window"),
         # relative to this page: .../<task_id>/pvalues.png
         plot_url=f"{quote(task_id, safe='')}/pvalues.png" if has_plot else None,
+        back_url=mlops_page_path(),
     )
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
@@ -242,7 +267,7 @@ def window_dir(deployment: str, window_id: str) -> tuple[Path, dict[str, Any]]:
 @router.get(
     DRIFT_WINDOW_ROUTE + "/{deployment}/{window_id}", response_class=HTMLResponse, name="drift_window"
 )
-def drift_window(deployment: str, window_id: str, user: User) -> HTMLResponse:
+def drift_window(deployment: str, window_id: str, user: PageUser) -> HTMLResponse:
     """The report of one window of served traffic a drift watcher tested, as a page."""
     readable_dag_ids(user)  # the MLOps page's rule: read access to DAG runs
     folder, meta = window_dir(deployment, window_id)
@@ -260,6 +285,7 @@ def drift_window(deployment: str, window_id: str, user: User) -> HTMLResponse:
         source=source,
         window=meta.get("window"),
         plot_url=f"{quote(window_id, safe='')}/pvalues.png" if (folder / "pvalues.png").is_file() else None,
+        back_url=mlops_page_path(),
     )
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 

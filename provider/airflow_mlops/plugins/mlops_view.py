@@ -12,14 +12,20 @@
   ``GET /mlops/drift-window/<deployment>/<window_id>`` — a watched window's (:mod:`.drift_report`).
 
 Every route needs Airflow's authentication (401 without credentials, 403 with a bad token or
-without read access to DAG runs). DAG-run details only name DAGs the caller may read.
+without read access to DAG runs; the HTML pages send a browser without a session to Airflow's
+login page instead). DAG-run details only name DAGs the caller may read.
 The page triggers retrain / rollback DAG runs through Airflow's own REST API
 (``POST /api/v2/dags/{dag_id}/dagRuns``) from the browser, with the UI's session cookie, so
 Airflow's permission checks and audit log apply to the write as to any other trigger.
 
+Which DAGs the buttons trigger is read from the serialized DAGs in Airflow's DB: *Retrain* the
+DAGs with an ``MlflowRegisterModelOperator`` of the model (default: the one that trained the
+champion), *Roll back* the DAGs with a ``SeldonRollbackOperator`` of a deployment serving it;
+the page shows each DAG's params as Airflow's trigger form does and sends them as ``conf``.
+
 Configuration (``[mlops]`` section, all optional): ``ui_mlflow_conn_id`` (``mlflow_default``),
-``ui_retrain_dag_id`` (default: the DAG that trained the champion), ``ui_rollback_dag_id``
-(default: none; the page asks). The page also takes ``?retrain_dag=`` / ``?rollback_dag=``.
+``ui_retrain_dag_id`` and ``ui_rollback_dag_id`` (override the DAGs found). The page also takes
+``?retrain_dag=`` / ``?rollback_dag=``.
 
 Only light imports at module level: plugins are loaded by every Airflow process, and the
 readers of :mod:`.sources` import what they need inside the request.
@@ -38,13 +44,23 @@ from fastapi.responses import HTMLResponse, Response
 
 from airflow_mlops.links.great_expectations import URL_PREFIX
 from airflow_mlops.plugins import data_docs, drift_report
-from airflow_mlops.plugins.auth import current_user, readable_dag_ids
+from airflow_mlops.plugins.auth import (
+    LoginRequired,
+    current_user,
+    page_user,
+    readable_dag_ids,
+    redirect_to_login,
+)
 
 PAGE_ROUTE = "/"
 API_ROUTE = "/api"
 _DAG_ID = re.compile(r"[A-Za-z0-9_.~:+-]{1,250}")
 
 User = Annotated[Any, Depends(current_user)]
+#: the caller of an HTML page: a browser without a session is sent to Airflow's login page
+PageUser = Annotated[Any, Depends(page_user)]
+RetrainDag = Annotated[str | None, Query(description="DAG triggered by the Retrain button")]
+RollbackDag = Annotated[str | None, Query(description="DAG triggered by the Roll back button")]
 router = APIRouter()
 
 
@@ -91,11 +107,7 @@ def render_page(config: dict[str, Any]) -> str:
 
 
 @router.get(PAGE_ROUTE, response_class=HTMLResponse, name="mlops_page")
-def page(
-    user: User,
-    retrain_dag: Annotated[str | None, Query(description="DAG triggered by the Retrain button")] = None,
-    rollback_dag: Annotated[str | None, Query(description="DAG triggered by the Roll back button")] = None,
-) -> HTMLResponse:
+def page(user: PageUser, retrain_dag: RetrainDag = None, rollback_dag: RollbackDag = None) -> HTMLResponse:
     """The MLOps page: models, deployments, drift and datasets (data loaded from ``api/...``)."""
     readable_dag_ids(user)
     config = {
@@ -141,12 +153,39 @@ def _read_registry(conn_id: str) -> tuple[Any, list[tuple[dict[str, Any], list[d
         ) from err
 
 
+def _configured_dag(query: str | None, name: str, setting: str) -> tuple[str, str] | None:
+    """``(dag_id, where it was set)`` of a button's DAG named by the page's query or the config."""
+    if value := _dag_id_param(query, name):
+        return value, f"?{name}="
+    if value := _conf(setting):
+        return value, f"[mlops] {setting}"
+    return None
+
+
+def _all_deployments(dag_ids: set[str], health: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The local and Kubernetes deployments, and the deploy results (XComs) they were read from."""
+    from airflow_mlops.plugins import sources
+
+    results = sources.xcoms(dag_ids, "return_value")
+    found = [
+        *sources.deployments(_data_dir(), health=health),
+        *sources.kubernetes_deployments(results, health=health),
+    ]
+    return found, results
+
+
 @router.get(API_ROUTE + "/models", name="mlops_models")
-def models(user: User) -> dict[str, Any]:
-    """Registered models with their versions, aliases and lineage (DAG run, dataset, validation)."""
+def models(user: User, retrain_dag: RetrainDag = None, rollback_dag: RollbackDag = None) -> dict[str, Any]:
+    """
+    Registered models with their versions, aliases and lineage (DAG run, dataset, validation),
+    and what the page's buttons trigger: ``retrain`` (the DAGs that register the model, with
+    their params) and ``rollbacks`` (per deployment serving the model, the DAGs that roll it back).
+    """
     from airflow_mlops.plugins import sources
 
     dag_ids = readable_dag_ids(user)
+    retrain_conf = _configured_dag(retrain_dag, "retrain_dag", "ui_retrain_dag_id")
+    rollback_conf = _configured_dag(rollback_dag, "rollback_dag", "ui_rollback_dag_id")
     client, registry = _read_registry(_conf("ui_mlflow_conn_id", "mlflow_default"))
     by_run = sources.validations_by_run(sources.validations(dag_ids))
     out = [
@@ -158,22 +197,39 @@ def models(user: User) -> dict[str, Any]:
         (v["dag_id"], v["dag_run_id"]) for v in everything if v["dag_id"] in dag_ids and v["dag_run_id"]
     )
     sources.attach_lineage(everything, dag_ids, runs, by_run)
+    catalog = sources.dag_catalog(dag_ids)
+    found, _ = _all_deployments(dag_ids, health=False)
     for entry in out:
         entry["aliases"] = {a: v["version"] for v in entry["versions"] for a in v["aliases"]}
         champion = next((v for v in entry["versions"] if "champion" in v["aliases"]), None)
         entry["trained_by_dag"] = champion["dag_id"] if champion else None
+        entry["retrain"] = sources.retrain_target(
+            entry["name"], catalog, entry["trained_by_dag"], configured=retrain_conf
+        )
+        entry["rollbacks"] = [
+            sources.rollback_target(d, catalog, configured=rollback_conf)
+            for d in found
+            if d.get("model_name") == entry["name"]
+        ]
     return {"tracking_uri": client.tracking_uri, "models": out}
 
 
 @router.get(API_ROUTE + "/deployments", name="mlops_deployments")
-def deployments(user: User) -> dict[str, Any]:
-    """Deployments: endpoint, version served, health, traffic split and the last rollout."""
+def deployments(user: User, rollback_dag: RollbackDag = None) -> dict[str, Any]:
+    """
+    Deployments: endpoint, version served, health, traffic split, the last rollout (the latest
+    try of a task that rolls it out, with the outcome that try recorded) and ``rollback``: the
+    DAGs that roll it back, with their params.
+    """
     from airflow_mlops.plugins import sources
 
     dag_ids = readable_dag_ids(user)
-    results = sources.xcoms(dag_ids, "return_value")
-    found = [*sources.deployments(_data_dir()), *sources.kubernetes_deployments(results)]
-    sources.attach_rollouts(found, results)
+    rollback_conf = _configured_dag(rollback_dag, "rollback_dag", "ui_rollback_dag_id")
+    found, results = _all_deployments(dag_ids, health=True)
+    catalog = sources.dag_catalog(dag_ids)
+    sources.attach_rollouts(found, results, catalog)
+    for deployment in found:
+        deployment["rollback"] = sources.rollback_target(deployment, catalog, configured=rollback_conf)
     return {"deployments": found}
 
 
@@ -213,6 +269,7 @@ def create_app() -> FastAPI:
     app.include_router(router)
     app.include_router(data_docs.router)
     app.include_router(drift_report.router)
+    app.add_exception_handler(LoginRequired, redirect_to_login)
     return app
 
 

@@ -287,16 +287,19 @@ def validations_by_run(summaries: list[dict[str, Any]]) -> dict[tuple[str, str],
     return by_run
 
 
-def task_outcome(dag_id: str, task_id: str) -> dict[str, Any] | None:
-    """The latest try of ``task_id`` in ``dag_id``: its state, run and end."""
+def latest_task_instance(tasks: Iterable[tuple[str, str]]) -> dict[str, Any] | None:
+    """The latest started try among the ``(dag_id, task_id)`` tasks: its state, run, start and end."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import select, tuple_
 
+    tasks = list(set(tasks))
+    if not tasks:
+        return None
     with create_session() as session:
         ti = session.execute(
             select(TaskInstance)
-            .where(TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id)
+            .where(tuple_(TaskInstance.dag_id, TaskInstance.task_id).in_(tasks))
             .order_by(TaskInstance.start_date.desc().nulls_last())
             .limit(1)
         ).scalar_one_or_none()
@@ -307,9 +310,15 @@ def task_outcome(dag_id: str, task_id: str) -> dict[str, Any] | None:
             "task_id": ti.task_id,
             "run_id": ti.run_id,
             "state": str(ti.state) if ti.state is not None else None,
+            "start_date": _iso(ti.start_date),
             "end_date": _iso(ti.end_date),
             "url": dag_run_url(ti.dag_id, ti.run_id),
         }
+
+
+def task_outcome(dag_id: str, task_id: str) -> dict[str, Any] | None:
+    """The latest try of ``task_id`` in ``dag_id``: its state, run and end."""
+    return latest_task_instance([(dag_id, task_id)])
 
 
 def triggered_runs(dag_id: str, run_id: str, report: str) -> list[dict[str, Any]]:
@@ -331,6 +340,251 @@ def triggered_runs(dag_id: str, run_id: str, report: str) -> list[dict[str, Any]
             if (event.extra or {}).get("report") in (None, report)
             for run in event.created_dagruns
         ]
+
+
+# --------------------------------------------------------------------------- serialized DAGs
+
+#: the operators the page's buttons look for in the DAGs (by class name, as serialized)
+REGISTER_OPERATOR = "MlflowRegisterModelOperator"
+ROLLBACK_OPERATOR = "SeldonRollbackOperator"
+#: the module of the operators that roll a deployment out (deploy, rollback, promote)
+DEPLOY_MODULE = "airflow_mlops.operators.deploy"
+#: the task attributes kept from the serialized DAG (only strings: a templated one stays a template)
+_TASK_FIELDS = ("model_name", "deployment_name", "namespace")
+
+
+def _plain(value: Any) -> Any:
+    """A value of a serialized DAG without the serializer's ``{"__type", "__var"}`` envelopes."""
+    if isinstance(value, dict):
+        if "__type" in value and "__var" in value:
+            kind, var = value["__type"], value["__var"]
+            if kind == "datetime" and isinstance(var, int | float):
+                return datetime.fromtimestamp(var, UTC).isoformat()
+            return _plain(var)
+        if value.get("__type") == "arg_not_set":
+            return None
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dag_params(dag: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    The DAG-level params of a serialized DAG, in their order, as Airflow's trigger form shows
+    them: ``name``, ``default``, ``description`` and the JSON ``schema`` (``type``, ``enum``,
+    ``values_display``, ``minimum``...).
+    """
+    raw = dag.get("params") or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    out = []
+    for name, param in pairs:
+        if isinstance(param, dict) and "__class" in param:
+            default, description, schema = param.get("default"), param.get("description"), param.get("schema")
+        else:  # a bare value (old serialization): a param without schema
+            default, description, schema = param, None, {}
+        schema = _plain(schema)
+        out.append(
+            {
+                "name": str(name),
+                "default": _plain(default),
+                "description": _plain(description) or (schema or {}).get("description_md"),
+                "schema": schema if isinstance(schema, dict) else {},
+            }
+        )
+    return out
+
+
+def _task_summary(task: dict[str, Any]) -> dict[str, Any]:
+    task = task.get("__var", task)
+    summary = {
+        "task_id": task.get("task_id"),
+        "task_type": task.get("task_type") or task.get("_task_type"),
+        "module": task.get("_task_module"),
+    }
+    for field in _TASK_FIELDS:
+        if isinstance(task.get(field), str):
+            summary[field] = task[field]
+    return summary
+
+
+def dag_catalog(dag_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """
+    What the page needs of each given DAG, from its latest serialized version in Airflow's DB:
+    ``dag_id``, ``is_paused``, ``params`` (:func:`dag_params`) and ``tasks`` (id, class name,
+    module and the string arguments the buttons match on: ``model_name``, ``deployment_name``).
+
+    DAGs whose file is gone (stale) are left out.
+    """
+    from airflow.models.dag import DagModel
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag_ids = list(dag_ids)
+    if not dag_ids:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    with create_session() as session:
+        paused = dict(
+            session.execute(
+                select(DagModel.dag_id, DagModel.is_paused).where(
+                    DagModel.dag_id.in_(dag_ids), DagModel.is_stale.is_(False)
+                )
+            ).all()
+        )
+        if not paused:
+            return {}
+        for row in SerializedDagModel.get_latest_serialized_dags(dag_ids=list(paused), session=session):
+            try:
+                out[row.dag_id] = catalog_entry(row.dag_id, row.data or {}, bool(paused.get(row.dag_id)))
+            except Exception:  # a DAG serialized in a format this reader does not know: skip it
+                continue
+    return out
+
+
+def catalog_entry(dag_id: str, data: dict[str, Any], is_paused: bool = False) -> dict[str, Any]:
+    """One DAG of :func:`dag_catalog` from its serialized form (``{"dag": {...}}``)."""
+    dag = data.get("dag") or {}
+    return {
+        "dag_id": dag_id,
+        "is_paused": is_paused,
+        "params": dag_params(dag),
+        "tasks": [_task_summary(t) for t in dag.get("tasks") or [] if isinstance(t, dict)],
+    }
+
+
+def tasks_of(catalog: dict[str, dict[str, Any]], task_type: str, **fields: str) -> list[dict[str, Any]]:
+    """The tasks of class ``task_type`` whose arguments equal ``fields``, with their ``dag_id``."""
+    return [
+        {**task, "dag_id": dag_id}
+        for dag_id, dag in sorted(catalog.items())
+        for task in dag["tasks"]
+        if task.get("task_type") == task_type and all(task.get(k) == v for k, v in fields.items())
+    ]
+
+
+def deploy_tasks(catalog: dict[str, dict[str, Any]], deployment: str) -> list[dict[str, Any]]:
+    """The deploy-family tasks (deploy, rollback, promote) that roll out ``deployment``."""
+    return [
+        {**task, "dag_id": dag_id}
+        for dag_id, dag in catalog.items()
+        for task in dag["tasks"]
+        if task.get("module") == DEPLOY_MODULE and task.get("deployment_name") == deployment
+    ]
+
+
+def _target_dag(catalog: dict[str, dict[str, Any]], dag_id: str, why: str, **extra: Any) -> dict[str, Any]:
+    dag = catalog[dag_id]
+    return {
+        "dag_id": dag_id,
+        "is_paused": dag["is_paused"],
+        "params": dag["params"],
+        "why": why,
+        "url": f"/dags/{quote(dag_id, safe='')}",
+        **extra,
+    }
+
+
+def _configured(catalog: dict[str, dict[str, Any]], dag_id: str, setting: str) -> tuple[list, str | None]:
+    if dag_id in catalog:
+        return [_target_dag(catalog, dag_id, f"set by {setting}")], None
+    return [], (
+        f"DAG {dag_id!r} (set by {setting}) does not exist, is no longer in a DAG file, or you "
+        "may not read it."
+    )
+
+
+def retrain_target(
+    model: str,
+    catalog: dict[str, dict[str, Any]],
+    trained_champion: str | None = None,
+    configured: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """
+    The DAGs the *Retrain* button of ``model`` may trigger: ``{"dags", "default", "reason"}``.
+
+    :param model: the registered model's name.
+    :param catalog: the readable DAGs (:func:`dag_catalog`).
+    :param trained_champion: the DAG that trained the champion (its ``airflow.dag_id`` tag): the
+        default among several, and the only candidate when no DAG registers ``model`` by name.
+    :param configured: ``(dag_id, setting)`` from ``[mlops] ui_retrain_dag_id`` or ``?retrain_dag=``:
+        then that DAG only.
+    """
+    if configured:
+        dags, reason = _configured(catalog, *configured)
+    else:
+        registering = tasks_of(catalog, REGISTER_OPERATOR, model_name=model)
+        ids = sorted({t["dag_id"] for t in registering})
+        dags = [
+            _target_dag(
+                catalog,
+                d,
+                f"registers {model} ({', '.join(t['task_id'] for t in registering if t['dag_id'] == d)})",
+            )
+            for d in ids
+        ]
+        if not dags and trained_champion in catalog:
+            dags = [_target_dag(catalog, trained_champion, "trained the champion (its airflow.dag_id tag)")]
+        reason = None
+        if not dags:
+            reason = (
+                f"No DAG you may read registers {model!r}: add a DAG with "
+                f"MlflowRegisterModelOperator(model_name={model!r}) (see docs/registry.md), or name the "
+                "DAG in [mlops] ui_retrain_dag_id."
+            )
+    ids = [d["dag_id"] for d in dags]
+    default = trained_champion if trained_champion in ids else (ids[0] if ids else None)
+    return {"dags": dags, "default": default, "reason": reason}
+
+
+def rollback_target(
+    deployment: dict[str, Any],
+    catalog: dict[str, dict[str, Any]],
+    configured: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """
+    What the *Roll back* button of one deployment triggers: the deployment (name, mode, version
+    served, previous version, versions served before) with ``dags`` (the DAGs with a
+    ``SeldonRollbackOperator`` whose ``deployment_name`` is this deployment), ``default`` and
+    ``reason`` (why there is none).
+
+    :param deployment: from :func:`deployments` or :func:`kubernetes_deployments`.
+    :param configured: ``(dag_id, setting)`` from ``[mlops] ui_rollback_dag_id`` or ``?rollback_dag=``.
+    """
+    name = deployment["name"]
+    if configured:
+        dags, reason = _configured(catalog, *configured)
+    else:
+        tasks = tasks_of(catalog, ROLLBACK_OPERATOR, deployment_name=name)
+        ids = sorted({t["dag_id"] for t in tasks})
+        dags = [
+            _target_dag(
+                catalog,
+                d,
+                f"rolls back {name}",
+                task_id=next(t["task_id"] for t in tasks if t["dag_id"] == d),
+            )
+            for d in ids
+        ]
+        reason = None
+        if not dags:
+            reason = (
+                f"No DAG you may read rolls back {name!r}: add a DAG with "
+                f"SeldonRollbackOperator(deployment_name={name!r}) (see docs/serving.md), or name the "
+                "DAG in [mlops] ui_rollback_dag_id."
+            )
+    return {
+        "deployment": name,
+        "namespace": deployment.get("namespace"),
+        "mode": deployment.get("mode"),
+        "version": deployment.get("version"),
+        "previous_version": deployment.get("previous_version"),
+        "served_before": deployment.get("served_before") or [],
+        "dags": dags,
+        "default": dags[0]["dag_id"] if dags else None,
+        "reason": reason,
+    }
 
 
 # --------------------------------------------------------------------------- files
@@ -368,6 +622,16 @@ def endpoint_health(state: dict[str, Any]) -> str:
     return "healthy" if ok else "unhealthy"
 
 
+def _served_before(state: dict[str, Any]) -> list[str]:
+    """The versions a local deployment served before the current one, newest first, once each."""
+    out: list[str] = []
+    for record in reversed(state.get("history") or []):
+        version = str(record.get("version"))
+        if record.get("version") is not None and version != str(state.get("version")) and version not in out:
+            out.append(version)
+    return out
+
+
 def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
     """
     The local Seldon deployments (``deployments/<name>/current.json``, written by SeldonHook).
@@ -397,6 +661,8 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
                 "mode": "local",
                 "version": str(state.get("version")),
                 "previous_version": state.get("previous_version"),
+                # what a rollback can go back to: the versions served before, newest first
+                "served_before": _served_before(state),
                 "endpoint": state.get("endpoint"),
                 "health": endpoint_health(state) if health else None,
                 "traffic": traffic,
@@ -475,6 +741,7 @@ def kubernetes_deployments(deploy_xcoms: list[dict[str, Any]], health: bool = Tr
                 "mode": "kubernetes",
                 "version": served or str(value.get("version")),
                 "previous_version": value.get("previous_version"),
+                "served_before": [str(value["previous_version"])] if value.get("previous_version") else [],
                 "endpoint": value.get("endpoint"),
                 "health": status,
                 "health_message": message,
@@ -487,8 +754,41 @@ def kubernetes_deployments(deploy_xcoms: list[dict[str, Any]], health: bool = Tr
     return out
 
 
-def attach_rollouts(found: list[dict[str, Any]], deploy_xcoms: list[dict[str, Any]]) -> None:
-    """Set each deployment's ``last_rollout``: the latest try of the task that deploys it."""
+#: seconds of clock difference allowed between the task's start/end and the outcome's ``at``
+OUTCOME_SLACK_S = 5.0
+
+
+def outcome_of_run(rollout: dict[str, Any], outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """
+    ``outcome`` (the deployment's ``last_rollout`` record) if the task try ``rollout`` wrote it.
+
+    The record carries no run id, only the time it was written (``at``): it belongs to the try
+    when that time lies between the try's start and end (now while it runs). A try that failed
+    before recording anything must not be shown with the previous rollout's outcome.
+    """
+    if not outcome or outcome.get("at") is None or not rollout.get("start_date"):
+        return None
+    start = datetime.fromisoformat(rollout["start_date"]).timestamp()
+    end = datetime.fromisoformat(rollout["end_date"]).timestamp() if rollout.get("end_date") else None
+    at = float(outcome["at"])
+    if at < start - OUTCOME_SLACK_S or (end is not None and at > end + OUTCOME_SLACK_S):
+        return None
+    return outcome
+
+
+def attach_rollouts(
+    found: list[dict[str, Any]],
+    deploy_xcoms: list[dict[str, Any]],
+    catalog: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """
+    Set each deployment's ``last_rollout``: the latest try of a task that rolls it out.
+
+    Those tasks are the ones whose result names the deployment (XComs) and the deploy-family
+    tasks of the readable DAGs whose ``deployment_name`` is the deployment (``catalog``, see
+    :func:`dag_catalog`): a try that failed before returning anything counts too. The try gets
+    the outcome the deployment recorded only when that try recorded it (:func:`outcome_of_run`).
+    """
     for deployment in found:
         mine = [
             x
@@ -498,13 +798,24 @@ def attach_rollouts(found: list[dict[str, Any]], deploy_xcoms: list[dict[str, An
             and x["value"].get("mode", "local") == deployment["mode"]
             and x["value"].get("namespace") == deployment.get("namespace")
         ]
-        if not mine:
+        tasks = {(x["dag_id"], x["task_id"]) for x in mine}
+        tasks |= {(t["dag_id"], t["task_id"]) for t in deploy_tasks(catalog or {}, deployment["name"])}
+        outcome = latest_task_instance(tasks)
+        if outcome is None:
             continue
-        latest = mine[0]  # newest first
-        outcome = task_outcome(latest["dag_id"], latest["task_id"])
-        if outcome and outcome["run_id"] == latest["run_id"]:
-            outcome["changed"] = latest["value"].get("changed")
-            outcome["version"] = latest["value"].get("version")
+        result = next(
+            (
+                x
+                for x in mine
+                if (x["dag_id"], x["run_id"], x["task_id"])
+                == tuple(outcome[k] for k in ("dag_id", "run_id", "task_id"))
+            ),
+            None,
+        )
+        if result is not None:
+            outcome["changed"] = result["value"].get("changed")
+            outcome["version"] = result["value"].get("version")
+        outcome["outcome"] = outcome_of_run(outcome, deployment.get("rollout_outcome"))
         deployment["last_rollout"] = outcome
 
 
@@ -675,11 +986,24 @@ def drift_series(points: list[dict[str, Any]], found: list[dict[str, Any]]) -> l
     return list(groups.values())
 
 
+def _newest_first(version: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        str(version.get("interval_start") or ""),
+        str(version.get("ingested_at") or ""),
+        version["version"],
+    )
+
+
 def datasets(
     data_dir: Path, by_version: dict[str, dict[str, Any]], dag_ids: set[str]
 ) -> list[dict[str, Any]]:
     """
-    Every dataset under ``datasets/`` with its versions (newest first) and their validation.
+    Every dataset under ``datasets/`` with its versions and their validation, the versions
+    sorted by interval start, newest first (then by ingestion, newest first).
+
+    A derived version (its manifest names the version it was ``derived_from``, e.g. the daily
+    carrier statistics of a flights snapshot) gets ``derived_from``: that version's dataset,
+    ingestion run and validation.
 
     :param data_dir: the provider's data folder.
     :param by_version: validation summaries by the dataset version they checked.
@@ -702,10 +1026,28 @@ def datasets(
                 "run_id": m.get("run_id") if m.get("dag_id") in dag_ids else None,
                 "quarantined": m.get("quarantined"),
                 "validation": by_version.get(m["version"]),
+                "derived_from": m.get("derived_from"),
             }
-            for m in reversed(manifests)
+            for m in manifests
         ]
+        versions.sort(key=_newest_first, reverse=True)
         out.append({"name": folder.name, "versions": versions})
+    known = {v["version"]: (d["name"], v) for d in out for v in d["versions"]}
+    for d in out:
+        for v in d["versions"]:
+            source = v["derived_from"]
+            if not source:
+                continue
+            name, origin = known.get(str(source), (None, {}))
+            v["derived_from"] = {
+                "dataset": name,
+                "version": str(source),
+                "interval_start": origin.get("interval_start"),
+                "interval_end": origin.get("interval_end"),
+                "dag_id": origin.get("dag_id"),
+                "run_id": origin.get("run_id"),
+                "validation": origin.get("validation"),
+            }
     return out
 
 

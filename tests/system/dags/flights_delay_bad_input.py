@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG
-from include.flights_pipeline import train_register_deploy
+from include.flights_pipeline import pick_months, train_register_deploy
 
 BAD_MODEL_NAME = "flights_delay_bad_input"
 
@@ -29,9 +29,10 @@ with DAG(
     catchup=False,
     tags=["test"],
 ) as dag:
+    months = pick_months()
     train_register_deploy(
-        "{{ data_interval_start }}",
-        "{{ data_interval_end }}",
+        months["start"],
+        months["end"],
         model_name=BAD_MODEL_NAME,
         deployment_name="flights-delay-bad-input",
         flights_source=flights_with_broken_arr_delay,

@@ -12,13 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG
-from include.flights_pipeline import (
-    DRIFT_MACROS,
-    DRIFT_WINDOW_END,
-    DRIFT_WINDOW_START,
-    drift_asset,
-    train_register_deploy,
-)
+from include.flights_pipeline import drift_asset, pick_months, train_register_deploy
 
 MODEL = "flights_loop"
 DEPLOYMENT = "flights-loop"
@@ -33,7 +27,8 @@ with DAG(
     catchup=False,
     tags=["test"],
 ):
-    train_register_deploy("{{ data_interval_start }}", "{{ data_interval_end }}", MODEL, DEPLOYMENT)
+    months = pick_months()  # the interval the test triggers it with (January–March 2013)
+    train_register_deploy(months["start"], months["end"], MODEL, DEPLOYMENT)
 
 with DAG(
     dag_id="flights_loop_retrain",
@@ -41,7 +36,7 @@ with DAG(
     start_date=datetime(2013, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    user_defined_macros=DRIFT_MACROS,
     tags=["test"],
 ):
-    train_register_deploy(DRIFT_WINDOW_START, DRIFT_WINDOW_END, MODEL, DEPLOYMENT)
+    months = pick_months()  # the drift event's window, in whole months
+    train_register_deploy(months["start"], months["end"], MODEL, DEPLOYMENT)

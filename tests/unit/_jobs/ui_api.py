@@ -21,7 +21,14 @@ What it sets up, all with the provider's real code:
 * after each run, the deployment's drift watcher — the ``DriftEventTrigger`` of the retraining
   DAG's ``AssetWatcher`` — runs in this process on the requests the check sent: one window each,
   and the event of the drifted one is registered the way the triggerer does, then linked to a
-  second retraining run.
+  second retraining run;
+* the DAGs the page's buttons find in the serialized DAGs (``dag.test()`` syncs the whole DAG
+  file): two DAGs with an ``MlflowRegisterModelOperator`` of the model (one with the example
+  pipeline's Params), one with a ``SeldonRollbackOperator`` of the deployment, one rolling back
+  another deployment; a second registered model served by a (stopped) deployment that no DAG
+  rolls back; a deploy run that fails before recording an outcome (the deployment's record still
+  holds the previous rollout's); dataset snapshots ingested out of interval order and a table
+  derived from the flights snapshot.
 
 Then builds the API server's FastAPI app the way ``airflow api-server`` does and dumps the
 status and JSON of each request.
@@ -37,6 +44,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registry"))
@@ -46,6 +54,11 @@ MODEL = "ui_flights_delay"
 PIPELINE = "ui_pipeline"
 RETRAIN = "ui_retrain"
 DEPLOYMENT = "ui-flights-delay"
+#: the DAGs the page's buttons trigger (never run here, except the broken deploy)
+TRAIN, TRAIN_WEEKLY, ROLLBACK = "ui_train", "ui_train_weekly", "ui_rollback"
+ROLLBACK_ELSEWHERE, BROKEN_DEPLOY = "ui_rollback_elsewhere", "ui_deploy_broken"
+#: a model whose deployment no DAG rolls back, and which no DAG registers
+OTHER_MODEL, OTHER_DEPLOYMENT = "ui_other_model", "ui-other"
 WEEK = ("2013-01-07T00:00:00+00:00", "2013-01-14T00:00:00+00:00")
 #: rows of each checked window: also the watcher's window
 WINDOW_ROWS = 2000
@@ -58,12 +71,13 @@ CHECKS = [
 DAG_FILE = """\
 from datetime import datetime, timezone
 
-from airflow.sdk import DAG, Asset, AssetAlias, AssetWatcher, task
+from airflow.sdk import DAG, Asset, AssetAlias, AssetWatcher, Param, task
 
 from airflow_mlops.example_data.nycflights13 import WEATHER_FEATURES
-from airflow_mlops.operators.deploy import SeldonDeployOperator
+from airflow_mlops.operators.deploy import SeldonDeployOperator, SeldonRollbackOperator
 from airflow_mlops.operators.drift import DriftDetectOperator
 from airflow_mlops.operators.ingest import IngestOperator
+from airflow_mlops.operators.registry import MlflowRegisterModelOperator
 from airflow_mlops.triggers.drift import EVENT_TIME, DriftEventTrigger
 
 DRIFT = Asset(name="ui_drift", uri="x-mlops://tests/ui-drift")
@@ -119,6 +133,33 @@ with DAG({retrain!r}, schedule=[SERVED_DRIFT], start_date=start, catchup=False):
         return "retrained"
 
     retrain()
+
+# what the page's Retrain / Roll back buttons find (by operator and argument) in the serialized DAGs
+MONTHS = ["replay"] + ["2013-%02d" % m for m in range(1, 13)]
+with DAG({train!r}, schedule=None, start_date=start, catchup=False, params={{
+    "month": Param("replay", type="string", enum=MONTHS, description="The month of flights to train on",
+                   values_display={{"replay": "From the run's date (replay clock)"}}),
+    "drift_check_offset_months": Param(1, type="integer", minimum=1, maximum=11,
+                                       description="Check drift on the month this many months later"),
+}}):
+    MlflowRegisterModelOperator(task_id="register", model_name={model!r}, run_id="{{{{ params.month }}}}")
+
+with DAG({train_weekly!r}, schedule=None, start_date=start, catchup=False):
+    MlflowRegisterModelOperator(task_id="register_weekly", model_name={model!r}, run_id="x")
+
+with DAG({rollback!r}, schedule=None, start_date=start, catchup=False, params={{
+    "to_version": Param(None, type=["null", "string"], description="Version to go back to"),
+}}):
+    SeldonRollbackOperator(task_id="rollback", deployment_name={deployment!r},
+                           to_version="{{{{ params.to_version or '' }}}}")
+
+with DAG({rollback_elsewhere!r}, schedule=None, start_date=start, catchup=False):
+    SeldonRollbackOperator(task_id="rollback", deployment_name="somewhere-else")
+
+# a deploy that fails before it records an outcome (the alias does not exist)
+with DAG({broken_deploy!r}, schedule=None, start_date=start, catchup=False):
+    SeldonDeployOperator(task_id="deploy", deployment_name={deployment!r}, model_name={model!r},
+                         alias="no_such_alias", drain_seconds=1)
 """
 
 
@@ -162,7 +203,46 @@ def register_models(url: str) -> list[str]:
         runs.append(run_id)
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    mlflow.register_model(f"runs:/{runs[0]}/model", OTHER_MODEL)
     return runs
+
+
+def other_deployment() -> None:
+    """A stopped deployment of the other model, recorded by SeldonHook's own writer."""
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    main = {"role": "main", "traffic": 100, "version": "1", "model_name": OTHER_MODEL, "endpoint": endpoint}
+    SeldonHook()._write_current(
+        OTHER_DEPLOYMENT,
+        {
+            "name": OTHER_DEPLOYMENT,
+            "predictors": [main],
+            "router": None,
+            "endpoint": endpoint,
+            "version": "1",
+            "pid": None,
+            "history": [],
+            "previous_version": None,
+            "updated_at": time.time(),
+        },
+    )
+
+
+def extra_snapshots(data_dir: Path, flights: dict) -> None:
+    """Snapshots ingested out of interval order, and a table derived from the flights snapshot."""
+    import pandas as pd
+    from airflow_mlops.datasets import write_snapshot
+
+    root = data_dir / "datasets"
+    for month in (2, 1, 3):  # ingested February, January, March
+        start, end = datetime(2013, month, 1, tzinfo=UTC), datetime(2013, month + 1, 1, tzinfo=UTC)
+        df = pd.DataFrame({"origin": ["EWR", "JFK"], "temp": [30.0 + month, 40.0 + month]})
+        write_snapshot(df, root, "ui_weather", start, end, {"dag_id": PIPELINE, "run_id": f"manual__{month}"})
+    # what the example pipeline's compute_carrier_stats writes
+    start, end = (datetime.fromisoformat(flights[k]) for k in ("interval_start", "interval_end"))
+    stats = pd.DataFrame({"carrier": ["UA", "AA"], "carrier_flights": [10.0, 12.0]})
+    write_snapshot(stats, root, "ui_carrier_daily", start, end, {"derived_from": flights["version"]})
 
 
 def tag_lineage(url: str, runs: list[tuple[str, str]], dataset_version: str) -> None:
@@ -232,6 +312,11 @@ def run_dags(flights: dict[str, str]) -> dict:
             week=WEEK,
             pipeline=PIPELINE,
             retrain=RETRAIN,
+            train=TRAIN,
+            train_weekly=TRAIN_WEEKLY,
+            rollback=ROLLBACK,
+            rollback_elsewhere=ROLLBACK_ELSEWHERE,
+            broken_deploy=BROKEN_DEPLOY,
             window_rows=WINDOW_ROWS,
             model_features=["hour", "distance", "dep_delay"],
         )
@@ -253,6 +338,7 @@ def run_dags(flights: dict[str, str]) -> dict:
         run = bag.dags[PIPELINE].test(logical_date=datetime(2024, 1, 1 + i, tzinfo=UTC), run_conf=conf)
         runs.append((PIPELINE, run.run_id, str(run.state)))
         watched.append(watch_one_window(watcher))
+    other_deployment()
     retrain = bag.dags[RETRAIN].test(logical_date=datetime(2024, 2, 1, tzinfo=UTC))
     (drifted,) = watched[1]
     watcher_retrain = bag.dags[RETRAIN].test(logical_date=datetime(2024, 2, 2, tzinfo=UTC))
@@ -288,8 +374,12 @@ def main(workdir: str, result_path: str) -> None:
         snapshots = list_snapshots(data_dir / "datasets", "flights")
         result["snapshots"] = snapshots
         tag_lineage(mlflow_url, [(PIPELINE, r[1]) for r in result["runs"]], snapshots[-1]["version"])
+        extra_snapshots(data_dir, snapshots[-1])
         result["endpoint"] = SeldonHook.current_state(DEPLOYMENT)["endpoint"]
         result["mlflow_url"] = mlflow_url
+        # the last rollout before and after a deploy that fails before recording an outcome
+        result["deployments before the failed deploy"] = deployments_now()
+        result["broken_deploy_run"] = run_broken_deploy()
         result["responses"] = request_everything(result)
     finally:
         SeldonHook().stop(DEPLOYMENT)
@@ -297,17 +387,54 @@ def main(workdir: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(result, default=str))
 
 
-def request_everything(setup: dict) -> dict:
-    from airflow.api_fastapi.app import create_app, get_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+def run_broken_deploy() -> dict:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]))
+    run = bag.dags[BROKEN_DEPLOY].test(logical_date=datetime(2024, 3, 1, tzinfo=UTC))
+    return {"run_id": run.run_id, "state": str(run.state)}
+
+
+_CLIENT: list = []
+
+
+def api_client():
+    """The API server's app, built the way ``airflow api-server`` does, in a TestClient (once)."""
+    from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app())
+    if not _CLIENT:
+        _CLIENT.append(TestClient(create_app()))
+    return _CLIENT[0]
+
+
+def viewer_headers() -> dict:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer"))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def deployments_now() -> dict:
+    response = api_client().get("/mlops/api/deployments", headers=viewer_headers())
+    return {"status": response.status_code, "body": response.json()}
+
+
+def request_everything(setup: dict) -> dict:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client = api_client()
     manager = get_auth_manager()
     tokens = {
         "viewer": manager.generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer")),
         "admin": manager.generate_jwt(SimpleAuthManagerUser(username="admin", role="admin")),
         "nobody": manager.generate_jwt(SimpleAuthManagerUser(username="nobody", role=None)),
+        # expired a minute ago (beyond the validator's leeway)
+        "expired": manager.generate_jwt(
+            SimpleAuthManagerUser(username="viewer", role="viewer"), expiration_time_in_seconds=-60
+        ),
     }
     paths = [
         "/mlops/",
@@ -327,6 +454,7 @@ def request_everything(setup: dict) -> dict:
             "status": response.status_code,
             "body": body,
             "content_type": response.headers.get("content-type"),
+            "location": response.headers.get("location"),
         }
 
     for path in paths:
@@ -349,18 +477,44 @@ def request_everything(setup: dict) -> dict:
     record("page with bad query", client.get("/mlops/?retrain_dag=x%3Cscript%3E", headers=bearer))
     record("icon", client.get("/mlops/static/icon.svg", headers=bearer))
     record("plugins", client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {tokens['admin']}"}))
-    # what the page's Retrain button does: POST to Airflow's REST API with the UI's session cookie
+    # what the page's Retrain button does: POST to Airflow's REST API with the UI's session cookie,
+    # the logical date "now", the DAG's params as conf; then it polls the run's state
     client.cookies.set("_token", tokens["admin"])
-    record(
-        "trigger with cookie",
-        client.post(
-            f"/api/v2/dags/{RETRAIN}/dagRuns", json={"logical_date": None, "conf": {"model_name": MODEL}}
-        ),
-    )
+    page_body = {
+        "logical_date": datetime.now(UTC).isoformat(),
+        "conf": {"month": "2013-03", "drift_check_offset_months": 2},
+        "note": "Triggered from the MLOps page",
+    }
+    record("trigger with cookie", client.post(f"/api/v2/dags/{TRAIN}/dagRuns", json=page_body))
+    triggered = out["trigger with cookie"]["body"]
+    if isinstance(triggered, dict) and triggered.get("dag_run_id"):
+        run_path = f"/api/v2/dags/{TRAIN}/dagRuns/{quote(triggered['dag_run_id'], safe='')}"
+        record("poll with cookie", client.get(run_path))
+    bad = {**page_body, "logical_date": datetime.now(UTC).isoformat(), "conf": {"month": "2099-01"}}
+    record("trigger with bad param", client.post(f"/api/v2/dags/{TRAIN}/dagRuns", json=bad))
     client.cookies.clear()
+    record("trigger anonymous", client.post(f"/api/v2/dags/{TRAIN}/dagRuns", json=page_body))
+    # the buttons' DAGs named by the page's query: resolved from the serialized DAGs too
     record(
-        "trigger anonymous",
-        client.post(f"/api/v2/dags/{RETRAIN}/dagRuns", json={"logical_date": None, "conf": {}}),
+        "models with query",
+        client.get(f"/mlops/api/models?retrain_dag={TRAIN_WEEKLY}&rollback_dag=nope", headers=bearer),
+    )
+    record("deployments with query", client.get("/mlops/api/deployments?rollback_dag=nope", headers=bearer))
+    # a browser (Accept: text/html) without a session is sent to the login page; scripts get 401
+    html = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    window = f"/mlops/drift-window/{DEPLOYMENT}/{setup['watcher_events'][1][0]['window_id']}"
+    for name, path in (
+        ("page", "/mlops/?retrain_dag=ui_train"),
+        ("window", window),
+        ("api", "/mlops/api/models"),
+    ):
+        record(f"browser logged out {name}", client.get(path, headers=html, follow_redirects=False))
+        client.cookies.set("_token", tokens["expired"])
+        record(f"browser expired {name}", client.get(path, headers=html, follow_redirects=False))
+        client.cookies.clear()
+    record(
+        "script bad token page",
+        client.get("/mlops/", headers={**html, "Authorization": "Bearer not-a-jwt"}, follow_redirects=False),
     )
     # MLflow down, or no such connection: a 502 that names the problem
     os.environ["AIRFLOW_CONN_MLFLOW_DOWN"] = json.dumps(

@@ -128,9 +128,19 @@ def main(result_path: str) -> None:
         "missing": (f"/mlops/drift-report/{DAG_ID}/no_such_run/{TASK_ID}", bearer),
         "drift api": ("/mlops/api/drift", bearer),
     }
+    # a browser without a session (none, or an expired one) asking for the page, and for the plot
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    expired = manager.generate_jwt(
+        SimpleAuthManagerUser(username="viewer", role="viewer"), expiration_time_in_seconds=-60
+    )
+    requests |= {
+        "browser logged out": (page, html),
+        "browser expired": (page, {**html, "Cookie": f"_token={expired}"}),
+        "plot browser logged out": (page + "/pvalues.png", {"Accept": "image/avif,image/webp,*/*"}),
+    }
     result: dict = {"run_id": run_id, "page": page, "link": link}
     for name, (path, headers) in requests.items():
-        response = client.get(path, headers=headers)
+        response = client.get(path, headers=headers, follow_redirects=False)
         body = response.content
         is_png = body.startswith(b"\x89PNG")
         result[name] = {
@@ -139,6 +149,7 @@ def main(result_path: str) -> None:
             "body": base64.b64encode(body).decode() if is_png else body.decode(errors="replace")[:20000],
             "png": is_png,
             "size": len(body),
+            "location": response.headers.get("location"),
         }
     # the plot file on disk, to compare with what was served
     folder = data_dir / "drift" / DAG_ID / "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)

@@ -150,6 +150,23 @@ def test_resolve_refuses_traversal_and_links_out(tmp_path):
         assert err.value.status_code == 404
 
 
+def test_report_pages_link_back_to_the_mlops_page(result):
+    assert '<a id="back" href="/mlops/" target="_self">← MLOps</a>' in result["page"]["body"]
+
+
+def test_a_browser_without_a_session_is_sent_to_the_login_page(result):
+    from urllib.parse import parse_qs, urlsplit
+
+    for name in ("browser logged out", "browser expired"):
+        answer = result[name]
+        assert answer["status"] == 302, answer
+        location = urlsplit(answer["location"])
+        assert location.path == "/auth/login"
+        # back to the report, under [api] base_url (where users reach Airflow)
+        assert parse_qs(location.query)["next"] == [BASE_URL + result_page(result)]
+    assert result["plot browser logged out"]["status"] == 401  # an image is not a page
+
+
 def test_render_escapes_values_from_the_report():
     from airflow_mlops.plugins.drift_report import render_report
 
