@@ -70,6 +70,12 @@ class _SeldonOperator(MlopsBaseOperator):
 
         return KubernetesRollout(self.seldon, poll_interval=self.poll_interval)
 
+    def _record_rollout(self, context: Context, **outcome: Any) -> None:
+        """The deployment's ``last_rollout``, naming the task try that made it (the MLOps page pairs them)."""
+        ti = context["ti"]
+        made_by = {k: getattr(ti, k) for k in ("dag_id", "run_id", "task_id", "try_number")}
+        self.seldon.record_rollout(self.deployment_name, {**outcome, "made_by": made_by})
+
     def _result(self, context: Context, changed: bool, **extra: Any) -> dict[str, Any]:
         from airflow_mlops.hooks.seldon import PREDICT_PATH, _main
 
@@ -322,7 +328,7 @@ class SeldonDeployOperator(_SeldonOperator):
             if self._pending is not None:  # started, never routed to: nothing else would stop it
                 seldon.stop_state(self._pending)
                 self._pending = None
-            seldon.record_rollout(name, {"outcome": "failed", "version": version, "message": str(err)[:500]})
+            self._record_rollout(context, outcome="failed", version=version, message=str(err)[:500])
             raise
         record = {
             "model_name": self.model_name,
@@ -336,7 +342,7 @@ class SeldonDeployOperator(_SeldonOperator):
         self._pending = None
         if self.feature_lookup is not None:
             self._configure_lookup()
-        seldon.record_rollout(name, {"outcome": "succeeded", "version": version, "strategy": self.strategy})
+        self._record_rollout(context, outcome="succeeded", version=version, strategy=self.strategy)
         self.log.info("%s serves version %s (%s) at %s", name, version, self.strategy, router["endpoint"])
         return self._result(context, changed=True, strategy=self.strategy)
 
@@ -387,10 +393,7 @@ class SeldonPromoteCanaryOperator(_SeldonOperator):
             )
             return self._result(context, changed=False)
         promoted = self.seldon.promote_canary(self.deployment_name, self.drain_seconds)
-        self.seldon.record_rollout(
-            self.deployment_name,
-            {"outcome": "succeeded", "version": promoted["version"], "strategy": "promote"},
-        )
+        self._record_rollout(context, outcome="succeeded", version=promoted["version"], strategy="promote")
         return self._result(context, changed=True)
 
 

@@ -309,6 +309,7 @@ def latest_task_instance(tasks: Iterable[tuple[str, str]]) -> dict[str, Any] | N
             "dag_id": ti.dag_id,
             "task_id": ti.task_id,
             "run_id": ti.run_id,
+            "try_number": ti.try_number,
             "state": str(ti.state) if ti.state is not None else None,
             "start_date": _iso(ti.start_date),
             "end_date": _iso(ti.end_date),
@@ -762,11 +763,21 @@ def outcome_of_run(rollout: dict[str, Any], outcome: dict[str, Any] | None) -> d
     """
     ``outcome`` (the deployment's ``last_rollout`` record) if the task try ``rollout`` wrote it.
 
-    The record carries no run id, only the time it was written (``at``): it belongs to the try
-    when that time lies between the try's start and end (now while it runs). A try that failed
-    before recording anything must not be shown with the previous rollout's outcome.
+    The record names the task try that wrote it (``made_by``); a record written before it did
+    carries only its time (``at``) and belongs to the try when that time lies between the try's
+    start and end (now while it runs). A try that failed before recording anything must not be
+    shown with the previous rollout's outcome.
     """
-    if not outcome or outcome.get("at") is None or not rollout.get("start_date"):
+    if not outcome:
+        return None
+    made_by = outcome.get("made_by")
+    if made_by:
+        keys = ("dag_id", "run_id", "task_id")
+        same = all(made_by.get(k) == rollout.get(k) for k in keys)
+        if same and rollout.get("try_number") is not None and made_by.get("try_number") is not None:
+            same = int(made_by["try_number"]) == int(rollout["try_number"])
+        return outcome if same else None
+    if outcome.get("at") is None or not rollout.get("start_date"):
         return None
     start = datetime.fromisoformat(rollout["start_date"]).timestamp()
     end = datetime.fromisoformat(rollout["end_date"]).timestamp() if rollout.get("end_date") else None

@@ -208,6 +208,9 @@ def test_a_corrupt_model_fails_and_the_old_version_keeps_serving(env, first):
     assert served_versions(first["predict_url"], 5) == Counter({before: 5})
     state = SeldonHook().current(NAME)
     assert state["last_rollout"]["outcome"] == "failed" and state["last_rollout"]["version"] == "3"
+    # the outcome names the task try that rolled out (the MLOps page pairs it with that try)
+    made_by = {"dag_id": "d", "run_id": "r", "task_id": "deploy", "try_number": 1}
+    assert state["last_rollout"]["made_by"] == made_by
     assert [p["version"] for p in state["predictors"]] == [before]
 
 

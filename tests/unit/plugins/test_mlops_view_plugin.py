@@ -503,6 +503,26 @@ def test_a_rollout_outcome_belongs_to_the_try_that_recorded_it():
     assert outcome_of_run({**try_, "end_date": None}, {**recorded, "at": at + 3600}) is not None
 
 
+def test_a_rollout_outcome_that_names_its_task_try_is_paired_by_name_not_by_time():
+    from airflow_mlops.plugins.sources import outcome_of_run
+
+    try_ = {
+        "dag_id": "d",
+        "run_id": "r2",
+        "task_id": "deploy",
+        "try_number": 2,
+        "start_date": "2026-01-01T10:00:00+00:00",
+        "end_date": "2026-01-01T10:05:00+00:00",
+    }
+    inside = datetime(2026, 1, 1, 10, 3, tzinfo=UTC).timestamp()
+    made_by = {"dag_id": "d", "run_id": "r2", "task_id": "deploy", "try_number": 2}
+    recorded = {"outcome": "succeeded", "version": "3", "at": inside, "made_by": made_by}
+    assert outcome_of_run(try_, recorded) is recorded
+    # written inside the try's time, but by another run (a concurrent deploy) or another try
+    assert outcome_of_run(try_, {**recorded, "made_by": {**made_by, "run_id": "r1"}}) is None
+    assert outcome_of_run(try_, {**recorded, "made_by": {**made_by, "try_number": 1}}) is None
+
+
 def test_button_targets_from_a_serialized_dag():
     """Params and operators read from the form Airflow serializes DAGs in; the champion's DAG first."""
     from airflow.sdk import DAG, Param
