@@ -42,15 +42,6 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _is_model_server(pid: int) -> bool:
-    """A model server or a deployment's router (not a process that reused an old pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"seldon_serve" in cmdline or b"airflow_mlops.serving.router" in cmdline
-
-
 def _log(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
@@ -224,13 +215,14 @@ class Stack:
         self.wait_healthy()
 
     def stop(self) -> None:
-        """Stop model deployments started by the pipeline, then the servers, by pid."""
-        deployments = self.data_dir / "deployments"
-        state_files = [*deployments.glob("*/processes/*/state.json"), *deployments.glob("*/router.json")]
-        for state_file in state_files:
-            pid = json.loads(state_file.read_text())["pid"]
-            if _is_model_server(pid):  # an old state file's pid may belong to someone else by now
-                self._kill_group(pid, state_file.parent.name)
+        """Stop model deployments started by the pipeline (servers and routers), then the servers, by pid."""
+        from airflow_mlops.serving.state import DeploymentStore, tracked_alive
+
+        for deployment in sorted((self.data_dir / "deployments").glob("*/")):
+            for record in DeploymentStore(deployment).all_processes():
+                # pid and start time: an old record's pid may belong to someone else by now
+                if tracked_alive(record):
+                    self._kill_group(int(record["pid"]), deployment.name)
         for pid_file in sorted(self.pid_dir.glob("*.pid")):
             self._kill_group(int(pid_file.read_text()), pid_file.stem)
             pid_file.unlink()
@@ -399,13 +391,11 @@ def demo() -> int:
 def _print_summary(stack: Stack, pipeline, months, registered, deployed, drift, retrain) -> None:
     from airflow_mlops.hooks.seldon import seldon_payload
     from airflow_mlops.operators.deploy import input_example
+    from airflow_mlops.serving.state import DeploymentStore
 
     # a real row: the input example MLflow stored with the served model
-    served = json.loads(
-        (stack.data_dir / "deployments" / deployed["deployment"] / "current.json").read_text()
-    )
-    main = next(p for p in served["predictors"] if p["role"] == "main")
-    example = seldon_payload(input_example(Path(main["model_dir"])).head(1))
+    served = DeploymentStore.of(stack.data_dir, deployed["deployment"]).read()
+    example = seldon_payload(input_example(Path(served.main["model_dir"])).head(1))
     lines = [
         "",
         "=" * 78,

@@ -183,6 +183,8 @@ def _matching_positions(table, model_version: str | None):
         return np.arange(table.num_rows)
     import pyarrow.compute as pc
 
+    if "model_version" not in table.column_names:
+        raise InferenceLogError("the table has no model_version column: not an inference-log file")
     mask = pc.fill_null(pc.equal(table["model_version"], model_version), False)
     return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
 
@@ -193,6 +195,7 @@ def next_window(
     after: str | os.PathLike[str] | None = None,
     skip: int = 0,
     model_version: str | None = None,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str | int | None]] | None:
     """Exactly the next ``rows`` logged rows (of ``model_version`` when given) after a cursor.
 
@@ -201,6 +204,10 @@ def next_window(
     window may therefore end inside a file — one request of 5,000 rows makes two and a half
     windows of 2,000, not one of 5,000 — and the rest of that file starts the next window.
 
+    :param unreadable: when given, a file that cannot be read as an inference-log file (corrupt,
+        not Parquet, no ``model_version`` column) is appended to it as ``(path, reason)`` and
+        counts as holding no rows — a window that goes on past it leaves the cursor after it —
+        instead of raising :class:`InferenceLogError`.
     :return: the rows and the new cursor ``{"after", "skip"}``, or None when there are fewer than
         ``rows`` rows after the cursor yet (the caller's cursor then stays where it is).
     """
@@ -211,7 +218,17 @@ def next_window(
     count, previous = 0, (str(after) if after is not None else None)
     for i, path in enumerate(list_files(root, after)):
         start = skip if i == 0 else 0
-        table = _read_table(path).slice(start)
+        try:
+            table = _read_table(path)
+            if model_version is not None and "model_version" not in table.column_names:
+                raise InferenceLogError(f"inference-log file {path} has no model_version column")
+        except InferenceLogError as err:
+            if unreadable is None:
+                raise
+            unreadable.append((path, str(err)))
+            previous = cursor_of(root, path)
+            continue
+        table = table.slice(start)
         positions = _matching_positions(table, model_version)
         need = rows - count
         if len(positions) < need:

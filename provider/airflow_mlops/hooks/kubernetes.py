@@ -1,8 +1,11 @@
-"""Create, watch and delete Horovod training jobs (Kubeflow MPIJob or indexed Job) on Kubernetes.
+"""Create, watch and delete the provider's jobs on Kubernetes: Horovod training (Kubeflow MPIJob or
+indexed Job) and drift checks (``batch/v1`` Job).
 
 The API calls go through the cncf-kubernetes provider's ``KubernetesHook`` (its ``kubernetes``
 connection: in-cluster, kube config path or kube config JSON in the extra). ``import kubernetes``
 costs ~1.6 s, so the provider's hook is imported on first use, never at module import.
+
+``TrainingJobHook`` is the former name of :class:`KubernetesJobHook` (deprecated; it still imports).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_mlops.kubernetes.training import (
+from airflow_mlops.kubernetes.jobs import (
     JOB_LABEL,
     MPIJOB_GROUP,
     MPIJOB_PLURAL,
@@ -63,19 +66,20 @@ class KubernetesApiHook(BaseHook):
         return self._namespace or self.kube.get_namespace() or "default"
 
 
-class TrainingJobHook(KubernetesApiHook):
+class KubernetesJobHook(KubernetesApiHook):
     """
-    Training jobs on the cluster of a ``kubernetes`` connection (the cncf-kubernetes provider's type).
+    Jobs on the cluster of a ``kubernetes`` connection (the cncf-kubernetes provider's type):
+    ``kind`` ``MPIJob`` (Kubeflow mpi-operator), ``IndexedJob`` or ``Job`` (both ``batch/v1``).
 
     Every method works on plain dicts (the objects' JSON), like the manifests rendered by
-    :mod:`airflow_mlops.kubernetes.training`.
+    :mod:`airflow_mlops.kubernetes.jobs` and its users (training, drift).
 
     :param kubernetes_conn_id: the ``kubernetes`` connection.
     :param namespace: namespace of the jobs; None takes the connection's ``namespace`` extra, else
         ``default``.
     """
 
-    hook_name = "Kubernetes training jobs"
+    hook_name = "Kubernetes jobs"
 
     def _to_dict(self, obj: Any) -> dict[str, Any]:
         # typed models (V1Job...) → the API's camelCase JSON, like CustomObjectsApi returns
@@ -212,3 +216,20 @@ class TrainingJobHook(KubernetesApiHook):
         except Exception as err:  # diagnostics must not hide the failure itself
             lines.append(f"  (pods could not be listed: {err})")
         return "\n".join(lines)
+
+
+def __getattr__(name: str) -> Any:
+    # the former name, kept importable for DAGs and plugins written against it
+    if name == "TrainingJobHook":
+        import warnings
+
+        from airflow.exceptions import AirflowProviderDeprecationWarning
+
+        warnings.warn(
+            "airflow_mlops.hooks.kubernetes.TrainingJobHook is deprecated: it serves every job kind "
+            "(training and drift) and is now KubernetesJobHook.",
+            AirflowProviderDeprecationWarning,
+            stacklevel=2,
+        )
+        return KubernetesJobHook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,8 +77,10 @@ class MlflowHook(BaseHook):
 
     @cached_property
     def mlflow(self):
-        """The ``mlflow`` module, pointed at this connection's server."""
+        """The ``mlflow`` module for this connection's server, its output routed (:func:`quiet_mlflow`)."""
+        quiet_mlflow()
         mlflow = require("mlflow", "mlflow")
+        quiet_mlflow()
         # mlflow reads credentials from the environment only; this is the task's own process.
         for key, value in self.subprocess_env().items():
             os.environ[key] = value
@@ -246,6 +248,41 @@ class MlflowHook(BaseHook):
 
 
 # -- helpers shared by the hook (sync) and MlflowModelVersionTrigger (async) -----------------------
+
+
+#: MLflow warnings that are routine for this provider, logged at DEBUG
+_ROUTINE_MLFLOW_WARNINGS = (
+    # registering ``runs:/<id>/model`` of an MLflow 3 run: the logged model is not a run artifact
+    r"has no artifacts at artifact path .*registering model based on models:/",
+)
+
+
+def quiet_mlflow() -> None:
+    """
+    Keep MLflow's routine output out of the task's errors (Airflow logs a task's stderr at ERROR).
+
+    Before ``import mlflow``: no artifact progress bars, no "View run ... at" links printed to
+    stdout (the task has its MLflow extra link). After it: MLflow's loggers go to the task log with
+    routine records at DEBUG (:func:`airflow_mlops.library_logs.route_logger`), and what MLflow
+    prints to stderr itself ("Successfully registered model", "Created version ...") is logged at
+    DEBUG. Settings a user made in the environment are kept. Idempotent.
+    """
+    import sys
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if "mlflow" not in sys.modules:
+        return
+    from airflow_mlops.library_logs import LogStream, route_logger
+
+    route_logger("mlflow", routine=_ROUTINE_MLFLOW_WARNINGS)
+    try:
+        from mlflow.utils import logging_utils
+    except ImportError:  # pragma: no cover - an MLflow without it
+        return
+    if not isinstance(logging_utils.MLFLOW_LOGGING_STREAM, LogStream):
+        # eprint() writes to this stream, which forwards to sys.stderr
+        logging_utils.MLFLOW_LOGGING_STREAM = LogStream("mlflow")
 
 
 def tracking_uri_of(conn: Any, conn_id: str) -> str:

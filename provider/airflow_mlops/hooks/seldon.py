@@ -1,19 +1,25 @@
 """Seldon Core deployments through a ``seldon`` connection.
 
 Local mode runs the seldon-core 1.17 python microservice (``runtimes/seldon_model.py``) from
-the *serving* runtime environment on this machine, bound to 127.0.0.1 by default. Each
-deployment keeps a state file (``current.json``: pid, port, version) under
-``[mlops] data_dir``/deployments/<name>, so a restarted scheduler or a retried task finds
-what is already serving instead of starting a duplicate.
+the *serving* runtime environment on this machine, bound to 127.0.0.1 by default, behind a
+router on the deployment's stable address (``serving/router.py``). What runs is recorded under
+``[mlops] data_dir``/deployments/<name> by :mod:`airflow_mlops.serving.state` — the one owner of
+those files — so a restarted scheduler or a retried task finds what is already serving instead
+of starting a duplicate.
+
+Serving processes get an environment built from an allow-list, never the worker's whole one
+(no ``AIRFLOW_CONN_*`` or ``AIRFLOW__*`` secrets): a model server gets the serving runtime's
+allow-list (:func:`~airflow_mlops.hooks.runtime.runtime_environ`) and its model's settings; the
+router gets the same base plus what its Feast lookup needs (:func:`router_environ`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
 import time
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +28,33 @@ from airflow.sdk import BaseHook
 
 from airflow_mlops import settings
 from airflow_mlops.exceptions import DeploymentError
+from airflow_mlops.serving.state import (
+    EMPTY,
+    CorruptState,
+    DeploymentState,
+    DeploymentStore,
+    Predictor,
+    RouterRecord,
+    ServerRecord,
+    deployment_names,
+    pid_alive,
+    process_record,
+    tracked_alive,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
+__all__ = ["PREDICT_PATH", "SeldonHook", "pid_alive", "router_environ", "seldon_payload", "tracked_alive"]
+
 PREDICT_PATH = "/api/v1.0/predictions"
+
+#: what the router takes from the worker's environment besides the runtime allow-list: the
+#: interpreter's import path (it runs the worker's Python) and where Airflow's and our
+#: configuration live (a Feast lookup reads the ``feast`` connection through Airflow)
+ROUTER_PASSTHROUGH = ("PYTHONPATH", "AIRFLOW_HOME", "AIRFLOW_CONFIG", "AIRFLOW__MLOPS__", "MLOPS_DATA_DIR")
+#: the secrets backend's settings: passed to a router whose lookup's connection is not a variable
+SECRETS_BACKEND_PREFIXES = ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__WORKERS__SECRETS_BACKEND")
 
 
 def free_port(host: str) -> int:
@@ -35,64 +63,39 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped) is not serving
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def process_start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot): with the pid, it names one process for good."""
-    try:
-        # the command may contain spaces and parentheses: fields count from the last ')'
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+def lookup_connection_id(feature_lookup: Mapping[str, Any] | None) -> str | None:
+    """The ``feast`` connection a lookup configuration reads its store through (None: its yaml)."""
+    if not feature_lookup:
         return None
+    conn_id = feature_lookup.get("feast_conn_id")
+    if conn_id:
+        return str(conn_id)
+    repo = Path(str(feature_lookup.get("repo_path") or ""))
+    return None if (repo / "feature_store.yaml").is_file() else "feast_default"
 
 
-def tracked_alive(record: dict[str, Any]) -> bool:
-    """The process of a state record still runs (and is not another one that reused its pid)."""
-    pid = record.get("pid")
-    if not pid_alive(pid):
-        return False
-    started = record.get("pid_start")
-    return started is None or process_start_time(pid) in (None, started)
+def router_environ(
+    feature_lookup: Mapping[str, Any] | None = None, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """
+    The router's environment: the allow-listed base of ``source`` (default: ours), the
+    configuration's location, and for a Feast lookup its connection's variable
+    (``AIRFLOW_CONN_<ID>``) — or, when that is not a variable, the secrets backend's settings.
+    Nothing else of the worker's: no other connection, no ``AIRFLOW__*`` secret.
+    """
+    from airflow_mlops.hooks.runtime import runtime_environ
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def _slim(predictor: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: predictor.get(k)
-        for k in ("version", "model_name", "model_uri", "model_dir", "reference_path", "started_at")
-    }
-
-
-def _predictors(state: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The predictors of a routing state; a state written before routers existed had one server."""
-    state = state or {}
-    if "predictors" in state:
-        return state["predictors"]
-    return [{**state, "role": "main", "traffic": 100}] if state.get("pid") else []
-
-
-def _main(state: dict[str, Any] | None) -> dict[str, Any] | None:
-    return next((p for p in _predictors(state) if p.get("role") == "main"), None)
+    source = os.environ if source is None else source
+    extra = {"PYTHONDONTWRITEBYTECODE": "1"}
+    conn_id = lookup_connection_id(feature_lookup)
+    if conn_id:
+        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+        if variable in source:
+            wanted = [variable]
+        else:
+            wanted = [k for k in source if k.startswith(SECRETS_BACKEND_PREFIXES)]
+        extra.update({k: source[k] for k in wanted})
+    return runtime_environ("router", None, extra, ROUTER_PASSTHROUGH, source)
 
 
 def _log_error(log_path: Path) -> str:
@@ -162,33 +165,47 @@ class SeldonHook(BaseHook):
     def bind_host(self) -> str:
         return (self.connection.host if self.connection else None) or "127.0.0.1"
 
-    # -- state of local deployments ---------------------------------------------------------
+    # -- state of local deployments (serving/state.py owns the files) --------------------------
+    @staticmethod
+    def store(name: str) -> DeploymentStore:
+        """The files of local deployment ``name`` under ``[mlops] data_dir``."""
+        return DeploymentStore.of(settings.data_dir(), name)
+
     @staticmethod
     def deployment_dir(name: str) -> Path:
-        return settings.data_dir() / "deployments" / name
+        return SeldonHook.store(name).dir
+
+    @staticmethod
+    def inference_log_dir(name: str) -> Path:
+        """Where every predictor of deployment ``name`` logs its predictions (Parquet, by hour)."""
+        return SeldonHook.store(name).inference_log_dir
+
+    def state(self, name: str) -> DeploymentState | None:
+        """The routing of local deployment ``name`` (typed); None when never deployed."""
+        return self.store(name).read()
 
     @staticmethod
     def current_state(name: str) -> dict[str, Any] | None:
-        """The routing state (``current.json``) of local deployment ``name``; None when never deployed."""
-        path = SeldonHook.deployment_dir(name) / "current.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        """The routing (``current.json``) of local deployment ``name`` as a dict; None when never deployed."""
+        state = SeldonHook.store(name).read()
+        return None if state is None else state.raw
 
     def current(self, name: str) -> dict[str, Any] | None:
-        """The deployment's routing state (``current.json``), or None when never deployed."""
+        """The deployment's routing (``current.json``) as a dict, or None when never deployed."""
         return self.current_state(name)
 
-    def _write_current(self, name: str, state: dict[str, Any]) -> None:
-        # atomic: the router re-reads this file while requests flow
-        _write_json(self.deployment_dir(name) / "current.json", state)
+    def is_healthy(self, record: Mapping[str, Any] | None, timeout: float = 5) -> bool:
+        """``record`` (a process record with an endpoint) runs and answers ``/health/ping``."""
+        return bool(record) and tracked_alive(record) and self._answers(record["endpoint"], timeout)
 
-    def is_healthy(self, state: dict[str, Any] | None, timeout: float = 5) -> bool:
-        """``state`` (a predictor, or a deployment's routing) has a live process answering its endpoint."""
+    @staticmethod
+    def _answers(endpoint: str | None, timeout: float = 5, path: str = "/health/ping") -> bool:
         import requests
 
-        if not state or not tracked_alive(state):
+        if not endpoint:
             return False
         try:
-            return requests.get(f"{state['endpoint']}/health/ping", timeout=timeout).ok
+            return requests.get(f"{endpoint}{path}", timeout=timeout).ok
         except requests.RequestException:
             return False
 
@@ -199,42 +216,41 @@ class SeldonHook(BaseHook):
         ``Available``: router and main model server alive and answering; ``Creating``: alive but
         not answering yet; ``Failed``: never deployed, or a tracked process is gone.
         """
-        state = self.current(name)
-        if not state:
-            return (
-                "Failed",
-                f"deployment {name!r} does not exist (no {self.deployment_dir(name)}/current.json)",
-            )
-        for record in [state.get("router"), *_predictors(state)]:
-            if record and not tracked_alive(record):
-                what = (
-                    "router"
-                    if record is state.get("router")
-                    else f"model server of version {record['version']}"
-                )
-                return "Failed", f"the {what} of {name!r} (pid {record['pid']}) is not running"
-        if self.is_healthy({**state, "pid": (state.get("router") or state)["pid"]}):
-            return "Available", f"{name!r} serves version {state.get('version')} at {state['endpoint']}"
-        return "Creating", f"{name!r} does not answer {state['endpoint']}/health/ping yet"
+        store = self.store(name)
+        try:
+            state = store.read()
+        except CorruptState as err:
+            return "Failed", f"the state of deployment {name!r} is unreadable: {err}"
+        if state is None:
+            return "Failed", f"deployment {name!r} does not exist (no {store.current_path})"
+        failure = state.failure(name)
+        if failure:
+            return "Failed", failure
+        if self._answers(state.endpoint):
+            return "Available", f"{name!r} serves version {state.version} at {state.endpoint}"
+        return "Creating", f"{name!r} does not answer {state.endpoint}/health/ping yet"
 
     # -- local model servers -----------------------------------------------------------------
     def start_local(
         self, name: str, model_dir: str, version: str, ready_timeout: float = 180
-    ) -> dict[str, Any]:
+    ) -> ServerRecord:
         """Start a model server for ``model_dir`` on a new port and wait until it answers."""
         from airflow_mlops.hooks.runtime import RuntimeHook
 
         runtime = RuntimeHook("serving", self.runtimes_dir)
+        store = self.store(name)
         host = self.bind_host
         http_port, metrics_port = free_port(host), free_port(host)
-        workdir = self.deployment_dir(name) / "processes" / f"v{version}-{http_port}"
+        workdir = store.process_dir(version, http_port)
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "server.log"
+        # what the model server needs besides the serving runtime's allow-list: the model is a
+        # local folder (downloaded by the task), so no MLflow tracking URI or credentials
         env = {
             "MODEL_URI": str(model_dir),
             "MODEL_VERSION": str(version),
             "MODEL_NAME": name,
-            "INFERENCE_LOG_DIR": str(self.inference_log_dir(name)),
+            "INFERENCE_LOG_DIR": str(store.inference_log_dir),
         }
         args = [
             runtime.python,
@@ -256,46 +272,41 @@ class SeldonHook(BaseHook):
         with open(log_path, "ab") as log_file:
             # its own session: the server outlives this task process (and its process group)
             proc = runtime.start(args, env=env, cwd=str(workdir), stdout=log_file)
-        state = {
-            "name": name,
-            "version": str(version),
-            "pid": proc.pid,
-            "pid_start": process_start_time(proc.pid),
-            "host": host,
-            "port": http_port,
-            "endpoint": f"http://{host}:{http_port}",
-            "model_dir": str(model_dir),
-            "log": str(log_path),
-            "started_at": time.time(),
-        }
+        record: ServerRecord = process_record(  # type: ignore[assignment]
+            proc.pid,
+            name=name,
+            version=str(version),
+            host=host,
+            port=http_port,
+            endpoint=f"http://{host}:{http_port}",
+            model_dir=str(model_dir),
+            log=str(log_path),
+            started_at=time.time(),
+        )
         # a record per process: a deploy killed before it switched leaves one to reap
-        _write_json(workdir / "state.json", state)
+        store.write_process(workdir, record)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if self.is_healthy(state, timeout=2):
-                return state
+            if self.is_healthy(record, timeout=2):
+                return record
             time.sleep(0.5)
-        self.stop_state(state)
+        self.stop_state(record)
         why = "exited" if proc.poll() is not None else f"did not become ready within {ready_timeout:.0f}s"
         raise DeploymentError(
             f"The model server for version {version} of {name} {why}: {_log_error(log_path)} "
             f"The previous deployment keeps serving. Server log: {log_path}"
         )
 
-    def stop_state(self, state: dict[str, Any] | None, grace: float = 10) -> None:
+    def stop_state(self, record: Mapping[str, Any] | None, grace: float = 10) -> None:
+        """Stop the process (group) of ``record`` if it still runs (never a process that reused its pid)."""
         from airflow_mlops.hooks.runtime import stop_process_group
 
-        if state and tracked_alive(state):
-            stop_process_group(int(state["pid"]), grace)
+        if record and tracked_alive(record):
+            stop_process_group(int(record["pid"]), grace)
 
-    @staticmethod
-    def inference_log_dir(name: str) -> Path:
-        """Where every predictor of deployment ``name`` logs its predictions (Parquet, by hour)."""
-        return SeldonHook.deployment_dir(name) / "inference_log"
-
-    def reap_orphans(self, name: str) -> list[dict[str, Any]]:
+    def reap_orphans(self, name: str) -> list[ServerRecord]:
         """
         Stop model servers of ``name`` that no routing refers to.
 
@@ -303,59 +314,76 @@ class SeldonHook(BaseHook):
         to it leaves such a server behind; the next deploy (after a scheduler restart too)
         stops it, so nothing is orphaned.
         """
-        state = self.current(name) or {}
-        in_use = {p.get("pid") for p in [*_predictors(state), state.get("shadow") or {}]}
+        store = self.store(name)
+        in_use = {p.get("pid") for p in store.read_or_empty().servers}
         reaped = []
-        for record_path in sorted((self.deployment_dir(name) / "processes").glob("*/state.json")):
-            record = json.loads(record_path.read_text())
+        for record in store.process_records():
             if record.get("pid") not in in_use and tracked_alive(record):
                 self.log.info(
-                    "Stopping orphaned model server %s (version %s)", record["pid"], record["version"]
+                    "Stopping orphaned model server %s (version %s)", record["pid"], record.get("version")
                 )
                 self.stop_state(record)
                 reaped.append(record)
         return reaped
 
     # -- the stable address ------------------------------------------------------------------
-    def ensure_router(self, name: str, port: int | None = None, ready_timeout: float = 120) -> dict[str, Any]:
+    def ensure_router(
+        self,
+        name: str,
+        port: int | None = None,
+        ready_timeout: float = 120,
+        feature_lookup: Mapping[str, Any] | None = None,
+    ) -> RouterRecord:
         """
         The router on the deployment's stable port: the running one, or a new one.
 
         The port is kept in ``router.json`` so a restarted router (after a reboot, or after
         its process was killed) comes back on the same address. Its start is cheap (standard
         library) unless the routing asks for a Feast lookup (``import feast`` takes ~20 s).
+
+        The router's environment is an allow-list (:func:`router_environ`): a running router
+        that lacks what ``feature_lookup`` (default: the routing's) needs — its ``feast``
+        connection — is restarted on its port with it.
         """
         import subprocess
         import sys
 
-        record_path = self.deployment_dir(name) / "router.json"
-        record = json.loads(record_path.read_text()) if record_path.exists() else None
-        if record and (port is None or record["port"] == port) and self._router_answers(record):
-            return record
+        store = self.store(name)
+        record = store.read_router()
+        if feature_lookup is None:
+            feature_lookup = store.read_or_empty().feature_lookup
+        env = router_environ(feature_lookup)
+        needed = sorted(set(env) - set(router_environ(None)))  # what only the lookup needs
+        if record and (port is None or record.get("port") == port) and self._router_answers(record):
+            given = record.get("env_keys")
+            if given is not None and set(needed) <= set(given):
+                return record
+            why = "with the worker's whole environment" if given is None else f"without {needed}"
+            self.log.info("Restarting the router of %s on its port: it was started %s", name, why)
         if record:
             self.stop_state(record)
         host = self.bind_host
         port = port or (record or {}).get("port") or free_port(host)
-        self.deployment_dir(name).mkdir(parents=True, exist_ok=True)
-        log_path = self.deployment_dir(name) / "router.log"
+        store.dir.mkdir(parents=True, exist_ok=True)
+        log_path = store.dir / "router.log"
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "airflow_mlops.serving.router", "--state",
-                 str(self.deployment_dir(name) / "current.json"), "--host", host, "--port", str(port)],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "airflow_mlops.serving.router", "--state", str(store.current_path),
+                 "--host", host, "--port", str(port)],
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             )  # fmt: skip
-        record = {
-            "pid": proc.pid,
-            "pid_start": process_start_time(proc.pid),
-            "host": host,
-            "port": port,
-            "endpoint": f"http://{host}:{port}",
-            "log": str(log_path),
-        }
+        record = process_record(
+            proc.pid,
+            host=host,
+            port=port,
+            endpoint=f"http://{host}:{port}",
+            log=str(log_path),
+            env_keys=sorted(env),
+        )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if self._router_answers(record):
-                _write_json(record_path, record)
+                store.write_router(record)
                 return record
             time.sleep(0.2)
         self.stop_state(record)
@@ -364,40 +392,36 @@ class SeldonHook(BaseHook):
             f"Log: {log_path}. If the port is taken, pass another port= or free it."
         )
 
-    def _router_answers(self, record: dict[str, Any]) -> bool:
-        import requests
+    def _router_answers(self, record: Mapping[str, Any]) -> bool:
+        return tracked_alive(record) and self._answers(record.get("endpoint"), 2, "/router/status")
 
-        if not tracked_alive(record):
-            return False
-        try:
-            return requests.get(f"{record['endpoint']}/router/status", timeout=2).ok
-        except requests.RequestException:
-            return False
+    def set_feature_lookup(self, name: str, feature_lookup: Mapping[str, Any] | None) -> RouterRecord:
+        """
+        Hand the routing a Feast lookup (or None: none); the router applies it once warm.
+
+        The router is first made sure to hold what the lookup needs (its ``feast`` connection):
+        one started without it is restarted on its port.
+        """
+        router = self.ensure_router(name, feature_lookup=feature_lookup or {})
+        self.store(name).update(feature_lookup=dict(feature_lookup) if feature_lookup else None)
+        return router
+
+    def set_request_limit(self, name: str, max_request_bytes: int | None) -> None:
+        """The largest request body the router accepts (None: its default); applied at once."""
+        store = self.store(name)
+        if store.read_or_empty().max_request_bytes != max_request_bytes:
+            store.update(max_request_bytes=max_request_bytes)
 
     # -- routing changes -----------------------------------------------------------------------
-    def _routing(self, name: str, predictors: list[dict[str, Any]], **changes: Any) -> dict[str, Any]:
-        previous = self.current(name) or {}
-        router_path = self.deployment_dir(name) / "router.json"
-        router = json.loads(router_path.read_text()) if router_path.exists() else None
-        main = next(p for p in predictors if p["role"] == "main")
-        state = {
-            **previous,
-            "name": name,
-            "predictors": predictors,
-            "router": router,
-            # the stable address when a router runs, else the main server (older deployments)
-            "endpoint": router["endpoint"] if router else main["endpoint"],
-            "version": main["version"],
-            "pid": main["pid"],
-            "updated_at": time.time(),
-            **changes,
-        }
-        self._write_current(name, state)
+    def _routing(self, name: str, predictors: list[Predictor], **changes: Any) -> DeploymentState:
+        store = self.store(name)
+        state = store.read_or_empty().routing(name, predictors, store.read_router(), **changes)
+        store.write(state)  # atomic: the router re-reads this file while requests flow
         return state
 
     def switch(
-        self, name: str, new_state: dict[str, Any], drain_seconds: float = 2.0, **record: Any
-    ) -> dict[str, Any] | None:
+        self, name: str, new_state: Mapping[str, Any], drain_seconds: float = 2.0, **record: Any
+    ) -> Predictor | None:
         """
         Blue/green: route all traffic to ``new_state``, then stop every server it replaces.
 
@@ -405,35 +429,31 @@ class SeldonHook(BaseHook):
         already on their way finish; the router retries a refused connection on the new one.
         :return: the main predictor that was replaced, if any.
         """
-        current = self.current(name) or {}
-        old = [p for p in [*_predictors(current), current.get("shadow")] if p]
-        previous = next((p for p in old if p.get("role") == "main"), None)
-        history = [*current.get("history", []), *([_slim(previous)] if previous else [])][-10:]
+        current = self.store(name).read_or_empty()
+        old, previous = current.servers, current.main
         self._routing(
             name,
-            [{**new_state, "role": "main", "traffic": 100, **record}],
+            [{**new_state, "role": "main", "traffic": 100, **record}],  # type: ignore[list-item]
             shadow=None,
-            history=history,
+            history=current.history_with(previous),
             previous_version=(previous or {}).get("version"),
         )
         self._retire(old, new_state, drain_seconds)
         return previous
 
     def add_canary(
-        self, name: str, new_state: dict[str, Any], traffic: int, shadow: bool = False, **record: Any
-    ):
+        self, name: str, new_state: Mapping[str, Any], traffic: int, shadow: bool = False, **record: Any
+    ) -> None:
         """Route ``traffic`` % of requests to ``new_state`` (or a copy of all of them, as a shadow)."""
-        current = self.current(name)
-        main = _main(current)
+        current = self.store(name).read_or_empty()
+        main = current.main
         if main is None:
             raise DeploymentError(
                 f"{name!r} has no version serving yet: deploy one with traffic=100 before a canary or shadow."
             )
-        replaced = [
-            p for p in [*_predictors(current), current.get("shadow")] if p and p.get("role") != "main"
-        ]
-        candidate = {
-            **new_state,
+        replaced = [p for p in current.servers if p.get("role") != "main"]
+        candidate: Predictor = {
+            **new_state,  # type: ignore[typeddict-item]
             "role": "shadow" if shadow else "canary",
             "traffic": 0 if shadow else traffic,
             **record,
@@ -444,11 +464,10 @@ class SeldonHook(BaseHook):
             self._routing(name, [{**main, "traffic": 100 - traffic}, candidate], shadow=None)
         self._retire(replaced, new_state, drain_seconds=2.0)
 
-    def promote_canary(self, name: str, drain_seconds: float = 2.0) -> dict[str, Any]:
+    def promote_canary(self, name: str, drain_seconds: float = 2.0) -> Predictor:
         """The canary (or shadow) becomes the main predictor with all the traffic."""
-        current = self.current(name) or {}
-        candidate = next((p for p in _predictors(current) if p.get("role") == "canary"), None)
-        candidate = candidate or current.get("shadow")
+        current = self.store(name).read_or_empty()
+        candidate = current.canary or current.shadow
         if candidate is None:
             raise DeploymentError(f"{name!r} has no canary or shadow to promote.")
         if not self.is_healthy(candidate):
@@ -459,22 +478,21 @@ class SeldonHook(BaseHook):
         self.switch(name, {k: v for k, v in candidate.items() if k not in ("role", "traffic")}, drain_seconds)
         return candidate
 
-    def _retire(self, old: list[dict[str, Any]], keep: dict[str, Any], drain_seconds: float) -> None:
+    def _retire(self, old: list[Predictor], keep: Mapping[str, Any], drain_seconds: float) -> None:
         retiring = [p for p in old if p.get("pid") != keep.get("pid")]
         if retiring:
             time.sleep(drain_seconds)
         for predictor in retiring:
             self.stop_state(predictor)
 
-    def record_rollout(self, name: str, outcome: dict[str, Any]) -> None:
+    def record_rollout(self, name: str, outcome: Mapping[str, Any]) -> None:
         """Remember the outcome of the last rollout (shown by the MLOps page) without touching the routing."""
-        current = self.current(name)
-        if current is not None:
-            self._write_current(name, {**current, "last_rollout": {**outcome, "at": time.time()}})
+        self.store(name).record_rollout(outcome)
 
     def stop(self, name: str) -> None:
-        current = self.current(name) or {}
-        for record in [*_predictors(current), current.get("shadow"), current.get("router")]:
+        """Stop every process of local deployment ``name``: its model servers and its router."""
+        store = self.store(name)
+        for record in [*store.read_or_empty().servers, *store.all_processes()]:
             self.stop_state(record)
 
     # -- calling an endpoint -------------------------------------------------------------------
@@ -571,18 +589,22 @@ class SeldonHook(BaseHook):
         if named:
             names = [named]
         else:
-            root = settings.data_dir() / "deployments"
-            names = sorted(p.parent.name for p in root.glob("*/current.json")) if root.is_dir() else []
+            names = deployment_names(settings.data_dir())
             if not names:
                 return True, ["no deployment to ping"]
         ok, out = True, []
         for name in names:
-            state = self.current(name)
-            if not state or not state.get("endpoint"):
+            try:
+                state = self.state(name) or EMPTY
+            except CorruptState as err:
+                ok, state = False, EMPTY
+                out.append(f"deployment {name!r}: {err}")
+                continue
+            if not state.endpoint:
                 ok = ok and not named
                 out.append(f"deployment {name!r} has no current endpoint")
                 continue
-            endpoint = state["endpoint"]
+            endpoint = state.endpoint
             try:
                 answered = requests.get(f"{endpoint}/health/ping", timeout=timeout).ok
                 why = "" if answered else " (not OK)"
@@ -590,7 +612,7 @@ class SeldonHook(BaseHook):
                 answered, why = False, f" ({type(err).__name__})"
             if answered:
                 out.append(f"deployment {name!r} answers at {endpoint}")
-            elif named or pid_alive(state.get("pid")):
+            elif named or state.any_alive():
                 ok = False
                 out.append(f"deployment {name!r} does NOT answer /health/ping at {endpoint}{why}")
             else:

@@ -62,17 +62,21 @@ class SeldonDeploymentHook(KubernetesApiHook):
                 return None
             raise
 
-    def state(self, name: str, request_timeout: float | None = None) -> tuple[str, str]:
+    def state(
+        self, name: str, request_timeout: float | None = None, written: dict[str, Any] | None = None
+    ) -> tuple[str, str]:
         """``(state, message)`` of ``name`` (see :func:`~airflow_mlops.kubernetes.seldon.deployment_state`).
 
         A missing object reads as ``Failed``: whatever was rolled out is not serving.
 
         :param request_timeout: see :meth:`get`.
+        :param written: the rollout's :func:`~airflow_mlops.kubernetes.seldon.write_marker`: a status
+            not rewritten since that write is the previous spec's and reads as ``Creating``.
         """
         obj = self.get(name, request_timeout)
         if obj is None:
             return "Failed", f"{self._where(name)} does not exist (deleted outside Airflow?)"
-        return deployment_state(obj)
+        return deployment_state(obj, written)
 
     # --- writes ------------------------------------------------------------------------
 
@@ -119,10 +123,12 @@ class SeldonDeploymentHook(KubernetesApiHook):
                 last = err
         raise RuntimeError(f"{self._where(name)} kept changing while it was written: {last}")
 
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    def write(self, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Create ``manifest``, or replace the live object with it (keeping its ``resourceVersion``).
 
-        :return: the object it replaced, as it was (status included), or None when it created one.
+        :return: ``(the object it replaced, as it was (status included), or None when it created
+            one; the object as the API server wrote it)`` — the written ``resourceVersion`` is what
+            :func:`~airflow_mlops.kubernetes.seldon.write_marker` records.
         """
         previous, written = self._put(self._body(manifest))
         self.log.info(
@@ -131,7 +137,14 @@ class SeldonDeploymentHook(KubernetesApiHook):
             self._where(written["metadata"]["name"]),
             written["metadata"].get("resourceVersion"),
         )
-        return previous
+        return previous, written
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``manifest``, or replace the live object with it (see :meth:`write`).
+
+        :return: the object it replaced, as it was (status included), or None when it created one.
+        """
+        return self.write(manifest)[0]
 
     def restore(self, name: str, previous: dict[str, Any] | None) -> dict[str, Any] | None:
         """Put ``name`` back as ``previous``; with no previous object, delete it.

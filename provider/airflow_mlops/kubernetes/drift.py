@@ -1,12 +1,13 @@
 """Manifests of a drift check on Kubernetes: one ``batch/v1`` Job running the drift image.
 
-Pure functions returning plain dicts, like :mod:`airflow_mlops.kubernetes.training`, whose
-building blocks (ConfigMap, container, pod spec, names, resources) they reuse.
+Pure functions returning plain dicts, built from the job building blocks every job of the provider
+shares (:mod:`airflow_mlops.kubernetes.jobs`: spec, ConfigMap, container, pod spec, ``batch/v1``
+Job, resources); the job's name starts with ``drift``.
 
 What runs in the pod
     The image of ``docker/drift/Dockerfile`` (alibi-detect in the system Python, the entry scripts
     under ``/opt/mlops/runtimes``) runs ``drift_detect.py`` on the ``config.json`` of a ConfigMap
-    mounted at :data:`~airflow_mlops.kubernetes.training.JOB_DIR` — the same script, with the same
+    mounted at :data:`~airflow_mlops.kubernetes.jobs.JOB_DIR` — the same script, with the same
     config, as local mode runs in the drift runtime environment.
 
 Where the data is
@@ -28,12 +29,12 @@ from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from airflow_mlops.kubernetes.training import (
+from airflow_mlops.kubernetes.jobs import (
     JOB_DIR,
     RUNTIMES_DIR,
-    TrainingJobSpec,
-    _container,
-    _pod_spec,
+    JobSpec,
+    container,
+    pod_spec,
     render_batch_job,
     render_config_map,
     resource_requirements,
@@ -41,6 +42,9 @@ from airflow_mlops.kubernetes.training import (
 
 #: the kind the job hook and trigger are given for a plain ``batch/v1`` Job
 KIND = "Job"
+#: the ``app.kubernetes.io/component`` label of the check's objects (its name starts with
+#: ``NAME_PREFIXES["drift"]`` of :mod:`airflow_mlops.kubernetes.jobs`, the operator's prefix)
+COMPONENT = "drift"
 DEFAULT_IMAGE = "airflow-mlops-drift:latest"
 #: the image's interpreter: python:3.11-slim with the drift requirements installed system-wide
 PYTHON = "python"
@@ -81,20 +85,16 @@ def check_on_volume(paths: dict[str, str], mount_path: str) -> None:
         )
 
 
-def render(spec: TrainingJobSpec, config: dict[str, Any]) -> list[dict[str, Any]]:
+def render(spec: JobSpec, config: dict[str, Any]) -> list[dict[str, Any]]:
     """The ConfigMap with ``config.json`` and the Job that runs the check, in creation order.
 
-    The Job never retries by itself (:func:`~airflow_mlops.kubernetes.training.render_batch_job`):
+    The Job never retries by itself (:func:`~airflow_mlops.kubernetes.jobs.render_batch_job`):
     the check is deterministic on its inputs, so a second pod would fail the same way.
     """
     spec = replace(
-        spec,
-        files={**spec.files, "config.json": json.dumps(config, indent=2)},
-        labels={**spec.labels, "app.kubernetes.io/component": "drift"},
+        spec, files={**spec.files, "config.json": json.dumps(config, indent=2)}, component=COMPONENT
     )
-    container = _container(
-        spec, "drift", command(), resource_requirements(spec.resources or DEFAULT_RESOURCES)
-    )
-    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    job = render_batch_job(spec, _pod_spec(spec, [container], "Never"))
+    check = container(spec, "drift", command(), resource_requirements(spec.resources or DEFAULT_RESOURCES))
+    check["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    job = render_batch_job(spec, pod_spec(spec, [check], "Never"))
     return [render_config_map(spec), job]

@@ -3,7 +3,7 @@
 Pure functions on plain dicts (the objects' JSON): no API calls and no ``kubernetes`` import, so
 they are cheap and easy to validate against the CRD's schema. The API calls live in
 :mod:`airflow_mlops.hooks.seldon_kubernetes`, the rollout flow in
-:mod:`airflow_mlops.operators.seldon_kubernetes`.
+:mod:`airflow_mlops.kubernetes.seldon_rollout`.
 
 Two ways to serve a model
     * a Seldon **prepackaged server** (``implementation="MLFLOW_SERVER"``, the default): the graph
@@ -27,6 +27,36 @@ Rollback bookkeeping
     The rollout records the spec it replaces in the annotation :data:`PREVIOUS_SPEC_ANNOTATION`
     (:func:`with_previous`), so a later task can roll back without XCom (:func:`recorded_previous`).
     Only one level is kept: a recorded spec never carries its own predecessor.
+
+What the Seldon operator (1.17.1) reports, and when
+    Read from seldon-core v1.17.1, ``operator/controllers/seldondeployment_controller.go``
+    (``Reconcile``, ``createDeployments``, ``createServices``, ``completeServiceCreation``) and
+    ``operator/apis/machinelearning.seldon.io/v1/seldon_deployment_status.go``:
+
+    * ``status.state`` is ``Available`` once every Deployment of the spec is unchanged by the
+      reconcile and has ready replicas and no unavailable one, and its Services exist; ``Failed``
+      when the reconcile itself errs (``updateStatusForError``: the error is the description) or
+      when a Deployment is **neither progressing nor available** (its ``ProgressDeadlineExceeded``
+      and ``MinimumReplicasUnavailable`` conditions: "Deployment is no longer progressing and not
+      available."); ``Creating`` otherwise — so a new version whose pods crash-loop behind the
+      still-ready pods of the old one stays ``Creating`` (the Deployment is *available*) until the
+      rollout's ``ready_timeout``, which then rolls back.
+    * ``status.observedGeneration`` exists in the schema (knative ``duckv1.Status``) but the
+      controller **never sets it**, and it writes the status only when it changed. Right after a
+      replace the status therefore still describes the previous spec, with nothing in it saying
+      so: :func:`write_marker` records the ``resourceVersion`` of the rollout's own write, and
+      :func:`deployment_state` reads a status the operator has not rewritten since as
+      ``Creating``. (Status writes carry the ``resourceVersion`` the operator read, so a write
+      after ours comes from a reconcile of our spec or a later one.)
+    * ``status.address.url`` is the Service of the *first* predictor, ``<name>-<predictor>``
+      (``createAddressableResource``, ``GetPredictorKey``), on the executor's port 8000 — it moves
+      when a promotion removes that predictor. Each predictor also gets
+      ``<name>-<predictor>-<container>`` (``createContainerService``); Deployments are
+      ``<name>-<predictor>-<index>-<containers>`` (``GetDeploymentName``). All carry the label
+      ``seldon-deployment-id=<name>``. There is no Service named after the deployment alone.
+    * ``status.deploymentStatus`` has ``replicas``/``availableReplicas`` per Deployment (never a
+      ``status`` or ``description`` there), and the ``DeploymentsReady`` condition copies the
+      Kubernetes Deployment's ``Available`` condition.
 """
 
 from __future__ import annotations
@@ -36,7 +66,7 @@ import json
 import re
 from typing import Any
 
-from airflow_mlops.kubernetes.training import LABEL_DOMAIN, resource_requirements
+from airflow_mlops.kubernetes.jobs import LABEL_DOMAIN, resource_requirements
 
 SELDON_GROUP = "machinelearning.seldon.io"
 SELDON_VERSION = "v1"
@@ -221,7 +251,7 @@ def render_seldon_deployment(
     :param implementation: the Seldon prepackaged server used when ``image`` is None.
     :param replicas: pods per predictor.
     :param resources: the model container's ``{"cpu", "memory", "gpu", ...}``, as
-        :func:`airflow_mlops.kubernetes.training.resource_requirements` reads them.
+        :func:`airflow_mlops.kubernetes.jobs.resource_requirements` reads them.
     :param request_logger_url: where Seldon sends every request/response as CloudEvents
         (``logger: {mode: all, url}`` on the graph node).
     :param labels: extra labels of the object.
@@ -282,17 +312,63 @@ def render_seldon_deployment(
 # --- reading live objects ---------------------------------------------------------------
 
 
-def deployment_state(obj: dict[str, Any]) -> tuple[str, str]:
+def write_marker(written: dict[str, Any], replaced: dict[str, Any] | None) -> dict[str, Any]:
+    """What :func:`deployment_state` needs to tell a status about ``written`` from one about the spec before.
+
+    :param written: the object as the API server answered the rollout's create or replace.
+    :param replaced: the object (or its :func:`spec_for_rollback`) that write replaced; None for a
+        create.
+    :return: ``{"resource_version", "changes_pods"}``, JSON-serialisable (it travels to the
+        triggerer): the ``resourceVersion`` of the write, and whether it changes what the Seldon
+        operator deploys. A change of the traffic split alone does not: the operator zeroes
+        ``traffic`` in the predictor it hands each Deployment (``createEngineContainer`` in
+        seldon-core 1.17.1's ``seldondeployment_engine.go``), finds nothing to update and
+        rewrites no status, so the status before the write still holds.
+    """
+    return {
+        "resource_version": (written.get("metadata") or {}).get("resourceVersion"),
+        "changes_pods": replaced is None or _deployed(replaced) != _deployed(written),
+    }
+
+
+def _deployed(obj: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec the Seldon operator turns into Deployments: all of it but the traffic split."""
+    spec = copy.deepcopy(obj.get("spec") or {})
+    for predictor in spec.get("predictors") or []:
+        predictor.pop("traffic", None)
+    return spec
+
+
+def deployment_state(obj: dict[str, Any], written: dict[str, Any] | None = None) -> tuple[str, str]:
     """``("Available" | "Creating" | "Failed", message)`` from a live object's status.
 
-    A status the Seldon operator wrote for an older generation of the spec (``observedGeneration``
-    below ``metadata.generation``) still describes the *previous* version, so it reads as
-    ``Creating``; so do a missing status and any state this module does not know.
+    :param written: the rollout's :func:`write_marker`. A status the Seldon operator has not
+        rewritten since that write (the object's ``resourceVersion`` is still the written one)
+        describes the *previous* spec and reads as ``Creating`` — unless the write changed only
+        the traffic split (then it still holds). Without it (a sensor, the MLOps page) the status
+        is taken as it is.
+
+    A status carrying ``observedGeneration`` below ``metadata.generation`` also reads as
+    ``Creating`` (seldon-core 1.17.1 never sets it; a controller that does is believed). So do a
+    missing status and any state this module does not know. Messages name the Deployments that
+    are not (all) available, from ``status.deploymentStatus``, and the ``DeploymentsReady``
+    condition's reason.
     """
     status = obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    if (
+        written is not None
+        and written.get("changes_pods", True)
+        and meta.get("resourceVersion") is not None
+        and meta.get("resourceVersion") == written.get("resource_version")
+    ):
+        return "Creating", (
+            "the Seldon operator has not reported on the new spec yet (its status still describes the "
+            "previous one)"
+        )
     state = status.get("state") or ""
     description = (status.get("description") or "").strip()
-    generation = (obj.get("metadata") or {}).get("generation")
+    generation = meta.get("generation")
     observed = status.get("observedGeneration")
     if generation is not None and observed is not None and observed < generation:
         return "Creating", (
@@ -300,15 +376,27 @@ def deployment_state(obj: dict[str, Any]) -> tuple[str, str]:
         )
     if state == "Available":
         return "Available", description or "all predictors are available"
+    details = _details(status)
     if state == "Failed":
-        details = [
-            f"{dep}: {d.get('status')}" + (f" ({d['description']})" if d.get("description") else "")
-            for dep, d in sorted((status.get("deploymentStatus") or {}).items())
-            if d.get("status") and d.get("status") != "Available"
-        ]
         message = description or "the Seldon operator gave no description"
-        return "Failed", message + (f"; {'; '.join(details)}" if details else "")
-    return "Creating", description or (f"state {state!r}" if state else "no status yet")
+        return "Failed", message + (f"; {details}" if details else "")
+    message = description or (f"state {state!r}" if state else "no status yet")
+    return "Creating", message + (f"; {details}" if details else "")
+
+
+def _details(status: dict[str, Any]) -> str:
+    """``flights-main-0-model: 1/2 available; MinimumReplicasUnavailable: ...`` from a status."""
+    parts = []
+    for name, d in sorted((status.get("deploymentStatus") or {}).items()):
+        if d.get("status") and d.get("status") != "Available":  # older operators wrote these
+            why = f" ({d['description']})" if d.get("description") else ""
+            parts.append(f"{name}: {d['status']}{why}")
+        elif d.get("replicas") and (d.get("availableReplicas") or 0) < d["replicas"]:
+            parts.append(f"{name}: {d.get('availableReplicas') or 0}/{d['replicas']} replicas available")
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "DeploymentsReady"), None)
+    if ready and ready.get("status") == "False" and (ready.get("reason") or ready.get("message")):
+        parts.append(": ".join(x for x in (ready.get("reason"), ready.get("message")) if x))
+    return "; ".join(parts)
 
 
 def endpoint(obj: dict[str, Any] | None) -> str | None:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
+
 from airflow_mlops.exceptions import DeploymentError
 from airflow_mlops.links.seldon import SeldonEndpointLink
 from airflow_mlops.operators.base import MlopsBaseOperator
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlops.hooks.seldon import SeldonHook
+    from airflow_mlops.serving.state import DeploymentState, HistoryEntry
 
 
 def input_example(model_dir: Path) -> pd.DataFrame:
@@ -65,10 +68,17 @@ class _SeldonOperator(MlopsBaseOperator):
             self._seldon = SeldonHook(self.seldon_conn_id, self.runtimes_dir)
         return self._seldon
 
-    def _kubernetes(self):
-        from airflow_mlops.operators.seldon_kubernetes import KubernetesRollout
+    def _kubernetes(self, ready_timeout: float = 600.0) -> Any:
+        from airflow_mlops.kubernetes.seldon_rollout import KubernetesRollout
 
-        return KubernetesRollout(self.seldon, poll_interval=self.poll_interval)
+        return KubernetesRollout(self.seldon, ready_timeout=ready_timeout, poll_interval=self.poll_interval)
+
+    def _await_rollout(self, rollout: Any, started: Any, deferrable: bool = False) -> dict[str, Any]:
+        """Kubernetes mode: wait for a written rollout, in the triggerer (this task defers) or here."""
+        if started.result is None and deferrable:
+            trigger = rollout.trigger(started)
+            self.defer(trigger=trigger, method_name="execute_complete", timeout=rollout.defer_timeout)
+        return rollout.finish(started)
 
     def _record_rollout(self, context: Context, **outcome: Any) -> None:
         """The deployment's ``last_rollout``, naming the task try that made it (the MLOps page pairs them)."""
@@ -77,25 +87,26 @@ class _SeldonOperator(MlopsBaseOperator):
         self.seldon.record_rollout(self.deployment_name, {**outcome, "made_by": made_by})
 
     def _result(self, context: Context, changed: bool, **extra: Any) -> dict[str, Any]:
-        from airflow_mlops.hooks.seldon import PREDICT_PATH, _main
+        from airflow_mlops.hooks.seldon import PREDICT_PATH
 
-        state = self.seldon.current(self.deployment_name) or {}
-        main = _main(state) or {}
-        SeldonEndpointLink.persist(context, f"{state['endpoint']}/api/v1.0/metadata")
+        state = self.seldon.state(self.deployment_name)
+        if state is None or not state.endpoint:
+            raise DeploymentError(f"{self.deployment_name!r} has no routing: nothing serves it.")
+        main = state.main or {}
+        SeldonEndpointLink.persist(context, f"{state.endpoint}/api/v1.0/metadata")
         return {
             "deployment": self.deployment_name,
             "mode": "local",
             "model_name": main.get("model_name"),
-            "version": state.get("version"),
-            "previous_version": state.get("previous_version"),
-            "endpoint": state["endpoint"],
-            "predict_url": f"{state['endpoint']}{PREDICT_PATH}",
+            "version": state.version,
+            "previous_version": state.previous_version,
+            "endpoint": state.endpoint,
+            "predict_url": f"{state.endpoint}{PREDICT_PATH}",
             "predictors": [
-                {k: p.get(k) for k in ("role", "version", "traffic", "endpoint")}
-                for p in state.get("predictors", [])
+                {k: p.get(k) for k in ("role", "version", "traffic", "endpoint")} for p in state.predictors
             ],
-            "shadow_version": (state.get("shadow") or {}).get("version"),
-            "pid": state.get("pid"),
+            "shadow_version": (state.shadow or {}).get("version"),
+            "pid": main.get("pid"),
             "changed": changed,
             **extra,
         }
@@ -136,6 +147,8 @@ class SeldonDeployOperator(_SeldonOperator):
     :param feature_lookup: a :class:`~airflow_mlops.serving.feature_lookup.FeatureLookup` (or
         its dict): clients then send entity keys as ``{"jsonData": {"rows": [...]}}`` and the
         router fetches the features from the Feast online store.
+    :param max_request_bytes: local mode: the largest request body the stable address accepts
+        (larger ones get 413); None: the router's default, 10 MiB.
     :param replicas: Kubernetes mode: replicas per predictor.
     :param container_resources: Kubernetes mode: requests/limits of the model server's container
         (``{"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": 1}}``).
@@ -143,6 +156,7 @@ class SeldonDeployOperator(_SeldonOperator):
     :param ready_timeout: seconds the new version has to become ready.
     :param poll_interval: Kubernetes mode: seconds between two reads of the deployment's status.
     :param deferrable: Kubernetes mode: wait for the rollout in the triggerer.
+        Default: ``[operators] default_deferrable`` (False).
     :param mlflow_conn_id: the ``mlflow`` connection.
     :param seldon_conn_id: the ``seldon`` connection (mode, bind host, namespace).
     """
@@ -172,11 +186,14 @@ class SeldonDeployOperator(_SeldonOperator):
         container_resources: dict[str, Any] | None = None,
         image: str | None = None,
         ready_timeout: float = 180,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         mlflow_conn_id: str = "mlflow_default",
+        max_request_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if max_request_bytes is not None and max_request_bytes <= 0:
+            raise ValueError(f"max_request_bytes must be a positive number, got {max_request_bytes}.")
         if not model_name and not model_uri:
             raise ValueError("Pass model_name (a registered model, with alias or version) or model_uri.")
         if not 0 < traffic <= 100:
@@ -200,6 +217,7 @@ class SeldonDeployOperator(_SeldonOperator):
         self.ready_timeout = ready_timeout
         self.deferrable = deferrable
         self.mlflow_conn_id = mlflow_conn_id
+        self.max_request_bytes = max_request_bytes
         self._pending: dict[str, Any] | None = None
 
     @property
@@ -254,18 +272,13 @@ class SeldonDeployOperator(_SeldonOperator):
         return target
 
     # -- local mode ---------------------------------------------------------------------------
-    def _already_serving(self, state: dict[str, Any] | None, version: str) -> bool:
-        from airflow_mlops.hooks.seldon import _predictors
-
-        if not state:
+    def _already_serving(self, state: DeploymentState | None, version: str) -> bool:
+        if state is None:
             return False
-        candidates = {"replace": ["main"], "canary": ["canary"], "shadow": []}[self.strategy]
-        serving = [p for p in _predictors(state) if p.get("role") in candidates]
-        if self.strategy == "shadow" and state.get("shadow"):
-            serving = [state["shadow"]]
-        if self.strategy == "replace" and len(_predictors(state)) > 1:
+        serving = {"replace": [state.main], "canary": [state.canary], "shadow": [state.shadow]}[self.strategy]
+        if self.strategy == "replace" and state.canary:
             return False  # a canary is still taking traffic: replacing means removing it
-        return any(p["version"] == version and self.seldon.is_healthy(p) for p in serving)
+        return any(p and str(p.get("version")) == version and self.seldon.is_healthy(p) for p in serving)
 
     def _smoke_test(self, new: dict[str, Any], model_dir: Path, version: str) -> None:
         try:
@@ -290,11 +303,11 @@ class SeldonDeployOperator(_SeldonOperator):
         import requests
 
         seldon, name = self.seldon, self.deployment_name
-        state = seldon.current(name) or {}
-        if state.get("feature_lookup") == self.feature_lookup or not state:
+        state = seldon.state(name)
+        if state is None or state.feature_lookup == (self.feature_lookup or None):
             return
-        seldon._write_current(name, {**state, "feature_lookup": self.feature_lookup})
-        status_url = f"{state['router']['endpoint']}/router/status"
+        router = seldon.set_feature_lookup(name, self.feature_lookup)
+        status_url = f"{router['endpoint']}/router/status"
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             status = requests.get(status_url, timeout=30).json()
@@ -312,17 +325,19 @@ class SeldonDeployOperator(_SeldonOperator):
     def _deploy_local(self, context: Context) -> dict[str, Any]:
         seldon, name = self.seldon, self.deployment_name
         seldon.reap_orphans(name)
-        # the stable address first: a restarted router keeps serving the current version
-        router = seldon.ensure_router(name, self.port)
+        # the stable address first: a restarted router keeps serving the current version (it is
+        # given what the lookup this deploy brings needs, e.g. its feast connection)
+        router = seldon.ensure_router(name, self.port, feature_lookup=self.feature_lookup)
         version = self._resolve_version()
-        if self._already_serving(seldon.current(name), version):
+        if self._already_serving(seldon.state(name), version):
+            seldon.set_request_limit(name, self.max_request_bytes)
             self.log.info("Version %s already serves %s (%s): nothing to do", version, name, self.strategy)
             return self._result(context, changed=False, strategy=self.strategy)
         try:
             model_dir = self._model_dir(version)
             self._pending = new = seldon.start_local(name, str(model_dir), version, self.ready_timeout)
             self._smoke_test(new, model_dir, version)
-            if self.feature_lookup is not None and seldon.current(name):
+            if self.feature_lookup is not None and seldon.state(name):
                 self._configure_lookup()
         except Exception as err:
             if self._pending is not None:  # started, never routed to: nothing else would stop it
@@ -340,6 +355,7 @@ class SeldonDeployOperator(_SeldonOperator):
         else:
             seldon.add_canary(name, new, self.traffic, shadow=self.shadow, **record)
         self._pending = None
+        seldon.set_request_limit(name, self.max_request_bytes)
         if self.feature_lookup is not None:
             self._configure_lookup()
         self._record_rollout(context, outcome="succeeded", version=version, strategy=self.strategy)
@@ -349,9 +365,26 @@ class SeldonDeployOperator(_SeldonOperator):
     # -- entry points ----------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         if self.seldon.mode == "kubernetes":
-            version = self._resolve_version()
-            return self._kubernetes().deploy(self, context, version, self._cluster_uri(version))
+            rollout = self._kubernetes(self.ready_timeout)
+            return self._await_rollout(rollout, rollout.deploy(self._deploy_spec()), self.deferrable)
         return self._deploy_local(context)
+
+    def _deploy_spec(self) -> Any:
+        """Kubernetes mode: what this deploy rolls out."""
+        from airflow_mlops.kubernetes.seldon_rollout import SeldonDeploySpec
+
+        version = self._resolve_version()
+        return SeldonDeploySpec(
+            deployment_name=self.deployment_name,
+            version=version,
+            model_uri=self._cluster_uri(version),
+            traffic=self.traffic,
+            shadow=self.shadow,
+            replicas=self.replicas,
+            container_resources=self.container_resources,
+            model_name=self.model_name,
+            image=self.image,
+        )
 
     def _cluster_uri(self, version: str) -> str:
         """Where the cluster's model server downloads the model: the artifact URI, not ``models:/``."""
@@ -382,15 +415,12 @@ class SeldonPromoteCanaryOperator(_SeldonOperator):
     template_fields: Sequence[str] = ("deployment_name",)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_mlops.hooks.seldon import _predictors
-
         if self.seldon.mode == "kubernetes":
-            return self._kubernetes().promote_canary(self.deployment_name)
-        state = self.seldon.current(self.deployment_name) or {}
-        if len(_predictors(state)) == 1 and not state.get("shadow"):
-            self.log.info(
-                "%s has no canary: version %s serves all traffic", self.deployment_name, state.get("version")
-            )
+            rollout = self._kubernetes()
+            return self._await_rollout(rollout, rollout.start_promotion(self.deployment_name))
+        state = self.seldon.state(self.deployment_name)
+        if state is not None and not state.canary and not state.shadow:
+            self.log.info("%s has no canary: version %s serves all", self.deployment_name, state.version)
             return self._result(context, changed=False)
         promoted = self.seldon.promote_canary(self.deployment_name, self.drain_seconds)
         self._record_rollout(context, outcome="succeeded", version=promoted["version"], strategy="promote")
@@ -415,17 +445,19 @@ class SeldonRollbackOperator(SeldonDeployOperator):
         super().__init__(**kwargs)
         self.to_version = to_version
 
-    def _target(self) -> dict[str, Any]:
-        state = self.seldon.current(self.deployment_name) or {}
-        history = [h for h in reversed(state.get("history", [])) if h.get("version") != state.get("version")]
+    def _target(self) -> HistoryEntry:
+        from airflow_mlops.serving.state import EMPTY
+
+        state = self.seldon.state(self.deployment_name) or EMPTY
+        history = [h for h in reversed(state.history) if str(h.get("version")) != state.version]
         if self.to_version:
             history = [h for h in history if str(h.get("version")) == str(self.to_version)]
         if not history:
             raise DeploymentError(
                 f"{self.deployment_name!r} has no earlier version"
                 + (f" {self.to_version}" if self.to_version else "")
-                + f" to roll back to (it serves {state.get('version')!r}; served before: "
-                + f"{[h.get('version') for h in state.get('history', [])]})."
+                + f" to roll back to (it serves {state.version!r}; served before: "
+                + f"{[h.get('version') for h in state.history]})."
             )
         return history[0]
 
@@ -440,7 +472,9 @@ class SeldonRollbackOperator(SeldonDeployOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.seldon.mode == "kubernetes":
-            return self._kubernetes().rollback(self.deployment_name, self.to_version)
+            rollout = self._kubernetes(self.ready_timeout)
+            started = rollout.start_rollback(self.deployment_name, self.to_version)
+            return self._await_rollout(rollout, started, self.deferrable)
         target = self._target()
         self.reference_path = self.reference_path or target.get("reference_path")
         # the registered model the restored version belongs to, as a deploy records it

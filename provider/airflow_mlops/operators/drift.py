@@ -7,9 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import Asset
 
 from airflow_mlops.assets import emit_through_aliases
+from airflow_mlops.drift_config import (
+    DEFAULT_CORRECTION,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_P_VAL,
+    PLOT_FILE,
+    REPORT_FILE,
+    check_settings,
+    drift_config,
+    write_config,
+)
 from airflow_mlops.links.drift import DriftReportLink, drift_report_url
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin
@@ -31,7 +42,9 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     the model's scores is tested too — prediction drift, one more test of the corrected family.
     The test itself — Kolmogorov-Smirnov per numeric feature, Chi-squared per categorical one,
     corrected for multiple tests — runs in the isolated drift runtime (alibi-detect cannot
-    live beside Airflow). The JSON report and a p-value plot are stored under ``report_dir``.
+    live beside Airflow). The JSON report and a p-value plot are stored under ``report_dir``:
+    by default the task instance's own folder (:func:`airflow_mlops.task_outputs.task_output_dir`),
+    so two drift tasks of one run, or the instances of a mapped one, never share a file.
 
     When drift is found and ``drift_asset`` is given, an event for it is emitted through the
     task's ``AssetAlias`` outlets with the score, window and drifted features as extra; a DAG
@@ -53,7 +66,9 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     :param max_rows: rows sampled from each side at most (KS flags tiny shifts on huge samples).
     :param window: ``{"start", "end"}`` of the checked window, carried in the event (templated).
     :param drift_asset: the Asset announced on drift (through AssetAlias outlets).
-    :param report_dir: where the report goes; defaults to ``[mlops] data_dir``/drift/<dag>/<run>.
+    :param report_dir: where the report goes; defaults to the task instance's folder,
+        ``[mlops] data_dir``/drift/<dag>/<run>/<task>[/map_index=<n>]. A folder given here is used
+        as is, except by the instances of a mapped task, which each write in ``map_index=<n>/`` below it.
     :param runtimes_dir: where the ``drift`` runtime environment lives (local mode; default: config).
     :param seldon_conn_id: the ``seldon`` connection used to score through ``endpoint``.
     :param mode: ``local`` (default: a subprocess of the drift runtime environment) or
@@ -69,6 +84,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     :param container_resources: requests/limits of the pod, default ``{"cpu": "1", "memory": "2Gi"}``
         (templated).
     :param deferrable: wait for the job in the triggerer instead of a worker slot.
+        Default: ``[operators] default_deferrable`` (False).
     :param poll_interval: seconds between two status checks of the job.
     :param service_account: service account of the pod (None: the namespace's default).
     :param image_pull_policy: e.g. ``IfNotPresent``; None leaves the cluster's default.
@@ -97,10 +113,10 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         endpoint: str | None = None,
         model_features: list[str] | None = None,
         event_time_column: str | None = None,
-        p_val: float = 0.05,
-        correction: str = "bonferroni",
+        p_val: float = DEFAULT_P_VAL,
+        correction: str = DEFAULT_CORRECTION,
         mmd: bool = False,
-        max_rows: int = 5000,
+        max_rows: int = DEFAULT_MAX_ROWS,
         window: dict[str, str] | None = None,
         drift_asset: Asset | None = None,
         report_dir: str | None = None,
@@ -113,15 +129,14 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         namespace: str | None = None,
         image: str | None = None,
         container_resources: dict[str, Any] | None = None,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10.0,
         service_account: str | None = None,
         image_pull_policy: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if correction not in ("bonferroni", "fdr"):
-            raise ValueError(f"correction must be 'bonferroni' or 'fdr', got {correction!r}")
+        check_settings(correction, p_val, max_rows)
         if mode not in ("local", "kubernetes"):
             raise ValueError(f"mode must be 'local' or 'kubernetes', got {mode!r}")
         if mode == "kubernetes" and not shared_volume_claim:
@@ -170,13 +185,15 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         return KIND
 
     def _report_dir(self, context: Context) -> Path:
-        from airflow_mlops import settings
+        """This task instance's folder: its config, report, plot and scored files, no one else's."""
+        from airflow_mlops.task_outputs import MAP_INDEX_PREFIX, map_index, task_output_dir
 
-        if self.report_dir:
-            return Path(self.report_dir)
         ti = context["ti"]
-        safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in ti.run_id)
-        return settings.data_dir() / "drift" / ti.dag_id / safe_run
+        if not self.report_dir:
+            return task_output_dir(ti, "drift")
+        index = map_index(ti)
+        # one report_dir for every instance of a mapped task: each its own folder below it
+        return Path(self.report_dir) / f"{MAP_INDEX_PREFIX}{index}" if index >= 0 else Path(self.report_dir)
 
     def _scored(self, df: pd.DataFrame, request: pd.DataFrame, path: Path, what: str, log: bool) -> Path:
         """``df`` with the endpoint's scores of ``request`` as ``prediction``, written to ``path``.
@@ -236,20 +253,18 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         if self.endpoint:
             current = self._score_through_endpoint(current, out_dir)
             reference = self._score_reference(out_dir)
-        return {
-            "reference": str(reference),
-            "current": str(current),
-            "numeric_features": self.numeric_features,
-            "categorical_features": self.categorical_features,
-            "prediction_column": "prediction" if self.endpoint else None,
-            "p_val": self.p_val,
-            "correction": self.correction,
-            "mmd": self.mmd,
-            "max_rows": self.max_rows,
-            "seed": 0,
-            "output": str(out_dir / "report.json"),
-            "plot": str(out_dir / "pvalues.png"),
-        }
+        return drift_config(
+            reference=reference,
+            current=current,
+            out_dir=out_dir,
+            numeric_features=self.numeric_features,
+            categorical_features=self.categorical_features,
+            prediction_column="prediction" if self.endpoint else None,
+            p_val=self.p_val,
+            correction=self.correction,
+            mmd=self.mmd,
+            max_rows=self.max_rows,
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.mode == "kubernetes":
@@ -257,19 +272,19 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         from airflow_mlops import settings
         from airflow_mlops.hooks.runtime import RuntimeHook
 
-        config = self._config(context)
-        config_path = Path(config["output"]).with_name("config.json")
-        config_path.write_text(json.dumps(config, indent=2))
+        config_path = write_config(self._config(context))
         self._runtime = runtime = RuntimeHook("drift", self.runtimes_dir)
         runtime.run([runtime.python, str(settings.runtime_script("drift_detect")), str(config_path)])
         return self._summarise(context)
 
     def _summarise(self, context: Context) -> dict[str, Any]:
         """Read the report, link it from the task, and announce drift on ``drift_asset``."""
+        from airflow_mlops.task_outputs import map_index
+
         out_dir = self._report_dir(context)
-        report = json.loads((out_dir / "report.json").read_text())
+        report = json.loads((out_dir / REPORT_FILE).read_text())
         ti = context["ti"]
-        DriftReportLink.persist(context, drift_report_url(ti.dag_id, ti.run_id, ti.task_id))
+        DriftReportLink.persist(context, drift_report_url(ti.dag_id, ti.run_id, ti.task_id, map_index(ti)))
         summary = {
             "is_drift": bool(report["is_drift"]),
             "drift_score": report["drift_score"],
@@ -277,8 +292,8 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
             "window": self.window,
             # the deployment scored (the MLOps page puts the check with that deployment's model)
             "endpoint": self.endpoint,
-            "report": str(out_dir / "report.json"),
-            "plot": str(out_dir / "pvalues.png"),
+            "report": str(out_dir / REPORT_FILE),
+            "plot": str(out_dir / PLOT_FILE),
         }
         self.log.info(
             "Drift %s: score %.3f, drifted %s (report %s)",
@@ -336,7 +351,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         from airflow_mlops.exceptions import MlopsError
 
         self._raise_unless_succeeded(hook, name, event)
-        report = self._report_dir(context) / "report.json"
+        report = self._report_dir(context) / REPORT_FILE
         if not report.is_file():
             raise MlopsError(
                 f"Job {hook.namespace}/{name} succeeded but {report} is not there: "

@@ -1,7 +1,7 @@
 """What the operators that run their work as a Kubernetes job share (training, drift check).
 
 Job names derive from dag/run/task/map index, not the try number
-(:func:`airflow_mlops.kubernetes.training.job_name`): a retry reattaches to the earlier try's job
+(:func:`airflow_mlops.kubernetes.jobs.job_name`): a retry reattaches to the earlier try's job
 while it runs or once it has succeeded, and only replaces a job that failed — so a retried task
 never trains twice or runs a second check beside the first.
 """
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.hooks.kubernetes import TrainingJobHook
-    from airflow_mlops.kubernetes.training import TrainingJobSpec
+    from airflow_mlops.hooks.kubernetes import KubernetesJobHook
+    from airflow_mlops.kubernetes.jobs import JobSpec
 
 
 def map_index(ti: Any) -> int:
@@ -32,25 +32,29 @@ class KubernetesJobMixin:
 
     The operator provides ``kubernetes_conn_id``, ``namespace``, ``poll_interval``, ``deferrable``,
     ``container_resources``, ``service_account``, ``image_pull_policy`` and ``execution_timeout``
-    attributes, :attr:`job_kind` (``MPIJob``, ``IndexedJob`` or ``Job``), :attr:`job_name_prefix`,
-    and ``_finish(context, hook, name, event)``: the result once the job has ended.
+    attributes, :attr:`job_kind` (``MPIJob``, ``IndexedJob`` or ``Job``), :attr:`job_name_prefix`
+    and :attr:`job_component` (what the job does), and ``_finish(context, hook, name, event)``: the
+    result once the job has ended.
     """
 
-    _job: tuple[TrainingJobHook, str] | None = None
-    #: first part of the job's name (:func:`~airflow_mlops.kubernetes.training.job_name`)
-    job_name_prefix: str = "hvd"
+    _job: tuple[KubernetesJobHook, str] | None = None
+    #: first part of the job's name (:func:`~airflow_mlops.kubernetes.jobs.job_name`), one per
+    #: kind of work (:data:`~airflow_mlops.kubernetes.jobs.NAME_PREFIXES`)
+    job_name_prefix: str = "job"
+    #: the ``app.kubernetes.io/component`` label of the job's objects
+    job_component: str = "job"
 
     @property
     def job_kind(self) -> str:
         return self.kind
 
-    def _job_hook(self) -> TrainingJobHook:
-        from airflow_mlops.hooks.kubernetes import TrainingJobHook
+    def _job_hook(self) -> KubernetesJobHook:
+        from airflow_mlops.hooks.kubernetes import KubernetesJobHook
 
-        return TrainingJobHook(self.kubernetes_conn_id, self.namespace)
+        return KubernetesJobHook(self.kubernetes_conn_id, self.namespace)
 
     def _job_name(self, context: Context) -> str:
-        from airflow_mlops.kubernetes.training import job_name
+        from airflow_mlops.kubernetes.jobs import job_name
 
         ti = context["ti"]
         return job_name(ti.dag_id, ti.run_id, ti.task_id, map_index(ti), prefix=self.job_name_prefix)
@@ -62,20 +66,21 @@ class KubernetesJobMixin:
         namespace: str,
         annotations: dict[str, str] | None = None,
         **fields: Any,
-    ) -> TrainingJobSpec:
+    ) -> JobSpec:
         """The job's spec: the task instance's labels and annotations, the operator's pod settings,
         ``activeDeadlineSeconds`` from the task's ``execution_timeout``, and ``fields`` (image, files...)."""
-        from airflow_mlops.kubernetes import training
+        from airflow_mlops.kubernetes import jobs
 
         ti = context["ti"]
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        task_annotations = training.job_annotations(
+        task_annotations = jobs.job_annotations(
             ti.dag_id, ti.run_id, ti.task_id, map_index(ti), ti.try_number
         )
-        return training.TrainingJobSpec(
+        fields.setdefault("component", self.job_component)
+        return jobs.JobSpec(
             name=name,
             namespace=namespace,
-            labels=training.job_labels(ti.try_number),
+            labels=jobs.job_labels(ti.try_number),
             annotations={**task_annotations, **(annotations or {})},
             resources=self.container_resources,
             service_account=self.service_account,
@@ -84,16 +89,16 @@ class KubernetesJobMixin:
             **fields,
         )
 
-    def _start_job(self, hook: TrainingJobHook, name: str, manifests: Callable[[], list[dict]]) -> bool:
+    def _start_job(self, hook: KubernetesJobHook, name: str, manifests: Callable[[], list[dict]]) -> bool:
         """Reattach to ``name`` or create it from ``manifests()``; True when it was created now."""
         if self._existing_job(hook, name) is not None:
             return False
         hook.create(manifests())
         return True
 
-    def _existing_job(self, hook: TrainingJobHook, name: str) -> dict[str, Any] | None:
+    def _existing_job(self, hook: KubernetesJobHook, name: str) -> dict[str, Any] | None:
         """The earlier try's job to reattach to, or None (after deleting it when it had failed)."""
-        from airflow_mlops.kubernetes.training import TRY_LABEL, job_phase
+        from airflow_mlops.kubernetes.jobs import TRY_LABEL, job_phase
 
         kind = self.job_kind
         job = hook.get_job(kind, name)
@@ -115,7 +120,7 @@ class KubernetesJobMixin:
         self.log.info("Reattaching to %s %s (%s), created by try %s.", kind, name, phase.state, created_by)
         return job
 
-    def _wait_for_job(self, hook: TrainingJobHook, name: str) -> dict[str, Any]:
+    def _wait_for_job(self, hook: KubernetesJobHook, name: str) -> dict[str, Any]:
         """The job's end as the trigger's event shape; defers instead when ``deferrable``."""
         if self.deferrable:
             self._defer_to_job_trigger(hook.namespace, name)
@@ -128,10 +133,10 @@ class KubernetesJobMixin:
         return {"status": status, "name": name, "reason": phase.reason, "message": phase.message}
 
     def _defer_to_job_trigger(self, namespace: str, name: str) -> None:
-        from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
+        from airflow_mlops.triggers.kubernetes import KubernetesJobTrigger
 
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        trigger = TrainingJobTrigger(
+        trigger = KubernetesJobTrigger(
             name=name,
             namespace=namespace,
             kind=self.job_kind,
@@ -147,7 +152,7 @@ class KubernetesJobMixin:
             raise RuntimeError(f"The Kubernetes job trigger sent no usable event: {event!r}")
         return self._finish(context, self._job_hook(), event.get("name") or self._job_name(context), event)
 
-    def _raise_unless_succeeded(self, hook: TrainingJobHook, name: str, event: dict[str, Any]) -> None:
+    def _raise_unless_succeeded(self, hook: KubernetesJobHook, name: str, event: dict[str, Any]) -> None:
         """Return on ``success``; otherwise raise with the job's and pods' reasons (a timed-out
         job is deleted first, so it stops using the cluster)."""
         from airflow_mlops.exceptions import MlopsError

@@ -8,8 +8,9 @@ Register trained models in the MLflow registry, move their aliases, and gate pro
   data, overall and per slice; records the comparison in MLflow; branches to deployment only
   when the champion moved (or to a human approval step, :func:`champion_approval`).
 
-The register operator's rule and the gate share one evaluation helper,
-:func:`evaluate_against_champion`.
+The register operator's rule and the gate score models with :mod:`airflow_mlops.evaluation`
+(:func:`~airflow_mlops.evaluation.evaluate_against_champion`); this module orchestrates: which
+versions, what is recorded in MLflow, which branch follows.
 """
 
 from __future__ import annotations
@@ -23,230 +24,33 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseBranchOperator
 
 from airflow_mlops.assets import attach_outlet_extra
+
+# the scoring lives in its own module (no heavy import there either); these names stay importable
+# from here, where they were first defined
+from airflow_mlops.evaluation import (  # noqa: F401 - re-exported
+    LOWER_IS_BETTER,
+    METRICS,
+    Comparison,
+    Evaluation,
+    evaluate_against_champion,
+    evaluate_model,
+    evaluate_version,
+    load_holdout,
+    slice_regressions,
+)
 from airflow_mlops.links.mlflow import MlflowModelVersionLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
-    import pandas as pd
     from airflow.sdk import BaseOperator, Context
 
     from airflow_mlops.hooks.mlflow import MlflowHook
 
-#: metrics of ``runtimes.metrics.classification_metrics``; the ones where lower is better
-METRICS = ("roc_auc", "log_loss", "accuracy")
-LOWER_IS_BETTER = frozenset({"log_loss"})
 #: lineage tags every registered version can carry (``MlflowRegisterModelOperator(lineage=...)``)
 LINEAGE_KEYS = ("dataset_version", "feature_views", "validation", "training_dag_run")
 #: MLflow caps model-version tag values at 5000 characters
 _TAG_VALUE_MAX = 5000
 APPROVAL_MODES = ("never", "always", "on_slice_regression")
-
-
-# -- evaluation: shared by the register operator's rule and the gate ------------------------------
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """
-    How to score a model: a held-out Parquet file, its features and label, one metric.
-
-    :param data_path: the held-out Parquet file.
-    :param features: columns fed to the model, as float64, in this order.
-    :param label: binary label column (1 = positive).
-    :param metric: ``roc_auc``, ``log_loss`` or ``accuracy``.
-    :param higher_is_better: default True except for ``log_loss``.
-    :param dataset_version: version of the held-out data, recorded with the comparison.
-    """
-
-    data_path: str
-    features: list[str]
-    label: str
-    metric: str = "roc_auc"
-    higher_is_better: bool = True
-    dataset_version: str | None = None
-
-    @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], owner: str) -> Evaluation:
-        """Validate an ``evaluation={...}`` argument; ``owner`` names the task in errors."""
-        missing = [key for key in ("data_path", "features", "label") if not spec.get(key)]
-        if missing:
-            raise ValueError(f"{owner}: evaluation needs {missing}; got keys {sorted(spec)}.")
-        metric = spec.get("metric", "roc_auc")
-        if metric not in METRICS:
-            raise ValueError(f"{owner}: evaluation metric {metric!r} is not one of {METRICS}.")
-        higher = spec.get("higher_is_better")
-        return cls(
-            data_path=str(spec["data_path"]),
-            features=list(spec["features"]),
-            label=str(spec["label"]),
-            metric=metric,
-            higher_is_better=metric not in LOWER_IS_BETTER if higher is None else bool(higher),
-            dataset_version=str(spec["dataset_version"]) if spec.get("dataset_version") else None,
-        )
-
-    def gain(self, challenger: float, champion: float) -> float:
-        """How much better ``challenger`` is (negative: worse), whatever the metric's direction."""
-        return challenger - champion if self.higher_is_better else champion - challenger
-
-
-def load_holdout(evaluation: Evaluation, slices: Sequence[str] = ()) -> pd.DataFrame:
-    """The held-out rows: features, label and slice columns, read once so every model sees the same data."""
-    import pandas as pd
-
-    columns = list(dict.fromkeys([*evaluation.features, evaluation.label, *slices]))
-    df = pd.read_parquet(evaluation.data_path, columns=columns)
-    if df.empty:
-        raise ValueError(f"The held-out file {evaluation.data_path} has no rows: nothing to evaluate on.")
-    return df
-
-
-def predict_probability(hook: MlflowHook, model_uri: str, df: pd.DataFrame, features: list[str]):
-    """P(label = 1) per row: the last output column of the pyfunc model (binary classification)."""
-    import numpy as np
-
-    model = hook.mlflow.pyfunc.load_model(model_uri)
-    return np.asarray(model.predict(df[features].astype("float64"))).reshape(len(df), -1)[:, -1]
-
-
-def score(y_true, probability, metric: str) -> float | None:
-    """``metric`` of the predictions; None when undefined (``roc_auc`` of a one-class slice)."""
-    import math
-
-    from airflow_mlops.runtimes import metrics
-
-    value = float(metrics.classification_metrics(y_true, probability)[metric])
-    return None if math.isnan(value) else value
-
-
-def evaluate_version(
-    hook: MlflowHook,
-    model_name: str,
-    version: str,
-    df: pd.DataFrame,
-    evaluation: Evaluation,
-    slices: Sequence[str] = (),
-) -> dict[str, Any]:
-    """
-    Score ``models:/<model_name>/<version>`` on ``df``: overall and for each value of each slice column.
-
-    :return: ``{"version", "overall": {"value", "rows"}, "slices": {column: {value: {"value", "rows"}}}}``.
-    """
-    probability = predict_probability(hook, f"models:/{model_name}/{version}", df, evaluation.features)
-    y = df[evaluation.label].to_numpy()
-    result: dict[str, Any] = {
-        "version": str(version),
-        "overall": {"value": score(y, probability, evaluation.metric), "rows": len(df)},
-        "slices": {},
-    }
-    for column in slices:
-        groups = df.groupby(df[column].astype(str), sort=True).indices
-        result["slices"][column] = {
-            value: {"value": score(y[rows], probability[rows], evaluation.metric), "rows": len(rows)}
-            for value, rows in groups.items()
-        }
-    return result
-
-
-def evaluate_model(
-    hook: MlflowHook, model_uri: str, data_path: str, features: list[str], label: str, metric: str
-) -> float:
-    """Score ``model_uri`` on a held-out Parquet file and return ``metric`` (from runtimes.metrics)."""
-    evaluation = Evaluation(data_path=data_path, features=list(features), label=label, metric=metric)
-    df = load_holdout(evaluation)
-    value = score(df[label].to_numpy(), predict_probability(hook, model_uri, df, evaluation.features), metric)
-    return float("nan") if value is None else value
-
-
-def slice_regressions(
-    evaluation: Evaluation,
-    challenger: Mapping[str, Any],
-    champion: Mapping[str, Any],
-    max_regression: float,
-    min_rows: int,
-) -> list[dict[str, Any]]:
-    """
-    The slices where the challenger is worse than the champion by more than ``max_regression``.
-
-    Only slices with at least ``min_rows`` held-out rows and a defined metric are judged: a
-    metric on a handful of rows is noise.
-    """
-    found = []
-    for column, values in challenger["slices"].items():
-        for value, ours in values.items():
-            theirs = champion["slices"].get(column, {}).get(value)
-            if theirs is None or ours["rows"] < min_rows or None in (ours["value"], theirs["value"]):
-                continue
-            regression = -evaluation.gain(ours["value"], theirs["value"])
-            if regression > max_regression:
-                found.append(
-                    {
-                        "slice": column,
-                        "value": value,
-                        "rows": ours["rows"],
-                        "challenger": ours["value"],
-                        "champion": theirs["value"],
-                        "regression": regression,
-                    }
-                )
-    return sorted(found, key=lambda r: -r["regression"])
-
-
-def evaluate_against_champion(
-    hook: MlflowHook,
-    model_name: str,
-    challenger: str,
-    champion: str | None,
-    evaluation: Evaluation,
-    *,
-    slices: Sequence[str] = (),
-    min_improvement: float = 0.0,
-    max_slice_regression: float | None = None,
-    min_slice_rows: int = 200,
-) -> dict[str, Any]:
-    """
-    Score the challenger (and the champion, when there is one) on the **same** held-out rows and compare.
-
-    The challenger beats the champion when its overall metric is better by more than
-    ``min_improvement``; with ``max_slice_regression`` set, the slices where it is worse by
-    more than that are listed. The challenger's score is also tagged ``eval.<metric>`` on
-    its version.
-
-    :return: ``{"metric", "higher_is_better", "data_path", "dataset_version", "challenger",
-        "champion", "improvement", "beats_champion", "slice_regressions"}``; ``champion``,
-        ``improvement`` are None (and ``beats_champion`` True) without a champion.
-    """
-    df = load_holdout(evaluation, slices)
-    ours = evaluate_version(hook, model_name, challenger, df, evaluation, slices)
-    metric = evaluation.metric
-    if ours["overall"]["value"] is not None:
-        hook.set_version_tags(model_name, challenger, {f"eval.{metric}": f"{ours['overall']['value']:.6f}"})
-    result: dict[str, Any] = {
-        "metric": metric,
-        "higher_is_better": evaluation.higher_is_better,
-        "data_path": evaluation.data_path,
-        "dataset_version": evaluation.dataset_version,
-        "rows": len(df),
-        "challenger": ours,
-        "champion": None,
-        "improvement": None,
-        "beats_champion": True,
-        "slice_regressions": [],
-    }
-    if champion is None:
-        return result
-    theirs = evaluate_version(hook, model_name, champion, df, evaluation, slices)
-    if ours["overall"]["value"] is None or theirs["overall"]["value"] is None:
-        raise ValueError(
-            f"{metric} is undefined on {evaluation.data_path} (one class only?): "
-            "evaluate on a held-out set holding both labels."
-        )
-    improvement = evaluation.gain(ours["overall"]["value"], theirs["overall"]["value"])
-    result.update(champion=theirs, improvement=improvement, beats_champion=improvement > min_improvement)
-    if max_slice_regression is not None:
-        result["slice_regressions"] = slice_regressions(
-            evaluation, ours, theirs, max_slice_regression, min_slice_rows
-        )
-    return result
 
 
 # -- lineage -------------------------------------------------------------------------------------
@@ -348,13 +152,7 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
     def _register(self, hook: MlflowHook, context: Context) -> tuple[str, bool]:
         tags = self._tags(context)
         existing = hook.find_version_for_run(self.model_name, self.run_id)
-        if existing is not None:
-            self.log.info(
-                "Run %s is already version %s of %s; reusing it",
-                self.run_id,
-                existing.version,
-                self.model_name,
-            )
+        if existing is not None:  # a retry, or a cleared task: said in the summary
             hook.set_version_tags(self.model_name, existing.version, tags)  # a retry may bring more lineage
             return str(existing.version), False
         mv = hook.mlflow.register_model(
@@ -385,6 +183,20 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             "previous_champion": champion,
         }
 
+    def _summary(self, version: str, created: bool, decision: Mapping[str, Any], champion: str | None) -> str:
+        """One line: what was registered, from which run, and where the champion is now."""
+        what = (
+            f"Registered {self.model_name} version {version} from run {self.run_id}"
+            if created
+            else f"Reused {self.model_name} version {version}, already registered from run {self.run_id}"
+        )
+        if self.champion_alias is None:
+            return f"{what}; alias {self.alias!r}; the champion is decided downstream."
+        if decision["promote"]:
+            return f"{what}; alias {self.alias!r}, now {self.champion_alias!r} ({decision['reason']})."
+        held = f"v{champion}" if champion else "nobody"
+        return f"{what}; alias {self.alias!r}; {self.champion_alias!r} stays {held} ({decision['reason']})."
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.hooks.mlflow import MlflowHook
 
@@ -394,15 +206,12 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         decision = self._champion_decision(hook, version)
         if decision["promote"]:
             hook.set_alias(self.model_name, self.champion_alias, version)
-        self.log.info(
-            "%s version %s: %s -> %s",
-            self.model_name,
-            version,
-            decision["reason"],
-            f"now {self.champion_alias}" if decision["promote"] else f"stays {self.alias}",
-        )
-        MlflowModelVersionLink.persist(context, hook.model_version_url(self.model_name, version))
         champion = hook.alias_version(self.model_name, self.champion_alias) if self.champion_alias else None
+        # the first line of the task's log: what it did
+        self.log.info(self._summary(version, created, decision, champion))
+        url = hook.model_version_url(self.model_name, version)
+        self.log.info("Model version: %s", url)
+        MlflowModelVersionLink.persist(context, url)
         attach_outlet_extra(
             context,
             self.outlets,
@@ -634,7 +443,7 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
 
     # -- the rule ----------------------------------------------------------------------------
 
-    def decide(self, compared: Mapping[str, Any]) -> _Decision:
+    def decide(self, compared: Comparison) -> _Decision:
         """Apply the rule (and ``require_approval``) to :func:`evaluate_against_champion`'s result."""
         metric = compared["metric"]
         ours = compared["challenger"]["overall"]["value"]
@@ -780,7 +589,12 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
             comparison = self._compare(hook, challenger, champion, context)
             if comparison["promote"]:  # recorded first: a crash here leaves a record and no promotion
                 hook.set_alias(self.model_name, self.champion_alias, challenger)
-        self.log.info("%s: %s -> %s", self.model_name, comparison["reason"], comparison["outcome"])
+        # the first line of the task's log: the gate's decision and its numbers
+        self.log.info(
+            "Gate %s: %s v%s — %s", self.model_name, comparison["outcome"], challenger, comparison["reason"]
+        )
+        if comparison.get("mlflow_run_id"):
+            self.log.info("Comparison recorded in MLflow run %s", comparison["mlflow_run_id"])
         ti = context["ti"]
         ti.xcom_push(key="comparison", value=comparison)
         ti.xcom_push(key="challenger_version", value=challenger)

@@ -95,11 +95,13 @@ class SelectBestRunOperator(MlopsBaseOperator):
         if not ids:
             raise ValueError(f"{self.task_id}: no candidate runs (run_ids and runs are empty).")
         hook = MlflowHook(self.mlflow_conn_id)
-        ranking = self._score(hook, ids)
+        left_out: list[str] = []  # logged after the summary line
+        ranking = self._score(hook, ids, left_out)
         if not ranking:
             raise ValueError(
                 f"{self.task_id}: none of the {len(ids)} runs is FINISHED with a value for metric "
-                f"{self.metric!r}; check the metric name against the runs' metrics in MLflow."
+                f"{self.metric!r}; check the metric name against the runs' metrics in MLflow. "
+                + " ".join(left_out)
             )
         ranking.sort(key=lambda item: item[1], reverse=self.mode == "max")  # stable: ties keep order
         best, value = ranking[0]
@@ -107,10 +109,20 @@ class SelectBestRunOperator(MlopsBaseOperator):
             ti = context["ti"]
             hook.client.set_tag(best.info.run_id, BEST_OF_TAG, f"{ti.dag_id}/{ti.run_id}")
             hook.client.set_tag(best.info.run_id, f"{BEST_OF_TAG}.metric", f"{self.mode} {self.metric}")
-        MlflowRunLink.persist(context, hook.run_url(best.info.run_id, best.info.experiment_id))
+        url = hook.run_url(best.info.run_id, best.info.experiment_id)
+        MlflowRunLink.persist(context, url)
+        # the first line of the task's log: what was picked, by which number
         self.log.info(
-            "Best of %d runs (%s %s): %s = %s", len(ranking), self.mode, self.metric, best.info.run_id, value
+            "Selected run %s: best of %d run(s) by %s %s = %s",
+            best.info.run_id,
+            len(ranking),
+            self.mode,
+            self.metric,
+            value,
         )
+        for note in left_out:
+            self.log.warning(note)
+        self.log.info("MLflow run: %s", url)
         return {
             "run_id": best.info.run_id,
             "experiment_id": best.info.experiment_id,
@@ -124,20 +136,18 @@ class SelectBestRunOperator(MlopsBaseOperator):
             "ranking": [{"run_id": run.info.run_id, "value": v} for run, v in ranking],
         }
 
-    def _score(self, hook: MlflowHook, ids: list[str]) -> list[tuple[Any, float]]:
-        """(run, metric value) of every usable candidate; the others are logged and left out."""
+    def _score(self, hook: MlflowHook, ids: list[str], left_out: list[str]) -> list[tuple[Any, float]]:
+        """(run, metric value) of every usable candidate; why the others are left out goes to ``left_out``."""
         scored = []
         for run_id in ids:
             run = hook.client.get_run(run_id)
             value = run.data.metrics.get(self.metric)
             if run.info.status != "FINISHED":
-                self.log.warning("Leaving out run %s: it is %s, not FINISHED.", run_id, run.info.status)
+                left_out.append(f"Left out run {run_id}: it is {run.info.status}, not FINISHED.")
             elif value is None or math.isnan(value):
-                self.log.warning(
-                    "Leaving out run %s: no value for %r (it has %s).",
-                    run_id,
-                    self.metric,
-                    sorted(run.data.metrics),
+                left_out.append(
+                    f"Left out run {run_id}: no value for {self.metric!r} "
+                    f"(it has {sorted(run.data.metrics)})."
                 )
             else:
                 scored.append((run, float(value)))

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
+
 from airflow_mlops.links.mlflow import MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin, map_index
@@ -16,7 +18,7 @@ from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin, map_index
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_mlops.hooks.kubernetes import TrainingJobHook
+    from airflow_mlops.hooks.kubernetes import KubernetesJobHook
     from airflow_mlops.hooks.runtime import RuntimeHook
 
 
@@ -26,6 +28,16 @@ def _checkpoint(ti: Any) -> dict[str, str]:
     from airflow_mlops.training import checkpoint_key
 
     return {"key": checkpoint_key(ti.dag_id, ti.run_id, ti.task_id, map_index(ti))}
+
+
+def _local_env(mlflow_hook: Any) -> dict[str, str]:
+    """What ``horovodrun`` gets on top of the training runtime's allow-list (``RuntimeHook``): the
+    MLflow connection (rank 0 keeps it, the other ranks drop it) and no artifact progress bars in
+    the task log (a checkpoint download draws one), unless the worker's environment says otherwise."""
+    import os
+
+    progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": progress, **mlflow_hook.subprocess_env()}
 
 
 class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
@@ -63,6 +75,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     :param kind: ``MPIJob`` (Kubeflow mpi-operator, kubeflow.org/v2beta1) or ``IndexedJob`` (a
         ``batch/v1`` indexed Job + headless Service, when the cluster has no MPI operator).
     :param deferrable: wait for the job in the triggerer instead of a worker slot.
+        Default: ``[operators] default_deferrable`` (False).
     :param poll_interval: seconds between two status checks of the job.
     :param wait_for_completion: False returns as soon as the job exists (no MLflow result).
     :param mlflow_secret_name: Secret in the job's namespace with the MLflow credentials
@@ -103,7 +116,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         image: str | None = None,
         container_resources: dict[str, Any] | None = None,
         kind: str = "MPIJob",
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 30.0,
         wait_for_completion: bool = True,
         mlflow_secret_name: str | None = None,
@@ -186,16 +199,24 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
                     str(settings.runtime_script("horovod_entry")),
                     str(config_path),
                 ],
-                env=mlflow_hook.subprocess_env(),
+                env=_local_env(mlflow_hook),
                 cwd=work,
             )
             result = json.loads((Path(work) / "result.json").read_text())
-        MlflowRunLink.persist(context, mlflow_hook.run_url(result["run_id"], result["experiment_id"]))
-        if result.get("resumed_from_epoch") is not None:
-            self.log.info(
-                "Resumed from the checkpoint of epoch %s of an earlier try.", result["resumed_from_epoch"]
-            )
-        self.log.info("MLflow run %s: %s", result["run_id"], result["metrics"])
+        url = mlflow_hook.run_url(result["run_id"], result["experiment_id"])
+        MlflowRunLink.persist(context, url)
+        resumed = result.get("resumed_from_epoch")
+        # what the task did, after the training's own output (streamed above as it came)
+        self.log.info(
+            "Trained %s on %d process(es) (%s)%s: MLflow run %s, metrics %s",
+            script.name,
+            result.get("num_proc", self.num_proc),
+            result.get("device", "?"),
+            f", resumed after epoch {resumed} of an earlier try" if resumed is not None else "",
+            result["run_id"],
+            result["metrics"],
+        )
+        self.log.info("MLflow run: %s", url)
         return result
 
     def _local_config(
@@ -225,6 +246,9 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         self._kill_job()
 
     # --- Kubernetes mode (job naming, reattaching and waiting: KubernetesJobMixin) ------
+
+    job_name_prefix = "hvd"  # NAME_PREFIXES["training"] in airflow_mlops.kubernetes.jobs
+    job_component = "training"
 
     def _execute_kubernetes(self, context: Context) -> dict[str, Any]:
         hook = self._job_hook()
@@ -279,14 +303,14 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         return training.render(spec, self.kind)
 
     def _finish(
-        self, context: Context, hook: TrainingJobHook, name: str, event: dict[str, Any]
+        self, context: Context, hook: KubernetesJobHook, name: str, event: dict[str, Any]
     ) -> dict[str, Any]:
         """After the job (waited for here or by the trigger): collect the MLflow result, or fail
         with the job's reason."""
         self._raise_unless_succeeded(hook, name, event)
         return self._collect_result(context, hook, name)
 
-    def _collect_result(self, context: Context, hook: TrainingJobHook, name: str) -> dict[str, Any]:
+    def _collect_result(self, context: Context, hook: KubernetesJobHook, name: str) -> dict[str, Any]:
         """The MLflow run the job's rank 0 logged, found by the nonce tag written at creation."""
         from airflow_mlops.exceptions import MlopsError
         from airflow_mlops.hooks.mlflow import MlflowHook

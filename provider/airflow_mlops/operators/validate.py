@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,33 @@ def row_count_bounds(counts: Sequence[int], tolerance: float) -> tuple[int, int]
     return int(median * (1 - tolerance)), int(median * (1 + tolerance)) + 1
 
 
+def _dataset_of(path: str) -> str:
+    """``<dataset> snapshot <version>`` of a snapshot path, else the file's name."""
+    try:
+        _, dataset, _ = _snapshot_location(path)
+    except ValueError:
+        return Path(path).name
+    return f"{dataset} (snapshot {Path(path).stem})"
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """
+    One line: ``Validated 5957 rows of flights (snapshot 1536...) against suite 'flights': 28/28
+    expectations passed.`` (with the quarantined rows and the failures, when there are).
+    """
+    stats = summary.get("statistics") or {}
+    rows = summary.get("clean_rows", summary["rows"])
+    line = f"Validated {rows} rows of {_dataset_of(summary['data_path'])}"
+    if summary.get("quarantined_rows"):
+        line += f" ({summary['quarantined_rows']} of {summary['rows']} quarantined)"
+    line += (
+        f" against suite {summary['suite']!r}: {stats.get('successful_expectations')}/"
+        f"{stats.get('evaluated_expectations')} expectations passed"
+    )
+    failures = summary.get("failures") or []
+    return line + (f"; {len(failures)} failed." if failures else ".")
+
+
 class GreatExpectationsValidateOperator(MlopsBaseOperator):
     """
     Run an expectation suite on a Parquet snapshot and act on the result by ``policy``.
@@ -168,7 +196,8 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         from airflow_mlops.hooks.great_expectations import GreatExpectationsHook, load_suite
 
         df = pd.read_parquet(self.data_path)
-        spec = self._with_history(load_suite(self.suite), context)
+        notes: list[tuple[int, str]] = []  # logged after the summary line: (level, message)
+        spec = self._with_history(load_suite(self.suite), notes)
         out_dir = self._output_dir(context)
         out_dir.mkdir(parents=True, exist_ok=True)
         # the suite that ran, as data: a profiled one can be inspected and reused from here
@@ -179,7 +208,7 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         with GreatExpectationsHook().session(spec, data_docs=self.data_docs) as session:
             result = session.validate(df, "snapshot", unexpected_rows=self.quarantine)
             if self.quarantine and result["unexpected_rows"]:
-                summary.update(self._quarantine(df, result, context))
+                summary.update(self._quarantine(df, result, context, notes))
                 clean = pd.read_parquet(summary["path"])
                 summary["quarantined_failures"] = result["row_level_failures"]
                 result = session.validate(clean, "clean")
@@ -189,7 +218,7 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
                 summary.update(self._store_data_docs(session, result, out_dir, context))
         result.pop("unexpected_rows", None)
         summary.update(result)
-        self._log(summary)
+        self._log(summary, notes)
         # also under its own key: a failed or skipped task pushes no return value
         context["ti"].xcom_push(key=SUMMARY_KEY, value=summary)
         if summary["success"]:
@@ -205,7 +234,7 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         task = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}_{ti.map_index}"
         return settings.data_dir() / "data_docs" / ti.dag_id / ti.run_id / task
 
-    def _with_history(self, spec: dict[str, Any], context: Context) -> dict[str, Any]:
+    def _with_history(self, spec: dict[str, Any], notes: list[tuple[int, str]]) -> dict[str, Any]:
         if self.row_count_vs_history is None:
             return spec
         root, dataset, manifest = _snapshot_location(self.data_path)
@@ -214,11 +243,12 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         # scaled to this interval's length: a retraining on two months compares with monthly runs
         counts = history_row_counts(root, dataset, start, self.history_window, per=_length(this))
         if len(counts) < self.min_history:
-            self.log.info(
-                "Row count vs. history: %d earlier interval(s) of %s, %d needed; not checked yet.",
-                len(counts),
-                dataset,
-                self.min_history,
+            notes.append(
+                (
+                    logging.INFO,
+                    f"Row count vs. history: {len(counts)} earlier interval(s) of {dataset}, "
+                    f"{self.min_history} needed; not checked yet.",
+                )
             )
             return spec
         low, high = row_count_bounds(counts, self.row_count_vs_history)
@@ -229,7 +259,9 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         }
         return {**spec, "expectations": [*spec["expectations"], check]}
 
-    def _quarantine(self, df: pd.DataFrame, result: dict[str, Any], context: Context) -> dict[str, Any]:
+    def _quarantine(
+        self, df: pd.DataFrame, result: dict[str, Any], context: Context, notes: list[tuple[int, str]]
+    ) -> dict[str, Any]:
         from airflow_mlops.datasets import read_manifest, write_snapshot
 
         root, dataset, manifest_path = _snapshot_location(self.data_path)
@@ -255,13 +287,12 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
             end,
             {**lineage, "quarantined": int(bad.sum())},
         )
-        self.log.warning(
-            "Quarantined %d of %d rows to %s; the %d clean rows are %s.",
-            quarantined.rows,
-            len(df),
-            quarantined.path,
-            clean.rows,
-            clean.path,
+        notes.append(
+            (
+                logging.WARNING,
+                f"Quarantined {quarantined.rows} of {len(df)} rows to {quarantined.path}; "
+                f"the {clean.rows} clean rows are {clean.path}.",
+            )
         )
         return {
             "path": clean.path,
@@ -283,17 +314,13 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         DataDocsLink.persist(context, url)
         return {"data_docs": str(page), "data_docs_url": url}
 
-    def _log(self, summary: dict[str, Any]) -> None:
-        stats = summary["statistics"]
-        self.log.info(
-            "Suite %s on %s (%d rows): %s of %s expectations passed. Data Docs: %s",
-            summary["suite"],
-            summary["path"],
-            summary.get("clean_rows", summary["rows"]),
-            stats.get("successful_expectations"),
-            stats.get("evaluated_expectations"),
-            summary.get("data_docs_url", "not rendered"),
-        )
+    def _log(self, summary: dict[str, Any], notes: Sequence[tuple[int, str]] = ()) -> None:
+        """The task log's first line says what was validated and how it went; the details follow."""
+        self.log.info(summary_line(summary))
+        for level, message in notes:
+            self.log.log(level, message)
+        if summary.get("data_docs_url"):
+            self.log.info("Data Docs: %s", summary["data_docs_url"])
 
     def _apply_policy(self, summary: dict[str, Any], context: Context) -> dict[str, Any]:
         listing = "\n".join(f"  - {failure}" for failure in summary["failures"])

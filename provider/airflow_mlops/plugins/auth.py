@@ -5,12 +5,18 @@ route resolves its caller the way Airflow's own API does (the JWT of the ``Autho
 Bearer`` header, or the UI's ``_token`` cookie) and asks the configured auth manager.
 The HTML pages send a browser without a valid session to Airflow's login page instead of
 answering 401 (:func:`page_user`); the JSON routes answer 401 / 403.
+
+What a caller sees is limited to the DAGs it may read (:class:`DagScope`): a file is authorized
+against the DAG that owns it *after* its path is resolved, and registry, deployment and drift
+entries are shown only when a readable DAG made them (:func:`deployers` for deployments).
 Airflow's security modules are imported inside the functions: they cost ~1.5 s and every
 Airflow process loads plugins, only the API server serves them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -123,3 +129,105 @@ def readable_dag_ids(user: Any) -> set[str]:
     if not manager.is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN, user=user):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="The MLOps view needs read access to DAG runs.")
     return set(manager.get_authorized_dag_ids(user=user, method="GET"))
+
+
+#: a DAG id no DAG has: a caller the auth manager lets read its runs may read those of any DAG
+_ANY_DAG = "__mlops_any_dag__"
+
+
+@dataclass(frozen=True)
+class DagScope:
+    """
+    What a caller may read: the runs and task results of ``dag_ids``.
+
+    :param dag_ids: the DAGs the auth manager lets the caller read (``get_authorized_dag_ids``).
+    :param every_dag: the caller may read every DAG, present or future (the auth manager grants
+        it the runs of a DAG id no DAG has: FAB's global *DAGs* and *DAG Runs* permissions, any
+        reading role of the simple auth manager). Only such a caller sees what no DAG is known to
+        have made (a model version without an ``airflow.dag_id`` tag, a deployment no DAG rolled
+        out, a dataset version ingested outside Airflow).
+    """
+
+    dag_ids: frozenset[str]
+    every_dag: bool = False
+
+    def reads(self, dag_id: Any) -> bool:
+        return isinstance(dag_id, str) and dag_id in self.dag_ids
+
+    def shows(self, made_by: Iterable[Any]) -> bool:
+        """Whether something the DAGs ``made_by`` made (none known: empty) is shown to the caller."""
+        return self.every_dag or any(self.reads(dag_id) for dag_id in made_by)
+
+
+def dag_scope(user: Any) -> DagScope:
+    """The :class:`DagScope` of ``user``; 403 when DAG runs are off limits (:func:`readable_dag_ids`)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    dag_ids = readable_dag_ids(user)
+    every = get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=_ANY_DAG), user=user
+    )
+    return DagScope(frozenset(dag_ids), bool(every))
+
+
+def deployers(
+    deployment: Mapping[str, Any], results: Iterable[Mapping[str, Any]], catalog: Mapping[str, Any]
+) -> set[str]:
+    """
+    The DAGs known to have rolled ``deployment`` out (its visibility: :meth:`DagScope.shows`).
+
+    * the DAG of the task try that made its last rollout (the record's ``last_rollout.made_by``);
+    * the DAGs whose deploy task's result (XCom ``return_value``) names it, as
+      ``sources.attach_rollouts`` pairs them (name, mode, namespace);
+    * the DAGs with a deploy-family task (deploy, promote, rollback) whose ``deployment_name`` is
+      its name (``sources.deploy_tasks``).
+
+    :param deployment: from ``sources.deployments`` / ``sources.kubernetes_deployments`` (or a
+        stub ``{"name", "mode"}`` for a deployment whose record is gone).
+    :param results: XComs ``return_value`` of the readable DAGs (``sources.xcoms``).
+    :param catalog: the readable DAGs (``sources.dag_catalog``).
+    """
+    from airflow_mlops.plugins import sources
+
+    name, mode = deployment.get("name"), deployment.get("mode") or "local"
+    found: set[str] = set()
+    made_by = (deployment.get("rollout_outcome") or {}).get("made_by")
+    if isinstance(made_by, Mapping) and isinstance(made_by.get("dag_id"), str):
+        found.add(made_by["dag_id"])
+    for xcom in results:
+        value = xcom.get("value")
+        if (
+            isinstance(value, Mapping)
+            and value.get("deployment") == name
+            and (value.get("mode") or "local") == mode
+            and value.get("namespace") == deployment.get("namespace")
+        ):
+            found.add(xcom["dag_id"])
+    found |= {task["dag_id"] for task in sources.deploy_tasks(dict(catalog), str(name))}
+    return found
+
+
+def authorize_deployment(user: Any, deployment: str) -> DagScope:
+    """
+    Refuse (403) a caller who may read no DAG that rolled ``deployment`` out (:func:`deployers`),
+    unless it reads every DAG; the caller's :class:`DagScope` otherwise.
+    """
+    from airflow_mlops import settings
+    from airflow_mlops.plugins import sources
+
+    scope = dag_scope(user)
+    if scope.every_dag:
+        return scope
+    dag_ids = set(scope.dag_ids)
+    record = next(
+        (d for d in sources.deployments(settings.data_dir(), health=False) if d["name"] == deployment),
+        {"name": deployment, "mode": "local", "namespace": None},
+    )
+    results, catalog = sources.xcoms(dag_ids, "return_value"), sources.dag_catalog(dag_ids)
+    if not scope.shows(deployers(record, results, catalog)):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"No read access to a DAG that deploys {deployment!r}.",
+        )
+    return scope

@@ -5,7 +5,9 @@ Mounted by the API server at ``/mlops`` (with the MLOps view, see :mod:`.mlops_v
 ``[mlops] data_dir``/``data_docs``. FastAPI plugin apps are not protected by Airflow on their
 own, so every request resolves the caller the way Airflow's own API does (the JWT of the
 ``Authorization: Bearer`` header, or the UI's ``_token`` cookie) and needs read access to the
-task instances of the DAG (first path segment).
+task instances of the DAG that owns the file: the first folder of the file's path under the Data
+Docs root *once resolved* (``..``, encoded or not, and symbolic links followed), not of the path
+as requested — ``dag_a/%2E%2E/dag_b/...`` is dag_b's file and needs access to dag_b.
 
 Data Docs must work without internet access: the pages GE writes load Bootstrap, jQuery,
 Vega, Font Awesome... from public CDNs and GE's logo from S3. The provider ships copies of
@@ -82,6 +84,19 @@ def data_docs_root() -> Path:
     from airflow_mlops import settings
 
     return settings.data_dir() / "data_docs"
+
+
+def owner(root: Path, path: str, what: str = "Data Docs file") -> tuple[str, Path]:
+    """
+    ``(dag_id, file)``: the DAG whose folder holds what ``path`` names under ``root`` once
+    resolved (``..`` and symbolic links followed), and that resolved path, which may not exist;
+    404 for a path that leaves ``root`` or names ``root`` itself.
+    """
+    root = root.resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No {what} {path!r}.")
+    return target.relative_to(root).parts[0], target
 
 
 def resolve(root: Path, path: str, what: str = "Data Docs file") -> Path:
@@ -199,8 +214,11 @@ router = APIRouter()
 @router.get(DATA_DOCS_ROUTE + "/{path:path}", name="data_docs")
 def data_docs(path: str, user: Annotated[Any, Depends(_page_user)]) -> Response:
     """A file of a stored Data Docs site, e.g. ``<dag_id>/<run_id>/<task_id>/site/index.html``."""
-    _authorize(user, path.split("/", 1)[0])
-    target = resolve(data_docs_root(), path)
+    # authorize the DAG that owns the file the path resolves to (before saying whether it exists)
+    dag_id, target = owner(data_docs_root(), path)
+    _authorize(user, dag_id)
+    if not target.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No Data Docs file {path!r}.")
     if target.suffix.lower() not in (".html", ".htm"):
         return FileResponse(target)
     html = target.read_bytes().decode("utf-8", errors="surrogateescape")

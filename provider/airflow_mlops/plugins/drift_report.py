@@ -5,17 +5,22 @@ Mounted by the API server at ``/mlops`` (with the MLOps view, see :mod:`.mlops_v
 * ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>`` — an HTML page from the
   ``report.json`` ``DriftDetectOperator`` stored (written by the drift runtime): drift score,
   threshold, per-feature test / statistic / p-value, drifted features and the checked window;
-* ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>/pvalues.png`` — its p-value plot;
+  ``GET /mlops/drift-report/<dag_id>/<run_id>/<task_id>/<map_index>`` — the same for one instance
+  of a mapped task;
+* ``.../pvalues.png`` below either — its p-value plot;
 * ``GET /mlops/drift-window/<deployment>/<window_id>`` (and ``.../pvalues.png``) — the same page
   for a window of served traffic tested by a ``DriftEventTrigger``
-  (``drift/watchers/<deployment>/<window_id>/``), for callers who may read DAG runs, as the
-  MLOps page.
+  (``drift/watchers/<deployment>/<window_id>/``), for callers who may read a DAG that rolled the
+  deployment out (``auth.deployers``; a caller who may read every DAG reads every window).
 
-The report lives in ``[mlops] data_dir``/drift/<dag_id>/<run>/ (``<run>`` is the run id with
-characters other than letters, digits and ``-_.`` replaced by ``_``), or where the task's
-result (XCom ``return_value``, key ``report``) says, as long as that is inside the ``drift``
-folder: nothing else is served. Every request needs read access to the task instances of
-the DAG (401 without credentials, 403 otherwise), as the Data Docs route; a browser without a
+The report is where the task instance's result (XCom ``return_value`` of that map index, key
+``report``) says — reports of earlier versions, in ``drift/<dag_id>/<run>/``, are found that way —
+else in the instance's own folder (``[mlops] data_dir``/drift/<dag_id>/<run>/<task_id>[/map_index=<n>],
+:mod:`airflow_mlops.task_outputs`), as long as it is inside the ``drift`` folder: nothing else is
+served. Every request needs read access to the task instances of
+the DAG (401 without credentials, 403 otherwise), as the Data Docs route, and of the DAG whose
+folder holds the report once its path is resolved (a result may point into another DAG's folder;
+into a watcher's, it needs what that window's page needs); a browser without a
 session asking for a page is sent to Airflow's login page instead. Each page links back to the
 MLOps page ("← MLOps"): it opens in the same frame as the MLOps page, inside Airflow's UI.
 
@@ -33,12 +38,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import FileResponse, HTMLResponse
 
+from airflow_mlops.drift_config import PLOT_FILE, REPORT_FILE
 from airflow_mlops.links.drift import DRIFT_REPORT_ROUTE
 from airflow_mlops.links.great_expectations import URL_PREFIX
 from airflow_mlops.plugins.auth import authorize_dag_tasks as _authorize
+from airflow_mlops.plugins.auth import authorize_deployment
 from airflow_mlops.plugins.auth import current_user as _user
 from airflow_mlops.plugins.auth import page_user as _page_user
-from airflow_mlops.plugins.auth import readable_dag_ids
 
 router = APIRouter()
 #: the page of a window of served traffic a ``DriftEventTrigger`` tested
@@ -63,11 +69,6 @@ def drift_root() -> Path:
     return settings.data_dir() / "drift"
 
 
-def safe_run(run_id: str) -> str:
-    """The folder name ``DriftDetectOperator`` gives a run (same rule as its ``_report_dir``)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-
-
 def resolve(root: Path, path: str | Path, what: str) -> Path:
     """The file ``path`` names under ``root``; 404 for anything else (``..``, links out, folders)."""
     root = root.resolve()
@@ -77,8 +78,8 @@ def resolve(root: Path, path: str | Path, what: str) -> Path:
     return target
 
 
-def task_result(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
-    """What the drift task returned (``report``, ``window``...); ``{}`` when unknown."""
+def task_result(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+    """What the drift task instance returned (``report``, ``window``...); ``{}`` when unknown."""
     try:
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
@@ -93,7 +94,7 @@ def task_result(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
                     XComModel.run_id == run_id,
                     XComModel.task_id == task_id,
                     XComModel.key == "return_value",
-                    XComModel.map_index == -1,
+                    XComModel.map_index == map_index,
                 )
             ).scalar_one_or_none()
             value = _deserialize(row) if row is not None else None
@@ -102,18 +103,24 @@ def task_result(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def report_dir(dag_id: str, run_id: str, task_id: str) -> tuple[Path, dict[str, Any]]:
-    """The folder of the task's report (inside :func:`drift_root`) and the task's result; 404 if none."""
+def report_dir(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> tuple[Path, dict[str, Any]]:
+    """The folder of a task instance's report (inside :func:`drift_root`) and its result; 404 if none."""
+    from airflow_mlops.task_outputs import instance_folder
+
     root = drift_root()
-    result = task_result(dag_id, run_id, task_id)
+    result = task_result(dag_id, run_id, task_id, map_index)
+    instance = f"task {task_id!r}" + (f" (map index {map_index})" if map_index >= 0 else "")
     missing = (
-        f"No drift report for task {task_id!r} of DAG run {run_id!r} of {dag_id!r}: the check has "
+        f"No drift report for {instance} of DAG run {run_id!r} of {dag_id!r}: the check has "
         f"not run yet, failed before writing it, or wrote it outside {root}."
     )
     candidates = []
     if isinstance(result.get("report"), str):
         candidates.append(Path(result["report"]))
-    candidates.append(Path(dag_id) / safe_run(run_id) / "report.json")
+    try:
+        candidates.append(Path(instance_folder(dag_id, run_id, task_id, map_index)) / REPORT_FILE)
+    except ValueError:  # ids that name no folder: only the task's own result can point at a report
+        pass
     for candidate in candidates:
         try:
             return resolve(root, candidate, missing).parent, result
@@ -213,43 +220,109 @@ def render_report(
 """
 
 
-@router.get(
-    DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse, name="drift_report"
-)
-def drift_report(dag_id: str, run_id: str, task_id: str, user: PageUser) -> HTMLResponse:
-    """The drift report of one task instance as a page."""
+#: the watchers' folder under ``drift/`` (``drift/watchers/<deployment>/<window_id>/``): not a DAG's
+WATCHERS = "watchers"
+
+
+def authorize_report_folder(user: Any, dag_id: str, folder: Path) -> None:
+    """
+    Refuse (403) a report whose resolved ``folder`` belongs to what the caller may not read: the
+    DAG whose folder it is, when that is not ``dag_id`` (already authorized), or the deployment of
+    a watcher's window.
+    """
+    parts = folder.resolve().relative_to(drift_root().resolve()).parts
+    if parts and parts[0] == WATCHERS:
+        authorize_deployment(user, parts[1] if len(parts) > 1 else "")
+    elif parts and parts[0] != dag_id:
+        _authorize(user, parts[0])
+
+
+def _report_page(dag_id: str, run_id: str, task_id: str, map_index: int, user: Any) -> HTMLResponse:
     _authorize(user, dag_id)
-    folder, result = report_dir(dag_id, run_id, task_id)
+    folder, result = report_dir(dag_id, run_id, task_id, map_index)
+    authorize_report_folder(user, dag_id, folder)
     try:
-        report = json.loads((folder / "report.json").read_text())
+        report = json.loads((folder / REPORT_FILE).read_text())
     except (OSError, ValueError) as err:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail=f"The drift report of {dag_id!r} / {run_id!r} is unreadable: {err}",
+            detail=f"The drift report of {dag_id!r} / {run_id!r} / {task_id!r} is unreadable: {err}",
         ) from err
-    has_plot = (folder / "pvalues.png").is_file()
+    source = [("DAG", dag_id), ("run", run_id), ("task", task_id)]
+    if map_index >= 0:
+        source.append(("map index", str(map_index)))
+    # relative to this page: .../<task_id>/pvalues.png, or .../<task_id>/<map_index>/pvalues.png
+    last = quote(task_id, safe="") if map_index < 0 else str(map_index)
     page = render_report(
         report if isinstance(report, dict) else {},
-        source=[("DAG", dag_id), ("run", run_id), ("task", task_id)],
+        source=source,
         window=result.get("window"),
-        # relative to this page: .../<task_id>/pvalues.png
-        plot_url=f"{quote(task_id, safe='')}/pvalues.png" if has_plot else None,
+        plot_url=f"{last}/{PLOT_FILE}" if (folder / PLOT_FILE).is_file() else None,
         back_url=mlops_page_path(),
     )
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
+def _report_plot(dag_id: str, run_id: str, task_id: str, map_index: int, user: Any) -> FileResponse:
+    _authorize(user, dag_id)
+    folder, _ = report_dir(dag_id, run_id, task_id, map_index)
+    authorize_report_folder(user, dag_id, folder)
+    missing = f"No p-value plot for the drift report of {dag_id!r} / {run_id!r} / {task_id!r}."
+    return FileResponse(resolve(drift_root(), folder / PLOT_FILE, missing), media_type="image/png")
+
+
+@router.get(
+    DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse, name="drift_report"
+)
+def drift_report(dag_id: str, run_id: str, task_id: str, user: PageUser) -> HTMLResponse:
+    """The drift report of one task instance (not mapped) as a page."""
+    return _report_page(dag_id, run_id, task_id, -1, user)
+
+
 @router.get(DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}/pvalues.png", name="drift_report_plot")
 def drift_report_plot(dag_id: str, run_id: str, task_id: str, user: User) -> FileResponse:
     """The p-value plot of one drift report."""
-    _authorize(user, dag_id)
-    folder, _ = report_dir(dag_id, run_id, task_id)
-    missing = f"No p-value plot for the drift report of {dag_id!r} / {run_id!r}."
-    plot = resolve(drift_root(), folder / "pvalues.png", missing)
-    return FileResponse(plot, media_type="image/png")
+    return _report_plot(dag_id, run_id, task_id, -1, user)
+
+
+@router.get(
+    DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}/{map_index:int}",
+    response_class=HTMLResponse,
+    name="drift_report_mapped",
+)
+def drift_report_mapped(
+    dag_id: str, run_id: str, task_id: str, map_index: int, user: PageUser
+) -> HTMLResponse:
+    """The drift report of one instance of a mapped task as a page."""
+    return _report_page(dag_id, run_id, task_id, map_index, user)
+
+
+@router.get(
+    DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}/{map_index:int}/pvalues.png",
+    name="drift_report_mapped_plot",
+)
+def drift_report_mapped_plot(
+    dag_id: str, run_id: str, task_id: str, map_index: int, user: User
+) -> FileResponse:
+    """The p-value plot of one mapped instance's drift report."""
+    return _report_plot(dag_id, run_id, task_id, map_index, user)
 
 
 # --------------------------------------------------------------------------- watched windows
+
+
+def authorize_window(user: Any, deployment: str, window_id: str) -> None:
+    """
+    Refuse (403) a caller who may not read the deployment owning the window the path names once
+    resolved (``auth.authorize_deployment``); 404 for a path that leaves the watchers' folder.
+    """
+    root = (drift_root() / WATCHERS).resolve()
+    target = (root / deployment / window_id).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"No drift report for window {window_id!r} of {deployment!r}."
+        )
+    authorize_deployment(user, target.relative_to(root).parts[0])
 
 
 def window_dir(deployment: str, window_id: str) -> tuple[Path, dict[str, Any]]:
@@ -269,7 +342,7 @@ def window_dir(deployment: str, window_id: str) -> tuple[Path, dict[str, Any]]:
 )
 def drift_window(deployment: str, window_id: str, user: PageUser) -> HTMLResponse:
     """The report of one window of served traffic a drift watcher tested, as a page."""
-    readable_dag_ids(user)  # the MLOps page's rule: read access to DAG runs
+    authorize_window(user, deployment, window_id)
     folder, meta = window_dir(deployment, window_id)
     try:
         report = json.loads((folder / "report.json").read_text())
@@ -293,7 +366,7 @@ def drift_window(deployment: str, window_id: str, user: PageUser) -> HTMLRespons
 @router.get(DRIFT_WINDOW_ROUTE + "/{deployment}/{window_id}/pvalues.png", name="drift_window_plot")
 def drift_window_plot(deployment: str, window_id: str, user: User) -> FileResponse:
     """The p-value plot of one watched window."""
-    readable_dag_ids(user)
+    authorize_window(user, deployment, window_id)
     folder, _ = window_dir(deployment, window_id)
     missing = f"No p-value plot for window {window_id!r} of deployment {deployment!r}."
     return FileResponse(resolve(drift_root(), folder / "pvalues.png", missing), media_type="image/png")

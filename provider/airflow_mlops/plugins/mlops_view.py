@@ -13,7 +13,12 @@
 
 Every route needs Airflow's authentication (401 without credentials, 403 with a bad token or
 without read access to DAG runs; the HTML pages send a browser without a session to Airflow's
-login page instead). DAG-run details only name DAGs the caller may read.
+login page instead). Each answer holds only what DAGs the caller may read made
+(:class:`~.auth.DagScope`): model versions trained by them (``airflow.dag_id`` tag; a model
+without such a version is left out), deployments they rolled out (:func:`~.auth.deployers`),
+their drift checks and the watched windows of those deployments, the dataset versions they
+ingested (and the versions derived from those); a caller who may read every DAG also sees what
+no DAG is known to have made. DAG-run details only name DAGs the caller may read.
 The page triggers retrain / rollback DAG runs through Airflow's own REST API
 (``POST /api/v2/dags/{dag_id}/dagRuns``) from the browser, with the UI's session cookie, so
 Airflow's permission checks and audit log apply to the write as to any other trigger.
@@ -45,8 +50,11 @@ from fastapi.responses import HTMLResponse, Response
 from airflow_mlops.links.great_expectations import URL_PREFIX
 from airflow_mlops.plugins import data_docs, drift_report
 from airflow_mlops.plugins.auth import (
+    DagScope,
     LoginRequired,
     current_user,
+    dag_scope,
+    deployers,
     page_user,
     readable_dag_ids,
     redirect_to_login,
@@ -162,16 +170,94 @@ def _configured_dag(query: str | None, name: str, setting: str) -> tuple[str, st
     return None
 
 
-def _all_deployments(dag_ids: set[str], health: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The local and Kubernetes deployments, and the deploy results (XComs) they were read from."""
+def _all_deployments(
+    scope: DagScope, health: bool, catalog: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """
+    The local and Kubernetes deployments the caller may see (:func:`visible_deployments`), and
+    the deploy results (XComs of the readable DAGs) they were read from.
+    """
     from airflow_mlops.plugins import sources
 
-    results = sources.xcoms(dag_ids, "return_value")
+    results = sources.xcoms(scope.dag_ids, "return_value")
     found = [
         *sources.deployments(_data_dir(), health=health),
         *sources.kubernetes_deployments(results, health=health),
     ]
-    return found, results
+    return visible_deployments(found, scope, results, catalog), results
+
+
+def visible_deployments(
+    found: list[dict[str, Any]],
+    scope: DagScope,
+    results: list[dict[str, Any]],
+    catalog: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """
+    The deployments of ``found`` a readable DAG rolled out (all of them for a caller who reads
+    every DAG).
+
+    :param results: XComs ``return_value`` of the readable DAGs; ``catalog``: the readable DAGs.
+    """
+    return [d for d in found if scope.every_dag or scope.shows(deployers(d, results, catalog))]
+
+
+def hide_other_rollouts(found: list[dict[str, Any]], scope: DagScope) -> None:
+    """Leave out the task try (``made_by``) of a last rollout a DAG the caller may not read made."""
+    for deployment in found:
+        outcome = deployment.get("rollout_outcome")
+        if isinstance(outcome, dict) and not scope.reads((outcome.get("made_by") or {}).get("dag_id")):
+            deployment["rollout_outcome"] = {k: v for k, v in outcome.items() if k != "made_by"}
+
+
+def visible_versions(versions: list[dict[str, Any]], scope: DagScope) -> list[dict[str, Any]]:
+    """The model versions trained by a readable DAG (their ``airflow.dag_id`` tag)."""
+    return [v for v in versions if scope.shows([v["dag_id"]] if v.get("dag_id") else [])]
+
+
+class _EveryDag(frozenset):
+    """``dag_ids`` for a reader that masks nothing (the caller filters its answer itself)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def visible_datasets(datasets: list[dict[str, Any]], scope: DagScope) -> list[dict[str, Any]]:
+    """
+    The dataset versions a readable DAG ingested, and those derived from a shown version
+    (``derived_from``), from ``sources.datasets`` read unmasked; the ingestion runs of other DAGs
+    are hidden, and so is the source of a derived version the caller may not see. A dataset
+    without a shown version is left out.
+    """
+    known = {v["version"]: v for d in datasets for v in d["versions"]}
+    shown: dict[str, bool] = {}
+
+    def visible(version: dict[str, Any], seen: frozenset[str] = frozenset()) -> bool:
+        key = version["version"]
+        if key not in shown:
+            source = version.get("derived_from") or {}
+            origin = known.get(str(source.get("version"))) if source else None
+            shown[key] = scope.shows([version.get("dag_id")] if version.get("dag_id") else []) or (
+                origin is not None and key not in seen and visible(origin, seen | {key})
+            )
+        return shown[key]
+
+    out = []
+    for dataset in datasets:
+        versions = [v for v in dataset["versions"] if visible(v)]
+        for v in versions:
+            if not scope.reads(v.get("dag_id")):
+                v["dag_id"] = v["run_id"] = None
+            source = v.get("derived_from")
+            if isinstance(source, dict):
+                origin = known.get(str(source.get("version")))
+                if origin is None or not visible(origin):
+                    v["derived_from"] = {**dict.fromkeys(source), "version": source.get("version")}
+                elif not scope.reads(source.get("dag_id")):
+                    source["dag_id"] = source["run_id"] = None
+        if versions:
+            out.append({**dataset, "versions": versions})
+    return out
 
 
 @router.get(API_ROUTE + "/models", name="mlops_models")
@@ -183,14 +269,17 @@ def models(user: User, retrain_dag: RetrainDag = None, rollback_dag: RollbackDag
     """
     from airflow_mlops.plugins import sources
 
-    dag_ids = readable_dag_ids(user)
+    scope = dag_scope(user)
+    dag_ids = set(scope.dag_ids)
     retrain_conf = _configured_dag(retrain_dag, "retrain_dag", "ui_retrain_dag_id")
     rollback_conf = _configured_dag(rollback_dag, "rollback_dag", "ui_rollback_dag_id")
     client, registry = _read_registry(_conf("ui_mlflow_conn_id", "mlflow_default"))
     by_run = sources.validations_by_run(sources.validations(dag_ids))
+    # only the versions readable DAGs trained; a model without one is left out
     out = [
-        {"name": model["name"], "description": model.get("description") or "", "versions": versions}
+        {"name": model["name"], "description": model.get("description") or "", "versions": shown}
         for model, versions in registry
+        if (shown := visible_versions(versions, scope))
     ]
     everything = [v for m in out for v in m["versions"]]
     runs = sources.dag_runs(
@@ -198,7 +287,7 @@ def models(user: User, retrain_dag: RetrainDag = None, rollback_dag: RollbackDag
     )
     sources.attach_lineage(everything, dag_ids, runs, by_run)
     catalog = sources.dag_catalog(dag_ids)
-    found, _ = _all_deployments(dag_ids, health=False)
+    found, _ = _all_deployments(scope, False, catalog)
     for entry in out:
         entry["aliases"] = {a: v["version"] for v in entry["versions"] for a in v["aliases"]}
         champion = next((v for v in entry["versions"] if "champion" in v["aliases"]), None)
@@ -223,11 +312,12 @@ def deployments(user: User, rollback_dag: RollbackDag = None) -> dict[str, Any]:
     """
     from airflow_mlops.plugins import sources
 
-    dag_ids = readable_dag_ids(user)
+    scope = dag_scope(user)
     rollback_conf = _configured_dag(rollback_dag, "rollback_dag", "ui_rollback_dag_id")
-    found, results = _all_deployments(dag_ids, health=True)
-    catalog = sources.dag_catalog(dag_ids)
-    sources.attach_rollouts(found, results, catalog)
+    catalog = sources.dag_catalog(scope.dag_ids)
+    found, results = _all_deployments(scope, True, catalog)
+    sources.attach_rollouts(found, results, catalog)  # pairs only the readable DAGs' tries
+    hide_other_rollouts(found, scope)
     for deployment in found:
         deployment["rollback"] = sources.rollback_target(deployment, catalog, configured=rollback_conf)
     return {"deployments": found}
@@ -241,13 +331,28 @@ def drift(user: User) -> dict[str, Any]:
     """
     from airflow_mlops.plugins import sources
 
-    dag_ids = readable_dag_ids(user)
+    scope = dag_scope(user)
+    dag_ids = set(scope.dag_ids)
     data_dir = _data_dir()
     checks = sources.drift_reports(data_dir, dag_ids)
     sources.attach_drift_runs(checks, sources.xcoms({p["dag_id"] for p in checks}, "return_value"))
+    for check in checks:  # the runs a check's event started may belong to DAGs the caller may not read
+        check["triggered_runs"] = [r for r in check["triggered_runs"] if r.get("dag_id") in dag_ids]
+    found = sources.deployments(data_dir, health=False)
     windows = sources.watcher_windows(data_dir)
+    if not scope.every_dag:  # the watchers of deployments a readable DAG rolled out
+        results, catalog = sources.xcoms(dag_ids, "return_value"), sources.dag_catalog(dag_ids)
+        found = visible_deployments(found, scope, results, catalog)
+        named = {d["name"] for d in found}
+        watched = {w["deployment"] for w in windows} - named
+        named |= {
+            name
+            for name in watched
+            if scope.shows(deployers({"name": name, "mode": "local"}, results, catalog))
+        }
+        windows = [w for w in windows if w["deployment"] in named]
     sources.attach_watcher_runs(windows, dag_ids)
-    return {"series": sources.drift_series([*checks, *windows], sources.deployments(data_dir, health=False))}
+    return {"series": sources.drift_series([*checks, *windows], found)}
 
 
 @router.get(API_ROUTE + "/datasets", name="mlops_datasets")
@@ -255,9 +360,10 @@ def datasets(user: User) -> dict[str, Any]:
     """Dataset versions with row counts and the result of their validation."""
     from airflow_mlops.plugins import sources
 
-    dag_ids = readable_dag_ids(user)
-    by_version = sources.validations_by_dataset_version(sources.validations(dag_ids))
-    return {"datasets": sources.datasets(_data_dir(), by_version, dag_ids)}
+    scope = dag_scope(user)
+    by_version = sources.validations_by_dataset_version(sources.validations(scope.dag_ids))
+    found = sources.datasets(_data_dir(), by_version, _EveryDag())  # filtered and masked here
+    return {"datasets": visible_datasets(found, scope)}
 
 
 # --------------------------------------------------------------------------- plugin

@@ -13,12 +13,14 @@ source: the view shows what it can and says what it could not read (``errors``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from airflow_mlops.serving.state import DeploymentState
 
 #: how many registered models / versions / dataset versions / XComs one request reads at most
 MAX_MODELS = 50
@@ -46,10 +48,11 @@ def dag_run_url(dag_id: str, run_id: str) -> str:
     return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-def drift_report_path(dag_id: str, run_id: str, task_id: str) -> str:
-    """Path of a drift report's page served by the plugin (same origin as the view)."""
-    parts = "/".join(quote(x, safe="") for x in (dag_id, run_id, task_id))
-    return f"/mlops/drift-report/{parts}"
+def drift_report_path(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """Path of a task instance's drift report page served by the plugin (same origin as the view)."""
+    from airflow_mlops.links.drift import drift_report_path as path
+
+    return path(dag_id, run_id, task_id, map_index)
 
 
 # --------------------------------------------------------------------------- MLflow (REST)
@@ -221,6 +224,7 @@ def xcoms(dag_ids: Iterable[str], key: str, limit: int = MAX_XCOMS) -> list[dict
                 "dag_id": r.dag_id,
                 "run_id": r.run_id,
                 "task_id": r.task_id,
+                "map_index": r.map_index,
                 "timestamp": _iso(r.timestamp),
                 "value": _deserialize(r),
             }
@@ -598,73 +602,54 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def pid_alive(pid: Any) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def endpoint_health(state: dict[str, Any]) -> str:
-    """``healthy``, ``unhealthy`` (answers badly or not at all) or ``stopped`` (no process)."""
+def endpoint_health(state: DeploymentState) -> str:
+    """``healthy``, ``unhealthy`` (answers badly or not at all) or ``stopped`` (no process runs)."""
     import httpx
 
-    if not pid_alive(state.get("pid")):
+    if not state.any_alive():
         return "stopped"
     try:
-        ok = httpx.get(f"{state['endpoint']}/health/ping", timeout=HEALTH_TIMEOUT_S).is_success
+        ok = httpx.get(f"{state.endpoint}/health/ping", timeout=HEALTH_TIMEOUT_S).is_success
     except httpx.HTTPError:
         ok = False
     return "healthy" if ok else "unhealthy"
 
 
-def _served_before(state: dict[str, Any]) -> list[str]:
-    """The versions a local deployment served before the current one, newest first, once each."""
-    out: list[str] = []
-    for record in reversed(state.get("history") or []):
-        version = str(record.get("version"))
-        if record.get("version") is not None and version != str(state.get("version")) and version not in out:
-            out.append(version)
-    return out
-
-
 def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
     """
-    The local Seldon deployments (``deployments/<name>/current.json``, written by SeldonHook).
+    The local Seldon deployments, read through :mod:`airflow_mlops.serving.state`.
 
     :param health: ask each endpoint whether it answers (else ``health`` is None).
     """
+    from airflow_mlops.serving.state import CorruptState, DeploymentStore, deployment_names
+
     out = []
-    for current in sorted((data_dir / "deployments").glob("*/current.json")):
-        state = _read_json(current)
-        if not state:
+    for name in deployment_names(data_dir):
+        try:
+            state = DeploymentStore.of(data_dir, name).read()
+        except (OSError, CorruptState):
             continue
-        # the predictors behind the router (a state written before routers: one server)
-        predictors = state.get("predictors") or [{**state, "role": "main", "traffic": 100}]
-        main = next((p for p in predictors if p.get("role") == "main"), predictors[0])
+        if state is None or state.main is None:
+            continue
+        main = state.main
         traffic = [
             {"version": str(p.get("version")), "percent": p.get("traffic", 0)}
             | ({} if p.get("role") == "main" else {"role": p.get("role")})
-            for p in predictors
+            for p in state.predictors
         ]
-        if state.get("shadow"):
-            traffic.append({"version": str(state["shadow"].get("version")), "percent": 0, "role": "shadow"})
+        if state.shadow:
+            traffic.append({"version": str(state.shadow.get("version")), "percent": 0, "role": "shadow"})
         out.append(
             {
-                "name": state.get("name", current.parent.name),
+                "name": state.name or name,
                 "namespace": None,
                 "model_name": main.get("model_name"),
                 "mode": "local",
-                "version": str(state.get("version")),
-                "previous_version": state.get("previous_version"),
+                "version": state.version,
+                "previous_version": state.previous_version,
                 # what a rollback can go back to: the versions served before, newest first
-                "served_before": _served_before(state),
-                "endpoint": state.get("endpoint"),
+                "served_before": state.served_before,
+                "endpoint": state.endpoint,
                 "health": endpoint_health(state) if health else None,
                 "traffic": traffic,
                 "started_at": _iso(datetime.fromtimestamp(main["started_at"], UTC))
@@ -672,7 +657,7 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
                 else None,
                 "last_rollout": None,
                 # recorded by the deploy itself: a failed rollout leaves the old version serving
-                "rollout_outcome": state.get("last_rollout"),
+                "rollout_outcome": state.last_rollout,
             }
         )
     return out
@@ -857,49 +842,126 @@ def _drift_point(report: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
+#: where ``DriftDetectOperator`` leaves its reports under ``drift/``: a task instance's folder
+#: (:mod:`airflow_mlops.task_outputs`), or a run's (before task instances had their own)
+DRIFT_REPORT_GLOBS = ("*/*/*/report.json", "*/*/*/map_index=*/report.json", "*/*/report.json")
+#: the watchers' folder under ``drift/``: not a DAG's
+WATCHERS = "watchers"
+
+
 def drift_reports(data_dir: Path, dag_ids: set[str]) -> list[dict[str, Any]]:
     """
-    The drift checks of readable DAGs (``drift/<dag_id>/<run>/report.json``, written by
-    ``DriftDetectOperator``), oldest first; :func:`attach_drift_runs` adds their runs.
+    The drift checks of readable DAGs (``drift/<dag_id>/<run>/<task_id>[/map_index=<n>]/report.json``,
+    written by ``DriftDetectOperator``; ``drift/<dag_id>/<run>/report.json`` by earlier versions),
+    oldest first; :func:`attach_drift_runs` adds their task instances and runs.
     """
+    root = data_dir / "drift"
     points = []
-    for path in (data_dir / "drift").glob("*/*/report.json"):
-        dag_id = path.parent.parent.name
-        report = _read_json(path)
-        if dag_id not in dag_ids or not report:
-            continue
-        points.append(
-            _drift_point(report, path)
-            | {"source": "check", "dag_id": dag_id, "folder": path.parent.name, "window": None}
-            | {"run_id": None, "task_id": None, "deployment": None, "model_version": None}
-        )
+    for pattern in DRIFT_REPORT_GLOBS:
+        for path in root.glob(pattern):
+            dag_id = path.relative_to(root).parts[0]
+            if dag_id == WATCHERS or dag_id not in dag_ids:
+                continue
+            report = _read_json(path)
+            if not report:
+                continue
+            points.append(
+                _drift_point(report, path)
+                | {"source": "check", "dag_id": dag_id, "window": None}
+                | {"folder": path.parent.relative_to(root / dag_id).as_posix()}
+                | {"run_id": None, "task_id": None, "map_index": None}
+                | {"deployment": None, "model_version": None}
+            )
     return sorted(points, key=lambda p: p["checked_at"])
+
+
+def _untested_point(path: Path, error: str | None) -> dict[str, Any]:
+    """A timeline entry without a test: a window the watcher could not test, or its own problem."""
+    return {
+        "report": None,
+        "error": error,
+        "is_drift": None,
+        "drift_score": None,
+        "min_p_value": None,
+        "threshold": None,
+        "p_val": None,
+        "correction": None,
+        "drifted_features": [],
+        "n_reference": None,
+        "n_current": None,
+        "checked_at": _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)),
+        "triggered_runs": [],
+    }
+
+
+def _epoch_iso(value: Any) -> str | None:
+    try:
+        return _iso(datetime.fromtimestamp(float(value), UTC))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def watcher_windows(data_dir: Path) -> list[dict[str, Any]]:
     """
     The windows of served traffic a ``DriftEventTrigger`` tested, oldest first
-    (``drift/watchers/<deployment>/<window_id>/``: ``window.json`` beside the report).
+    (``drift/watchers/<deployment>/<window_id>/``: ``window.json`` beside the report), with the
+    windows it could not test (``error`` instead of a report) and what each watcher has to say
+    (``status.json``, see :func:`watcher_status_points`).
     """
     points = []
-    for meta_path in (data_dir / "drift" / "watchers").glob("*/*/window.json"):
+    for meta_path in (data_dir / "drift" / WATCHERS).glob("*/*/window.json"):
         meta = _read_json(meta_path)
-        report = _read_json(meta_path.parent / "report.json")
-        if not meta or not report:
+        if not meta:
             continue
         deployment, window_id = meta_path.parent.parent.name, meta_path.parent.name
-        point = _drift_point(report, meta_path.parent / "report.json")
-        if meta.get("tested_at"):
-            point["checked_at"] = _iso(datetime.fromtimestamp(float(meta["tested_at"]), UTC))
+        if meta.get("error"):
+            point = _untested_point(meta_path, str(meta["error"])) | {"report_url": None}
+        else:
+            report = _read_json(meta_path.parent / "report.json")
+            if not report:
+                continue
+            point = _drift_point(report, meta_path.parent / "report.json")
+            point["report_url"] = drift_window_path(deployment, window_id)
+        point["checked_at"] = _epoch_iso(meta.get("tested_at")) or point["checked_at"]
         points.append(
             point
             | {"source": "watcher", "dag_id": None, "run_id": None, "task_id": None}
             | {"deployment": deployment, "model_name": meta.get("model_name")}
             | {"model_version": meta.get("model_version"), "window": meta.get("window")}
-            | {"observed": meta.get("observed"), "rows": meta.get("rows")}
-            | {"report_url": drift_window_path(deployment, window_id)}
+            | {"observed": meta.get("observed"), "rows": meta.get("rows"), "window_id": window_id}
         )
+    points += watcher_status_points(data_dir)
     return sorted(points, key=lambda p: p["checked_at"])
+
+
+def watcher_status_points(data_dir: Path) -> list[dict[str, Any]]:
+    """
+    What each drift watcher reports about itself (``drift/watchers/<deployment>/status.json``),
+    as one ``source: "watcher"``, ``kind: "status"`` entry per watcher that has something to say:
+    ``error`` (why it cannot watch now: no such local deployment, an unreadable state...),
+    ``unreadable_files`` / ``unreadable_file_count`` (inference-log files it skipped) and
+    ``windows_not_tested`` (windows it could not test; each is an entry of its own).
+    """
+    points = []
+    for path in (data_dir / "drift" / WATCHERS).glob("*/status.json"):
+        status = _read_json(path)
+        if not status:
+            continue
+        skipped = int(status.get("unreadable_file_count") or 0)
+        if not status.get("error") and not skipped:
+            continue
+        deployment = path.parent.name
+        point = _untested_point(path, status.get("error"))
+        point["checked_at"] = _epoch_iso(status.get("updated_at")) or point["checked_at"]
+        points.append(
+            point
+            | {"source": "watcher", "kind": "status", "dag_id": None, "run_id": None, "task_id": None}
+            | {"deployment": deployment, "model_name": None, "model_version": None, "window": None}
+            | {"report_url": None, "error_since": _epoch_iso(status.get("error_since"))}
+            | {"unreadable_files": status.get("unreadable_files") or [], "unreadable_file_count": skipped}
+            | {"windows_not_tested": int(status.get("windows_not_tested") or 0)}
+        )
+    return points
 
 
 def drift_window_path(deployment: str, window_id: str) -> str:
@@ -922,10 +984,12 @@ def attach_drift_runs(points: list[dict[str, Any]], results: list[dict[str, Any]
         if xcom is None:
             continue
         value = xcom["value"]
+        index = xcom.get("map_index")
+        index = -1 if index is None else index
         point.update(run_id=xcom["run_id"], task_id=xcom["task_id"], window=value.get("window"))
-        point["endpoint"] = value.get("endpoint")
+        point.update(map_index=index, endpoint=value.get("endpoint"))
         point["run_url"] = dag_run_url(point["dag_id"], xcom["run_id"])
-        point["report_url"] = drift_report_path(point["dag_id"], xcom["run_id"], xcom["task_id"])
+        point["report_url"] = drift_report_path(point["dag_id"], xcom["run_id"], xcom["task_id"], index)
         if point["is_drift"]:
             point["triggered_runs"] = triggered_runs(point["dag_id"], xcom["run_id"], point["report"])
 

@@ -96,6 +96,15 @@ class TrainContext:
     classification_metrics = staticmethod(_metrics.classification_metrics)
 
 
+#: what ``MlflowHook.subprocess_env`` hands the job: the MLflow connection, for rank 0 only
+MLFLOW_CONNECTION_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+
 CHECKPOINT_KEY_TAG = "airflow_mlops.checkpoint_key"
 CHECKPOINT_EPOCH_TAG = "airflow_mlops.checkpoint_epoch"
 CHECKPOINT_PATH_TAG = "airflow_mlops.checkpoint_path"
@@ -272,6 +281,11 @@ def main(config_path: str) -> int:
 
     hvd.init()
     rank = hvd.rank()
+    if rank != 0:
+        # only rank 0 talks to MLflow: the other ranks (and the user's code there) drop its
+        # address and credentials before the training script is even imported
+        for name in MLFLOW_CONNECTION_ENV:
+            os.environ.pop(name, None)
     use_cuda = torch.cuda.is_available() and cfg.get("use_gpu", True)
     if use_cuda:
         torch.cuda.set_device(hvd.local_rank())

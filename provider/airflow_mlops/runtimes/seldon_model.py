@@ -34,6 +34,21 @@ Environment:
     Optional comma separated output names, only used by seldon when the model
     returns more than one output column.
 
+Bad input: a request the model cannot read — a column of the signature missing, rows of the
+wrong width, a value that is not a number where the signature has a number — is the client's
+error: HTTP 400 with a Seldon error body naming what the model expects::
+
+    {"status": {"code": 400, "reason": "MICROSERVICE_BAD_DATA", "status": "FAILURE",
+                "info": "the request lacks the model's input columns ['distance']; the model
+                         expects columns hour (double), distance (double)"}}
+
+Other failures stay 500 ``MICROSERVICE_INTERNAL_ERROR`` (seldon's own handler).
+
+Metadata: ``/api/v1.0/metadata`` lists the model's ``inputs`` and ``outputs`` from its MLflow
+signature (read from the ``MLmodel`` file of a local ``MODEL_URI`` when the app is built), one
+entry per column ``{"name", "datatype", "shape"}`` (Seldon's tensor metadata: ``FP64``,
+``INT64``, ``BYTES``...), or one per tensor with its shape.
+
 Response format: a model returning one value per row (shape ``(n,)`` or
 ``(n, 1)``) is answered as a flat list, e.g.
 ``{"data": {"names": [], "ndarray": [0.61, 0.87]}, "meta": {"tags": {...}}}``
@@ -101,6 +116,7 @@ from __future__ import annotations
 import atexit
 import datetime as _dt
 import itertools
+import json
 import logging
 import math
 import os
@@ -109,7 +125,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -132,6 +148,142 @@ LOG_COLUMNS = ("request_id", "row", "ts", "model_version", "latency_ms", "predic
 _RESERVED = re.compile("|".join(LOG_COLUMNS) + r"|prediction_\d+")
 _ERROR_LOG_INTERVAL_S = 60.0
 _SEQ = itertools.count()  # per process; the pid in the file name tells processes apart
+
+
+# ------------------------------------------------------------------ bad input and the signature
+
+#: MLflow column types -> Seldon tensor datatypes (``seldon_core.metadata.TENSOR_DATA_TYPES``)
+_COLUMN_DATATYPES = {
+    "double": "FP64",
+    "float": "FP32",
+    "long": "INT64",
+    "integer": "INT32",
+    "boolean": "BOOL",
+    "string": "BYTES",
+    "binary": "BYTES",
+    "datetime": "BYTES",
+}
+_NUMPY_DATATYPES = {
+    "float64": "FP64",
+    "float32": "FP32",
+    "float16": "FP16",
+    "int64": "INT64",
+    "int32": "INT32",
+    "int16": "INT16",
+    "int8": "INT8",
+    "uint64": "UINT64",
+    "uint32": "UINT32",
+    "uint16": "UINT16",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+}
+_NUMERIC_COLUMNS = frozenset({"double", "float", "long", "integer"})
+
+
+class BadModelInput(ValueError):
+    """The request does not fit the model's signature: the client's error (HTTP 400)."""
+
+    status_code = 400
+    reason = "MICROSERVICE_BAD_DATA"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": {
+                "code": self.status_code,
+                "info": str(self),
+                "reason": self.reason,
+                "status": "FAILURE",
+            }
+        }
+
+
+class Spec(NamedTuple):
+    """One input or output of an MLflow signature: a column (``ColSpec``) or a tensor (``TensorSpec``)."""
+
+    name: str | None
+    type: str  # the MLflow column type, or the tensor's numpy dtype
+    shape: list[int] | None  # tensors only
+    required: bool
+
+    @property
+    def tensor(self) -> bool:
+        return self.shape is not None
+
+    @property
+    def numeric(self) -> bool:
+        if self.tensor:
+            return self.type in _NUMPY_DATATYPES and self.type != "bool"
+        return self.type in _NUMERIC_COLUMNS
+
+    def describe(self) -> str:
+        if self.tensor:
+            return f"{self.name or 'a tensor'} ({self.type}, shape {self.shape})"
+        return f"{self.name} ({self.type})"
+
+    def metadata(self, index: int, what: str) -> dict[str, Any]:
+        """Seldon's tensor metadata (``seldon_core.metadata.METADATA_TENSOR_SCHEMA``)."""
+        if self.tensor:
+            datatype = _NUMPY_DATATYPES.get(self.type, "BYTES")
+            return {"name": self.name or f"{what}_{index}", "datatype": datatype, "shape": list(self.shape)}
+        datatype = _COLUMN_DATATYPES.get(self.type, "BYTES")
+        return {"name": self.name or f"{what}_{index}", "datatype": datatype, "shape": [-1]}
+
+
+def parse_signature(signature: dict[str, Any] | None) -> tuple[list[Spec], list[Spec]]:
+    """``(inputs, outputs)`` of an MLflow signature as saved in ``MLmodel`` (JSON strings)."""
+
+    def specs(raw: Any) -> list[Spec]:
+        if not raw:
+            return []
+        items = json.loads(raw) if isinstance(raw, str) else raw
+        out = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "tensor":
+                tensor = item.get("tensor-spec") or {}
+                shape = [int(d) for d in tensor.get("shape") or []]
+                out.append(Spec(item.get("name"), str(tensor.get("dtype")), shape, True))
+            else:
+                kind = item.get("type")
+                kind = kind if isinstance(kind, str) else json.dumps(kind)
+                out.append(Spec(item.get("name"), kind, None, bool(item.get("required", True))))
+        return out
+
+    signature = signature or {}
+    return specs(signature.get("inputs")), specs(signature.get("outputs"))
+
+
+def read_signature(model_uri: str | None) -> tuple[list[Spec], list[Spec]]:
+    """The signature in the ``MLmodel`` file of a local model folder (no MLflow import); empty otherwise."""
+    path = os.path.join(str(model_uri or ""), "MLmodel")
+    if not model_uri or not os.path.isfile(path):
+        return [], []
+    try:
+        import yaml
+
+        with open(path) as f:
+            mlmodel = yaml.safe_load(f) or {}
+        return parse_signature(mlmodel.get("signature"))
+    except Exception:  # an unreadable signature: metadata stays empty, requests are not checked
+        logger.exception("could not read the signature of %s", path)
+        return [], []
+
+
+def _error_blueprint():
+    """Flask handlers seldon registers (``model_error_handler``): a BadModelInput answers 400."""
+    from flask import Blueprint, jsonify
+
+    blueprint = Blueprint("mlops_model_errors", __name__)
+
+    @blueprint.app_errorhandler(BadModelInput)
+    def bad_input(error: BadModelInput):  # type: ignore[no-untyped-def]
+        logger.warning("bad request: %s", error)
+        response = jsonify(error.to_dict())
+        response.status_code = error.status_code
+        return response
+
+    return blueprint
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -392,7 +544,8 @@ class MlflowModel:
         names = parameters.get("class_names") or _env("CLASS_NAMES")
         self._class_names = [n.strip() for n in names.split(",") if n.strip()] if names else None
         self.model = None
-        self._input_names: list[str] | None = None
+        self._inputs, self._outputs = read_signature(self.model_uri)
+        self._input_names: list[str] | None = self._named_columns(self._inputs)
         self._local = threading.local()
         self._log_writer: InferenceLogWriter | None = None
         if self.inference_log_dir:
@@ -421,7 +574,10 @@ class MlflowModel:
         import mlflow.pyfunc  # heavy import (several seconds), deferred until a worker loads
 
         self.model = mlflow.pyfunc.load_model(self.model_uri)
-        self._input_names = self._signature_input_names(self.model)
+        signature = self.model.metadata.signature
+        if signature is not None:  # the loaded model's own signature wins (MODEL_URI may be remote)
+            self._inputs, self._outputs = parse_signature(signature.to_dict())
+        self._input_names = self._named_columns(self._inputs)
         logger.info(
             "Loaded MLflow model %s (version %s) in %.0f ms",
             self.model_uri,
@@ -430,36 +586,73 @@ class MlflowModel:
         )
 
     @staticmethod
-    def _signature_input_names(model: Any) -> list[str] | None:
-        try:
-            schema = model.metadata.get_input_schema()
-            if schema is not None and schema.has_input_names():
-                return [str(n) for n in schema.input_names()]
-        except Exception:  # no / unusual signature: feature names must come with the request
-            pass
+    def _named_columns(inputs: list[Spec]) -> list[str] | None:
+        """The input columns of a named column-based signature (None: requests bring the names)."""
+        if inputs and all(not s.tensor and s.name for s in inputs):
+            return [str(s.name) for s in inputs]
         return None
 
+    def _expects(self) -> str:
+        """What the model reads, for error messages."""
+        if not self._inputs:
+            return "the model has no signature"
+        if self._input_names:
+            return "the model expects columns " + ", ".join(s.describe() for s in self._inputs)
+        return "the model expects " + ", ".join(s.describe() for s in self._inputs)
+
     # --------------------------------------------------------------- predict
-    @staticmethod
-    def _rows(X: Any) -> np.ndarray:
+    def _rows(self, X: Any) -> np.ndarray:
         arr = np.asarray(X)
         if arr.ndim == 0:
             return arr.reshape(1, 1)
         if arr.ndim == 1:
             return arr.reshape(1, -1)  # a single row sent as a flat list
         if arr.ndim > 2:
-            raise ValueError(f"expected 2-D tabular input, got shape {arr.shape}")
+            raise BadModelInput(
+                f"expected 2-D tabular input (rows of values), got shape {arr.shape}; {self._expects()}"
+            )
         return arr
 
     def _frame(self, arr: np.ndarray, features_names: Iterable[str] | None) -> pd.DataFrame:
         if arr.dtype.kind in "biuf":
             arr = arr.astype(np.float32)
         names = [str(n) for n in (features_names or [])]
-        if not names and self._input_names and len(self._input_names) == arr.shape[1]:
+        width = arr.shape[1]
+        if names and len(names) != width:
+            raise BadModelInput(
+                f"got {len(names)} feature names for {width} values per row; {self._expects()}"
+            )
+        if not names and self._input_names:
+            if len(self._input_names) != width:
+                raise BadModelInput(
+                    f"got {width} values per row and no names; {self._expects()} "
+                    f"({len(self._input_names)} values per row, or send data.names)"
+                )
             names = list(self._input_names)
-        if names and len(names) != arr.shape[1]:
-            raise ValueError(f"got {len(names)} feature names for {arr.shape[1]} columns")
+        tensor = self._inputs[0] if len(self._inputs) == 1 and self._inputs[0].tensor else None
+        if tensor is not None and len(tensor.shape) == 2 and tensor.shape[1] > 0 and tensor.shape[1] != width:
+            raise BadModelInput(f"got {width} values per row; {self._expects()}")
         return pd.DataFrame(arr, columns=names or None)
+
+    def _numbers(self, frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
+        """``columns`` of ``frame`` as numbers (null stays null). :raises BadModelInput: one is not."""
+        for column in columns:
+            values = frame[column]
+            if values.dtype.kind in "biuf":
+                continue
+            # seldon turns an ndarray mixing numbers and strings into strings: "17" is a number
+            converted = pd.to_numeric(
+                values.where(values.map(lambda v: not isinstance(v, bool))), errors="coerce"
+            )
+            bad = values.notna() & converted.isna() & ~values.isin(["nan", "NaN", "None", "null", ""])
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                name = f"column {column!r}" if isinstance(column, str) else f"value {column} of each row"
+                raise BadModelInput(
+                    f"{name} takes numbers, row {row} has {values.iloc[row]!r}; {self._expects()}"
+                )
+            frame[column] = converted.astype(np.float32)
+        return frame
 
     def _model_input(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The columns of the model's signature, in its order, when the request sends more.
@@ -467,14 +660,33 @@ class MlflowModel:
         A client may send columns the model does not read (an event time, an entity key): they
         are logged with the prediction — drift monitoring reads them — but not given to a model
         that would misread them (a tensor-based model takes every column it is handed).
+
+        :raises BadModelInput: a column of the signature is missing, or a number column holds
+            something else.
         """
         names = self._input_names
-        if not names or isinstance(frame.columns, pd.RangeIndex) or list(frame.columns) == names:
-            return frame
-        missing = [n for n in names if n not in frame.columns]
-        if missing:
-            raise ValueError(f"the request lacks the model's input columns {missing}")
-        return frame[names]
+        if names and not isinstance(frame.columns, pd.RangeIndex) and list(frame.columns) != names:
+            missing = [n for n in names if n not in frame.columns]
+            required = [n for n, s in zip(names, self._inputs, strict=True) if s.required]
+            if any(n in required for n in missing):
+                raise BadModelInput(
+                    f"the request lacks the model's input columns {missing}; {self._expects()}"
+                )
+            frame = frame[[n for n in names if n in frame.columns]].copy()
+        if names:
+            numeric = [s.name for s in self._inputs if s.numeric and s.name in frame.columns]
+            return self._numbers(frame, numeric)
+        if len(self._inputs) == 1 and self._inputs[0].tensor and self._inputs[0].numeric:
+            return self._numbers(frame.copy(), list(frame.columns))
+        return frame
+
+    @staticmethod
+    def _is_schema_error(err: Exception) -> bool:
+        """MLflow refused the input against the signature (before the model ran)."""
+        return (
+            type(err).__name__ == "MlflowException"
+            and getattr(err, "error_code", None) == "INVALID_PARAMETER_VALUE"
+        )
 
     @staticmethod
     def _to_array(output: Any) -> np.ndarray:
@@ -497,7 +709,13 @@ class MlflowModel:
         started = time.perf_counter()
         rows = self._rows(X)
         frame = self._frame(rows, features_names)
-        out = self._to_array(self.model.predict(self._model_input(frame)))
+        model_input = self._model_input(frame)
+        try:
+            out = self._to_array(self.model.predict(model_input))
+        except Exception as err:
+            if self._is_schema_error(err):
+                raise BadModelInput(f"{getattr(err, 'message', err)}; {self._expects()}") from err
+            raise
         latency_ms = (time.perf_counter() - started) * 1000.0
         if self._log_writer is not None and _wants_log(kwargs.get("meta")):
             self._log(request_id, ts_ms, frame.columns, rows, out, latency_ms)
@@ -548,12 +766,20 @@ class MlflowModel:
             raise RuntimeError("model not loaded")
         return {"status": "ok", "model_version": self.model_version}
 
+    @property
+    def model_error_handler(self):  # type: ignore[no-untyped-def]
+        """Registered by seldon on its Flask app: bad input answers 400 ``MICROSERVICE_BAD_DATA``."""
+        return _error_blueprint()
+
     def init_metadata(self) -> dict[str, Any]:
-        # Called by seldon when the app is built, i.e. before load(): env only.
+        # Called by seldon when the app is built, i.e. before load(): the signature comes from the
+        # MLmodel file of a local MODEL_URI (read in __init__)
         custom = {"model_uri": str(self.model_uri or "")}
         return {
             "name": self.model_name,
             "versions": [self.model_version],
             "platform": "mlflow",
+            "inputs": [spec.metadata(i, "input") for i, spec in enumerate(self._inputs)],
+            "outputs": [spec.metadata(i, "output") for i, spec in enumerate(self._outputs)],
             "custom": custom,
         }

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class DatasetVersionSensor(BaseSensorOperator):
         every interval when None. ``"{{ data_interval_start }}"`` waits for the run's interval.
     :param interval_end: end of that interval (templated).
     :param deferrable: wait in the triggerer (``DatasetVersionTrigger``) instead of a worker slot.
+        Default: ``[operators] default_deferrable`` (False).
     """
 
     template_fields: Sequence[str] = (
@@ -52,7 +54,7 @@ class DatasetVersionSensor(BaseSensorOperator):
         after: datetime | str | None = None,
         interval_start: datetime | str | None = None,
         interval_end: datetime | str | None = None,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

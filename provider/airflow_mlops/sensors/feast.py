@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseSensorOperator
 
 from airflow_mlops._time import to_utc
@@ -36,6 +37,7 @@ class FeastFeatureFreshnessSensor(BaseSensorOperator):
     :param repo_path: feature definitions folder, overriding the connection's ``repo_path``.
     :param deferrable: wait in the triggerer (:class:`~airflow_mlops.triggers.feast.FeastFreshnessTrigger`)
         instead of holding a worker slot; ``poke_interval`` and ``timeout`` still apply.
+        Default: ``[operators] default_deferrable`` (False).
     """
 
     template_fields: Sequence[str] = ("feature_view", "relative_to", "repo_path")
@@ -49,7 +51,7 @@ class FeastFeatureFreshnessSensor(BaseSensorOperator):
         relative_to: datetime | str = NOW,
         feast_conn_id: str = "feast_default",
         repo_path: str | None = None,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

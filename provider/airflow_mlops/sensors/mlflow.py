@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class MlflowModelVersionSensor(BaseSensorOperator):
     :param after_version: the version already known (templated); ``""`` counts as None.
     :param mlflow_conn_id: the ``mlflow`` connection.
     :param deferrable: wait in the triggerer (``MlflowModelVersionTrigger``) instead of a worker slot.
+        Default: ``[operators] default_deferrable`` (False).
     """
 
     template_fields: Sequence[str] = ("model_name", "alias", "after_version")
@@ -42,7 +44,7 @@ class MlflowModelVersionSensor(BaseSensorOperator):
         alias: str | None = None,
         after_version: str | int | None = None,
         mlflow_conn_id: str = "mlflow_default",
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

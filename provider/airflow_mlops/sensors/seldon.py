@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseSensorOperator
 
 from airflow_mlops.sensors._events import backstop_timeout, raise_for_trigger_event
@@ -26,6 +27,7 @@ class SeldonDeploymentSensor(BaseSensorOperator):
     :param deployment_name: the deployment (templated).
     :param seldon_conn_id: the ``seldon`` connection (mode, namespace).
     :param deferrable: wait in the triggerer (``SeldonDeploymentTrigger``) instead of a worker slot.
+        Default: ``[operators] default_deferrable`` (False).
     """
 
     template_fields: Sequence[str] = ("deployment_name",)
@@ -36,7 +38,7 @@ class SeldonDeploymentSensor(BaseSensorOperator):
         *,
         deployment_name: str,
         seldon_conn_id: str = "seldon_default",
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,7 +51,7 @@ class SeldonDeploymentSensor(BaseSensorOperator):
 
         hook = SeldonHook(self.seldon_conn_id)
         if hook.mode == "kubernetes":
-            from airflow_mlops.operators.seldon_kubernetes import KubernetesRollout
+            from airflow_mlops.kubernetes.seldon_rollout import KubernetesRollout
 
             return KubernetesRollout(hook).status(self.deployment_name)
         return hook.local_status(self.deployment_name)

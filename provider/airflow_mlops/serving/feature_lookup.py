@@ -37,6 +37,7 @@ the first :meth:`FeatureLookup.warm` or :meth:`FeatureLookup.transform`.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,33 @@ from typing import Any
 CONFIG_KEYS = ("repo_path", "features", "request_features", "output_order", "feast_conn_id")
 #: how many bad rows a validation error lists before "and N more"
 _MAX_LISTED = 5
+#: exception classes (by name, anywhere in the class's MRO: Feast's stores raise their clients'
+#: own, e.g. ``redis.exceptions.ConnectionError``, which is not an OSError) that mean the online
+#: store could not be reached, as opposed to a read it answered with an error
+_UNAVAILABLE = frozenset(
+    {"ConnectionError", "TimeoutError", "BusyLoadingError", "OperationalError", "ConnectionRefusedError"}
+)
+_PASSWORD = re.compile(r"(password=)[^,\s]*", re.IGNORECASE)
+
+
+class FeatureStoreError(RuntimeError):
+    """
+    The online store failed a read. ``unavailable``: it could not be reached (a server down, a
+    timeout, a locked or missing database) — retrying later may work; else it answered an error.
+    """
+
+    def __init__(self, message: str, unavailable: bool) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+    @classmethod
+    def wrap(cls, err: BaseException, store: str) -> FeatureStoreError:
+        unavailable = isinstance(err, OSError | TimeoutError) or any(
+            klass.__name__ in _UNAVAILABLE for klass in type(err).__mro__
+        )
+        what = "is unavailable" if unavailable else "failed a read"
+        detail = _PASSWORD.sub(r"\1***", f"{type(err).__module__}.{type(err).__qualname__}: {err}")
+        return cls(f"the feature store ({store}) {what}: {detail}", unavailable)
 
 
 class LookupResult(tuple):
@@ -394,6 +422,8 @@ class FeatureLookup:
 
         :raises ValueError: a row lacks a join key or a request feature, or has a value of the
             wrong type; the message names the rows, the keys, and what each row must carry.
+        :raises FeatureStoreError: the online store failed the read (``unavailable`` when it
+            could not be reached: a Redis server down...).
         """
         store = self._ensure_store()
         problems = self._validate(rows)
@@ -407,10 +437,13 @@ class FeatureLookup:
 
         join_keys = self.entity_keys
         entity_rows = [{key: row[key] for key in join_keys} for row in rows]
-        response = store.get_online_features(
-            features=self.features, entity_rows=entity_rows, full_feature_names=True
-        )
-        columns = response.to_dict()
+        try:
+            response = store.get_online_features(
+                features=self.features, entity_rows=entity_rows, full_feature_names=True
+            )
+            columns = response.to_dict()
+        except Exception as err:  # the store's own client errors (redis, sqlite, ...)
+            raise FeatureStoreError.wrap(err, self._store_description or self.repo_path) from err
         index = {name: i for i, name in enumerate(response.proto.metadata.feature_names.val)}
 
         # a row's entity is missing from a view when none of the view's features was found

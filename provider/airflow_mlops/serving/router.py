@@ -2,17 +2,29 @@
 
 Local mode runs one seldon-core microservice per model version, each on its own port. This
 router owns the deployment's *stable* port and plays the part Seldon's executor plays on
-Kubernetes: it reads the deployment's routing (``current.json``, written atomically by
-:class:`~airflow_mlops.hooks.seldon.SeldonHook`) on every request when the file changed, and
+Kubernetes: it reads the deployment's routing (``current.json``, through
+:mod:`airflow_mlops.serving.state`) again whenever the file changed, and
 
+* speaks the Seldon protocol of the model servers behind it (seldon-core 1.17.1's
+  microservice): predictions at ``/api/v1.0/predictions``, ``/api/v0.1/predictions`` and
+  ``/predict`` (a JSON body, a form-encoded ``json=`` field, or ``?json=``), feedback at
+  ``/api/v1.0/feedback``, ``/api/v0.1/feedback`` and ``/send-feedback``, and every other route
+  of the microservice (health, metadata, ``/seldon.json``, the graph methods) forwarded to the
+  main predictor — under a gateway prefix too, ``/seldon/<namespace>/<deployment>/...`` or
+  ``/seldon/<deployment>/...``, as ``SeldonClient`` sends through an Ambassador/Istio gateway;
 * sends each prediction to the main predictor, or to a canary with its traffic weight;
 * copies it to a shadow predictor when there is one (the shadow's answer is dropped);
+* sends feedback to the predictor that made the prediction (its ``meta.tags.model_version``);
 * optionally looks features up in the Feast online store first (``feature_lookup`` in the
   routing: a client sends entity keys as ``{"jsonData": {"rows": [...]}}`` and gets a
   probability), which is the pre-processing step of the served graph;
 * retries a request once, against the routing read again, when a model server refuses the
   connection: a blue/green switch stops the old server only after the routing moved, so a
-  request caught in between is answered by the new one instead of failing.
+  request caught in between is answered by the new one instead of failing;
+* refuses a request body larger than the routing's ``max_request_bytes`` (default
+  :data:`DEFAULT_MAX_REQUEST_BYTES`) with 413, and answers every failure — its own, the
+  feature store's — with a Seldon error body
+  ``{"status": {"code", "info", "reason", "status": "FAILURE"}}``, never a dropped connection.
 
 Standard library only (plus Feast when ``feature_lookup`` is set): it starts in well under a
 second and never imports Airflow. Run as::
@@ -38,21 +50,63 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from airflow_mlops.serving.state import EMPTY, CorruptState, DeploymentState, DeploymentStore
 
 PREDICT_PATH = "/api/v1.0/predictions"
+FEEDBACK_PATH = "/api/v1.0/feedback"
+#: the routes of seldon-core 1.17.1's microservice (``seldon_core/wrapper.py``)
+PREDICT_ROUTES = frozenset({PREDICT_PATH, "/api/v0.1/predictions", "/predict"})
+FEEDBACK_ROUTES = frozenset({FEEDBACK_PATH, "/api/v0.1/feedback", "/send-feedback"})
+FORWARDED_ROUTES = frozenset(
+    {
+        "/health/ping",
+        "/health/status",
+        "/api/v1.0/health/status",
+        "/metadata",
+        "/api/v1.0/metadata",
+        "/seldon.json",
+        "/transform-input",
+        "/transform-output",
+        "/route",
+        "/aggregate",
+    }
+)
+#: the largest request body accepted when the routing sets no ``max_request_bytes``
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+#: a body over the limit is read and dropped up to this size, so the client reads the 413
+#: instead of a reset connection; a larger one is cut off
+_DRAIN_BYTES = 256 * 1024 * 1024
 _CONNECT_ERRORS = (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine, OSError)
 
 
-class LookupNotReady(Exception):
+class RequestError(Exception):
+    """A request the router answers itself, with a Seldon error body."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+class LookupNotReady(RequestError):
     """Entity keys arrived while the deployment's feature lookup is still warming up (or failed)."""
 
     def __init__(self, error: str | None) -> None:
         super().__init__(
+            503,
+            "FEATURE_LOOKUP_UNAVAILABLE",
             f"the feature lookup could not be built ({error}); see router.log"
             if error
-            else "the feature lookup is warming up (Feast loads once, ~20 s); retry in a few seconds"
+            else "the feature lookup is warming up (Feast loads once, ~20 s); retry in a few seconds",
         )
+
+
+def seldon_error(status: int, reason: str, message: str) -> bytes:
+    """A Seldon protocol error body (the executor's shape)."""
+    return json.dumps(
+        {"status": {"code": status, "info": message, "reason": reason, "status": "FAILURE"}}
+    ).encode()
 
 
 class Routing:
@@ -66,10 +120,11 @@ class Routing:
     """
 
     def __init__(self, state_path: str) -> None:
-        self.state_path = state_path
+        self.store = DeploymentStore.for_state_file(state_path)
+        self.state_path = str(self.store.current_path)
         self._mtime: int | None = None
         self._lock = threading.Lock()
-        self.state: dict[str, Any] = {}
+        self.state: DeploymentState = EMPTY
         self.lookup = None  # FeatureLookup, built when the routing asks for one
         self._lookup_config: dict[str, Any] | None = None
         self._warming: dict[str, Any] | None = None  # the lookup config being warmed
@@ -77,7 +132,16 @@ class Routing:
         self.lookup_error: str | None = None
         self.counters: dict[str, dict[str, int]] = {}
 
-    def refresh(self, force: bool = False) -> dict[str, Any]:
+    @property
+    def name(self) -> str:
+        return self.state.name or self.store.name
+
+    @property
+    def warming(self) -> bool:
+        """A lookup the routing asked for is being built (the routing waits for it)."""
+        return self._warming is not None
+
+    def refresh(self, force: bool = False) -> DeploymentState:
         try:
             mtime = os.stat(self.state_path).st_mtime_ns
         except FileNotFoundError:
@@ -86,18 +150,19 @@ class Routing:
             return self.state
         with self._lock:
             try:
-                with open(self.state_path) as f:
-                    state = json.load(f)
-            except (OSError, ValueError):
-                return self.state  # being replaced: keep the last good routing
-            config = state.get("feature_lookup")
+                state = self.store.read()
+            except (OSError, CorruptState):
+                return self.state  # unreadable: keep the last good routing
+            if state is None:
+                return self.state
+            config = state.feature_lookup
             if config and config != self._lookup_config:
                 self._warm(config, mtime)  # applied by the next refresh once the lookup is ready
-                if not self.state:  # a (re)started router: route now, entity keys wait (503)
+                if self.state is EMPTY:  # a (re)started router: route now, entity keys wait (503)
                     self.state = state
                 return self.state
-            if not config:
-                self.lookup, self._lookup_config, self._warming = None, None, None
+            if not config:  # no lookup wanted (any more): entity keys go to the model as they are
+                self.lookup, self._lookup_config, self._warming, self.lookup_error = None, None, None, None
             self.state, self._mtime = state, mtime
         return self.state
 
@@ -132,7 +197,7 @@ class Routing:
 
     def choose(self) -> dict[str, Any] | None:
         """A predictor for one request, by traffic weight."""
-        predictors = [p for p in self.state.get("predictors", []) if p.get("traffic", 0) > 0]
+        predictors = [p for p in self.state.predictors if p.get("traffic", 0) > 0]
         if not predictors:
             return None
         total = sum(p["traffic"] for p in predictors)
@@ -144,10 +209,11 @@ class Routing:
         return predictors[-1]
 
     def main(self) -> dict[str, Any] | None:
-        for predictor in self.state.get("predictors", []):
-            if predictor.get("role") == "main":
-                return predictor
-        return None
+        return self.state.main
+
+    def by_version(self, version: Any) -> dict[str, Any] | None:
+        """The predictor taking traffic that serves ``version`` (feedback follows its prediction)."""
+        return next((p for p in self.state.predictors if str(p.get("version")) == str(version)), None)
 
     def count(self, predictor: dict[str, Any] | None, key: str) -> None:
         name = f"{(predictor or {}).get('role', '?')}:v{(predictor or {}).get('version', '?')}"
@@ -163,7 +229,13 @@ class _Connections(threading.local):
         self.pool: dict[str, http.client.HTTPConnection] = {}
 
     def request(
-        self, endpoint: str, method: str, path: str, body: bytes | None, timeout: float
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        timeout: float,
+        content_type: str = "application/json",
     ) -> tuple[int, bytes, str]:
         conn = self.pool.get(endpoint)
         if conn is None:
@@ -171,7 +243,7 @@ class _Connections(threading.local):
             conn = self.pool[endpoint] = http.client.HTTPConnection(
                 parts.hostname, parts.port, timeout=timeout
             )
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": content_type} if body is not None else {}
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
@@ -188,19 +260,67 @@ def _no_delay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _payload(body: bytes, content_type: str, query: str) -> tuple[bytes, str]:
+    """
+    The Seldon message of a request as the model server reads it (``seldon_core.flask_utils``):
+    a form field or query parameter ``json``, else the body. Returns ``(body, content type)``
+    to forward: JSON whenever it can be, so the router reads it and the model server logs it alike.
+    """
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return body, content_type  # binData/strData files: forwarded as they are
+    form = parse_qs(body.decode("utf-8", "replace")) if ctype == "application/x-www-form-urlencoded" else {}
+    field = (form.get("json") or parse_qs(query).get("json") or [None])[0]
+    if field is not None:
+        return field.encode(), "application/json"
+    return body, "application/json"
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise RequestError(400, "MICROSERVICE_BAD_DATA", f"the request body is not JSON: {err}") from err
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    """``value[k1][k2]...``, or None where a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
 class Router:
     """Forward Seldon protocol requests to the predictors of one deployment."""
 
-    def __init__(self, state_path: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, state_path: str, timeout: float = 60.0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    ) -> None:
         self.routing = Routing(state_path)
         self.routing.refresh(force=True)
         self.timeout = timeout
+        self.default_max_request_bytes = max_request_bytes
         self.connections = _Connections()
         self.shadow_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shadow")
 
-    def _forward(self, predictor: dict[str, Any], method: str, path: str, body: bytes | None):
+    @property
+    def max_request_bytes(self) -> int:
+        return self.routing.state.max_request_bytes or self.default_max_request_bytes
+
+    def _forward(
+        self,
+        predictor: dict[str, Any],
+        method: str,
+        path: str,
+        body: bytes | None,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes, str]:
         try:
-            return self.connections.request(predictor["endpoint"], method, path, body, self.timeout)
+            return self.connections.request(
+                predictor["endpoint"], method, path, body, self.timeout, content_type
+            )
         except _CONNECT_ERRORS:
             # a stale keep-alive connection, or a server stopped by a switch: one fresh try
             # against the routing as it is now
@@ -208,17 +328,19 @@ class Router:
             self.routing.refresh(force=True)
             retry = self.routing.main() if predictor.get("role") != "canary" else self.routing.choose()
             return self.connections.request(
-                (retry or predictor)["endpoint"], method, path, body, self.timeout
+                (retry or predictor)["endpoint"], method, path, body, self.timeout, content_type
             )
 
-    def _shadow(self, body: bytes) -> None:
-        shadow = self.routing.state.get("shadow")
+    def _shadow(self, body: bytes, content_type: str) -> None:
+        shadow = self.routing.state.shadow
         if not shadow:
             return
 
         def send() -> None:
             try:
-                _SHADOW_CONNECTIONS.request(shadow["endpoint"], "POST", PREDICT_PATH, body, self.timeout)
+                _SHADOW_CONNECTIONS.request(
+                    shadow["endpoint"], "POST", PREDICT_PATH, body, self.timeout, content_type
+                )
                 self.routing.count(shadow, "requests")
             except Exception:
                 self.routing.count(shadow, "errors")
@@ -231,57 +353,90 @@ class Router:
         if b'"jsonData"' not in body:
             return body
         if lookup is None:
-            if self.routing.state.get("feature_lookup"):
-                raise LookupNotReady(self.routing.lookup_error)
+            routing = self.routing
+            if routing.state.feature_lookup or routing.warming or routing.lookup_error:
+                raise LookupNotReady(routing.lookup_error)  # one is on its way, or could not be built
             return body
-        from airflow_mlops.serving.feature_lookup import model_request, rows_from_request
+        from airflow_mlops.serving.feature_lookup import (
+            FeatureStoreError,
+            model_request,
+            rows_from_request,
+        )
 
-        payload = json.loads(body)
-        result = lookup.transform(rows_from_request(payload))
+        payload = _json(body)
+        try:
+            result = lookup.transform(rows_from_request(payload))
+        except (ValueError, KeyError) as err:
+            raise RequestError(400, "MICROSERVICE_BAD_DATA", f"feature lookup: {err}") from err
+        except FeatureStoreError as err:
+            status, reason = (
+                (503, "FEATURE_STORE_UNAVAILABLE") if err.unavailable else (500, "FEATURE_STORE_ERROR")
+            )
+            raise RequestError(status, reason, f"feature lookup: {err}") from err
+        except Exception as err:
+            message = f"feature lookup failed: {type(err).__name__}: {err}"
+            raise RequestError(500, "FEATURE_LOOKUP_ERROR", message) from err
         request = model_request(result)
-        if payload.get("meta"):
+        if isinstance(payload, dict) and payload.get("meta"):
             request["meta"] = payload["meta"]
         return json.dumps(request).encode()
 
-    def predict(self, body: bytes) -> tuple[int, bytes, str, dict[str, Any] | None]:
+    def predict(
+        self, body: bytes, content_type: str = "application/json", query: str = ""
+    ) -> tuple[int, bytes, str, dict[str, Any] | None]:
         self.routing.refresh()
         predictor = self.routing.choose()
         if predictor is None:
-            return 503, _error("the deployment has no predictor to route to"), "application/json", None
-        try:
-            body = self.transform(body)
-        except LookupNotReady as err:
-            return 503, _error(str(err)), "application/json", predictor
-        except (ValueError, KeyError) as err:
-            return 400, _error(f"feature lookup: {err}"), "application/json", predictor
-        status, data, ctype = self._forward(predictor, "POST", PREDICT_PATH, body)
+            raise RequestError(503, "NO_PREDICTOR", "the deployment has no predictor to route to")
+        body, content_type = _payload(body, content_type, query)
+        if content_type == "application/json":
+            try:
+                body = self.transform(body)
+            except RequestError as err:
+                return (
+                    err.status,
+                    seldon_error(err.status, err.reason, str(err)),
+                    "application/json",
+                    predictor,
+                )
+        status, data, ctype = self._forward(predictor, "POST", PREDICT_PATH, body, content_type)
         self.routing.count(predictor, "requests" if status < 500 else "errors")
-        self._shadow(body)
+        self._shadow(body, content_type)
+        return status, data, ctype, predictor
+
+    def feedback(
+        self, body: bytes, content_type: str = "application/json", query: str = ""
+    ) -> tuple[int, bytes, str, dict[str, Any] | None]:
+        """Feedback goes to the predictor that answered (``response.meta.tags``), else the main one."""
+        self.routing.refresh()
+        body, content_type = _payload(body, content_type, query)
+        predictor = None
+        if content_type == "application/json":
+            version = _dig(_json(body), "response", "meta", "tags", "model_version")
+            predictor = self.routing.by_version(version) if version is not None else None
+        predictor = predictor or self.routing.main()
+        if predictor is None:
+            raise RequestError(503, "NO_PREDICTOR", "the deployment has no predictor to route to")
+        status, data, ctype = self._forward(predictor, "POST", FEEDBACK_PATH, body, content_type)
         return status, data, ctype, predictor
 
     def status(self) -> dict[str, Any]:
         state = self.routing.refresh()
         return {
-            "name": state.get("name"),
+            "name": self.routing.name,
             "pid": os.getpid(),
             "predictors": [
-                {k: p.get(k) for k in ("role", "version", "traffic", "endpoint")}
-                for p in state.get("predictors", [])
+                {k: p.get(k) for k in ("role", "version", "traffic", "endpoint")} for p in state.predictors
             ],
-            "shadow": {k: state["shadow"].get(k) for k in ("version", "endpoint")}
-            if state.get("shadow")
-            else None,
+            "shadow": {k: state.shadow.get(k) for k in ("version", "endpoint")} if state.shadow else None,
             "feature_lookup": bool(self.routing.lookup),
             "feature_lookup_error": self.routing.lookup_error,
+            "max_request_bytes": self.max_request_bytes,
             "counters": self.routing.counters,
         }
 
 
 _SHADOW_CONNECTIONS = _Connections()
-
-
-def _error(message: str) -> bytes:
-    return json.dumps({"status": {"status": "FAILURE", "info": message}}).encode()
 
 
 def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
@@ -302,35 +457,157 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
             if predictor:
                 self.send_header("X-Mlops-Predictor", str(predictor.get("role")))
                 self.send_header("X-Mlops-Model-Version", str(predictor.get("version")))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path.split("?")[0] != PREDICT_PATH:
-                return self._send(404, _error(f"unknown path {self.path}; predictions go to {PREDICT_PATH}"))
-            try:
-                self._send(*router.predict(body))
-            except _CONNECT_ERRORS as err:
-                self._send(502, _error(f"no model server answered: {err}"))
+        def _error(self, err: RequestError) -> None:
+            self._send(err.status, seldon_error(err.status, err.reason, str(err)))
 
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/router/status":
-                return self._send(200, json.dumps(router.status()).encode())
+        def _route(self) -> tuple[str, str]:
+            """``(path, query)`` of the request, its gateway prefix removed."""
+            parts = urlsplit(self.path)
+            path = parts.path.rstrip("/") or "/"
+            if path.startswith("/seldon/"):
+                # /seldon/<namespace>/<deployment>/<route> or /seldon/<deployment>/<route>
+                segments = path.split("/")[2:]
+                name = router.routing.name
+                if len(segments) > 2 and segments[1] == name:
+                    return "/" + "/".join(segments[2:]), parts.query
+                if len(segments) > 1 and segments[0] == name:
+                    return "/" + "/".join(segments[1:]), parts.query
+                raise RequestError(
+                    404,
+                    "NOT_FOUND",
+                    f"no such deployment here ({path}): this address serves {name!r} at "
+                    f"/seldon/<namespace>/{name}/... and /seldon/{name}/...",
+                )
+            return path, parts.query
+
+        def _body(self) -> bytes:
+            """The request body, within the limit. :raises RequestError: 413 or 400."""
+            limit = router.max_request_bytes
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                return self._chunked(limit)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self.close_connection = True
+                raise RequestError(400, "BAD_REQUEST", "Content-Length is not a number") from None
+            if length > limit:
+                self._drain(length)
+                raise self._too_large(length, limit)
+            return self.rfile.read(length) if length > 0 else b""
+
+        def _chunked(self, limit: int) -> bytes:
+            """A ``Transfer-Encoding: chunked`` body; past ``limit`` the rest is read and dropped
+            (up to a bound), so the client gets the 413 rather than a reset connection."""
+            chunks, total = [], 0
+            while True:
+                line = self.rfile.readline(1024)
+                try:
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                except ValueError:
+                    self.close_connection = True
+                    raise RequestError(400, "BAD_REQUEST", "malformed chunked body") from None
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                total += size
+                if total <= limit:
+                    chunks.append(self.rfile.read(size))
+                else:  # refused: nothing of it is kept
+                    chunks.clear()
+                    if total > _DRAIN_BYTES:
+                        break
+                    self.connection.settimeout(10)
+                    self._discard(size)
+                self.rfile.readline(1024)
+            if total > limit:
+                self.close_connection = True
+                raise self._too_large(total, limit)
+            return b"".join(chunks)
+
+        def _discard(self, size: int) -> None:
+            """Read ``size`` bytes of the body and drop them (a slow or gone client: stop)."""
+            try:
+                while size > 0:
+                    chunk = self.rfile.read(min(size, 1 << 20))
+                    if not chunk:
+                        return
+                    size -= len(chunk)
+            except OSError:
+                self.close_connection = True
+
+        def _drain(self, length: int) -> None:
+            """Read the refused body (up to a bound) so the client gets the 413, then close."""
+            self.close_connection = True
+            self.connection.settimeout(10)
+            self._discard(min(length, _DRAIN_BYTES))
+
+        @staticmethod
+        def _too_large(length: int, limit: int) -> RequestError:
+            return RequestError(
+                413,
+                "REQUEST_TOO_LARGE",
+                f"the request body has {length} bytes, more than the {limit} this deployment accepts; "
+                "send fewer rows per request (or deploy with a larger max_request_bytes)",
+            )
+
+        def _handle(self, method: str) -> None:
+            try:
+                router.routing.refresh()  # the routing as it is now: its limit, its predictors
+                path, query = self._route()
+                if method == "GET" and path == "/router/status":
+                    return self._send(200, json.dumps(router.status()).encode())
+                body = self._body() if method == "POST" else None
+                ctype = self.headers.get("Content-Type") or "application/json"
+                if path in PREDICT_ROUTES and (method == "POST" or path == "/predict"):
+                    return self._send(*router.predict(body or b"", ctype, query))
+                if path in FEEDBACK_ROUTES and (method == "POST" or path == "/send-feedback"):
+                    return self._send(*router.feedback(body or b"", ctype, query))
+                if path in FORWARDED_ROUTES:
+                    return self._forward_to_main(method, path, query, body, ctype)
+                routes = sorted(PREDICT_ROUTES | FEEDBACK_ROUTES | FORWARDED_ROUTES | {"/router/status"})
+                raise RequestError(
+                    404, "NOT_FOUND", f"unknown route {method} {path}; this address serves {routes}"
+                )
+            except RequestError as err:
+                self._error(err)
+            except _CONNECT_ERRORS as err:
+                self._error(RequestError(502, "MICROSERVICE_UNAVAILABLE", f"no model server answered: {err}"))
+            except Exception as err:  # never drop the connection without an answer
+                print(f"router: {method} {self.path} failed: {err!r}", file=sys.stderr, flush=True)
+                self._error(RequestError(500, "ROUTER_ERROR", f"{type(err).__name__}: {err}"))
+
+        def _forward_to_main(
+            self, method: str, path: str, query: str, body: bytes | None, ctype: str
+        ) -> None:
             router.routing.refresh()
             main = router.routing.main()
             if main is None:
-                return self._send(503, _error("the deployment has no main predictor"))
+                raise RequestError(503, "NO_PREDICTOR", "the deployment has no main predictor")
+            target = f"{path}?{query}" if query else path
             try:
-                self._send(*router._forward(main, "GET", self.path, None), predictor=main)
+                self._send(*router._forward(main, method, target, body, ctype), predictor=main)
             except _CONNECT_ERRORS as err:
-                self._send(503, _error(f"the main predictor does not answer: {err}"))
+                raise RequestError(
+                    503, "MICROSERVICE_UNAVAILABLE", f"the main predictor does not answer: {err}"
+                ) from err
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle("POST")
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._handle("GET")
 
     return Handler
 
 
-def serve(state_path: str, host: str, port: int) -> None:
-    router = Router(state_path)
+def serve(state_path: str, host: str, port: int, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    router = Router(state_path, max_request_bytes=max_request_bytes)
     server = ThreadingHTTPServer((host, port), make_handler(router))
     server.daemon_threads = True
 
@@ -351,9 +628,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", required=True, help="the deployment's current.json")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request body when the routing sets no max_request_bytes",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    serve(args.state, args.host, args.port)
+    serve(args.state, args.host, args.port, args.max_request_bytes)
     print(f"router: stopped after {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     return 0
 

@@ -20,16 +20,42 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_mlops.drift_config import (
+    DEFAULT_CORRECTION,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_P_VAL,
+    REPORT_FILE,
+    check_settings,
+    drift_config,
+    write_config,
+)
+
 CURSOR_KEY = "drift_cursor"
 #: the request column that carries each row's event time (epoch seconds), by convention
 EVENT_TIME = "event_time"
+#: what the watcher says about itself, in its folder: the MLOps page shows its problems
+STATUS_FILE = "status.json"
+#: what was tested (or why not) in each window's folder
+WINDOW_FILE = "window.json"
+#: unreadable log files listed in the status record at most (the count goes on)
+MAX_LISTED_FILES = 200
+
+
+class _Unwatchable(Exception):
+    """What keeps the watcher from reading the deployment's traffic now; the message says the fix."""
+
+
+class _Untestable(Exception):
+    """Why one window cannot be tested; the message says the fix."""
 
 
 class DriftEventTrigger(BaseEventTrigger):
@@ -55,6 +81,15 @@ class DriftEventTrigger(BaseEventTrigger):
     Each tested window's folder holds ``report.json``, ``pvalues.png`` and ``window.json`` (the
     same fields as the payload, ``is_drift`` too): the MLOps page draws its timeline from them.
 
+    Nothing goes wrong silently, and nothing stops the watch: a deployment it cannot read (not
+    deployed here — a misspelled name, a Kubernetes deployment — or an unreadable state), an
+    inference-log file it cannot read (skipped; the files after it are read), a window it cannot
+    test (no reference data, a feature the requests do not carry, the check failing) — each is
+    logged at WARNING or ERROR with what to fix, and recorded for the MLOps page: the watcher's
+    ``status.json`` (``error``, ``unreadable_files``, ``windows_not_tested``) and, for a window,
+    its ``window.json`` with ``error`` instead of a report. The cursor moves past a window that
+    cannot be tested, as past a tested one.
+
     :param deployment_name: the Seldon deployment whose traffic is watched.
     :param numeric_features: inference-log columns tested with Kolmogorov-Smirnov.
     :param categorical_features: columns tested with Chi-squared.
@@ -78,17 +113,20 @@ class DriftEventTrigger(BaseEventTrigger):
         numeric_features: list[str],
         categorical_features: list[str] | None = None,
         window_rows: int = 2000,
-        p_val: float = 0.05,
-        correction: str = "bonferroni",
+        p_val: float = DEFAULT_P_VAL,
+        correction: str = DEFAULT_CORRECTION,
         mmd: bool = False,
         event_time_column: str | None = None,
         reference_path: str | None = None,
         cooldown_seconds: float = 600.0,
         poll_interval: float = 5.0,
-        max_rows: int = 5000,
+        max_rows: int = DEFAULT_MAX_ROWS,
         max_window_age_seconds: float | None = None,
     ) -> None:
         super().__init__()
+        check_settings(correction, p_val, max_rows)
+        if window_rows < 1:
+            raise ValueError(f"window_rows must be at least 1, got {window_rows!r}")
         self.deployment_name = deployment_name
         self.numeric_features = list(numeric_features)
         self.categorical_features = list(categorical_features or [])
@@ -102,6 +140,10 @@ class DriftEventTrigger(BaseEventTrigger):
         self.poll_interval = poll_interval
         self.max_rows = max_rows
         self.max_window_age_seconds = max_window_age_seconds
+        #: the status record as last written (not an argument: run() reads it from its file)
+        self._status: dict[str, Any] | None = None
+        #: the problem this run has logged last (each is logged once per run of the trigger)
+        self._said: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -143,7 +185,16 @@ class DriftEventTrigger(BaseEventTrigger):
                 )
                 self.asset_state_store = None
         path = self.watch_dir / "cursor.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            cursor = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise _Unwatchable(
+                f"cannot read the watcher's cursor {path}: {err}. Repair it or delete it (the watch then "
+                "starts again from the beginning of the inference log)."
+            ) from err
+        return cursor if isinstance(cursor, dict) else {}
 
     async def _save_cursor(self, cursor: dict[str, Any]) -> None:
         store = getattr(self, "asset_state_store", None)
@@ -156,32 +207,66 @@ class DriftEventTrigger(BaseEventTrigger):
                     "asset state store not writable; using %s/cursor.json", self.watch_dir, exc_info=True
                 )
                 self.asset_state_store = None
-        path = self.watch_dir / "cursor.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cursor))
-        tmp.replace(path)
+        _write_json(self.watch_dir / "cursor.json", cursor)
 
-    # -- one window ------------------------------------------------------------------------
-    def _next_window(self, cursor: dict[str, Any]):
-        """(exactly ``window_rows`` rows, the cursor after them, served predictor), or Nones when
-        there is no full window yet. A window may end inside a log file: the rest starts the next."""
-        from airflow_mlops.hooks.seldon import SeldonHook, _main
+    # -- what is served, and the next window of it -------------------------------------------
+    def _served(self) -> dict[str, Any]:
+        """The predictor the deployment serves now (``version``, ``reference_path``...).
+
+        :raises _Unwatchable: saying why there is nothing to watch and what to fix.
+        """
+        from airflow_mlops.hooks.seldon import SeldonHook
+
+        store = SeldonHook.store(self.deployment_name)
+        state_file = store.current_path
+        try:
+            state = store.read()
+        except (OSError, ValueError) as err:  # CorruptState is a ValueError
+            raise _Unwatchable(
+                f"cannot read the state of deployment {self.deployment_name!r} ({state_file}): {err}"
+            ) from err
+        if state is None:
+            raise _Unwatchable(self._not_deployed(state_file))
+        main = state.main
+        if main is None or main.get("version") is None:
+            raise _Unwatchable(
+                f"deployment {self.deployment_name!r} serves no model version ({state_file} names no main "
+                "predictor): nothing to watch until a version is deployed."
+            )
+        return main
+
+    def _not_deployed(self, state_file: Path) -> str:
+        """Why a deployment name has no local state, with the names that do and a guess."""
+        import difflib
+
+        from airflow_mlops.serving.state import deployment_names
+
+        names = deployment_names(state_file.parent.parent.parent)
+        close = difflib.get_close_matches(self.deployment_name, names, n=1)
+        guess = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"no local deployment {self.deployment_name!r}: {state_file} does not exist, so there is no "
+            f"inference log to watch.{guess} Local deployments: {', '.join(names) or 'none yet'}. Fix "
+            "DriftEventTrigger(deployment_name=...) if the name is misspelled. A deployment on Kubernetes "
+            "(SeldonDeployment) cannot be watched: its traffic is not in a local inference log (see "
+            "docs/monitoring.md). A deployment not made yet: the watch starts when it is."
+        )
+
+    def _next_window(self, cursor: dict[str, Any], version: str, unreadable: list[tuple[Path, str]]):
+        """(exactly ``window_rows`` rows of ``version``, the cursor after them), or None when there
+        is no full window yet. A window may end inside a log file: the rest starts the next.
+        Unreadable files are skipped and added to ``unreadable``."""
+        from airflow_mlops.hooks.seldon import SeldonHook
         from airflow_mlops.inference_log import next_window
 
-        main = _main(SeldonHook.current_state(self.deployment_name))
-        if main is None:
-            return None, None, None
-        found = next_window(
+        return next_window(
             SeldonHook.inference_log_dir(self.deployment_name),
             rows=self.window_rows,
             after=cursor.get("after"),
             skip=int(cursor.get("skip") or 0),
-            model_version=str(main["version"]),
+            model_version=version,
+            unreadable=unreadable,
         )
-        if found is None:
-            return None, None, None
-        return found[0], found[1], main
 
     def _drop_stale(self, cursor: dict[str, Any]) -> bool:
         """Move the cursor past an incomplete window older than ``max_window_age_seconds``."""
@@ -215,119 +300,297 @@ class DriftEventTrigger(BaseEventTrigger):
             ts = pd.to_datetime(values, utc=True)
         return {"start": ts.min().isoformat(), "end": ts.max().isoformat()}
 
+    def _spans(self, df) -> dict[str, Any]:
+        """``window`` (of ``event_time_column`` when the requests carry it, else of serving time)
+        and ``observed`` (of serving time, when ``event_time_column`` is set)."""
+        served = self._span(df["ts"])
+        if not self.event_time_column:
+            return {"window": served, "observed": None}
+        if self.event_time_column in df:
+            try:
+                return {"window": self._span(df[self.event_time_column]), "observed": served}
+            except (TypeError, ValueError, OverflowError) as err:
+                self.log.warning(
+                    "%s: column %r holds no epoch seconds (%s): the window spans serving time",
+                    self.deployment_name,
+                    self.event_time_column,
+                    err,
+                )
+        return {"window": served, "observed": served}
+
+    # -- testing one window -------------------------------------------------------------------
+    def _check_testable(self, df, reference: str | None, version: str) -> None:
+        """Raise :class:`_Untestable` when the window cannot be tested, before running the check."""
+        from airflow_mlops.inference_log import LOG_COLUMNS
+
+        if not reference:
+            raise _Untestable(
+                f"version {version} has no reference data to compare with: deploy it with "
+                "SeldonDeployOperator(reference_path=...), or give DriftEventTrigger(reference_path=...)"
+            )
+        if not Path(reference).exists():
+            raise _Untestable(
+                f"the reference data of version {version}, {reference}, does not exist (moved or deleted?): "
+                "restore it, or redeploy the version with a reference_path that exists"
+            )
+        missing = [c for c in [*self.numeric_features, *self.categorical_features] if c not in df.columns]
+        if missing:
+            carried = [c for c in df.columns if c not in LOG_COLUMNS and c != EVENT_TIME]
+            raise _Untestable(
+                f"the requests of version {version} carry no column {', '.join(map(repr, missing))}: fix "
+                f"DriftEventTrigger's numeric_features / categorical_features, which name request columns; "
+                f"the requests carry {carried}"
+            )
+
     async def _test(self, df, reference: str, window_id: str) -> dict[str, Any]:
-        """Run the drift runtime on one window; its report (a dict)."""
+        """Run the drift runtime on one window; its report (a dict).
+
+        :raises _Untestable: with the check's own message when it fails.
+        """
         from airflow_mlops import settings
         from airflow_mlops.hooks.runtime import RuntimeHook
 
         out = self.watch_dir / window_id
         out.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(df.to_parquet, out / "current.parquet", index=False)
-        config = {
-            "reference": reference,
-            "current": str(out / "current.parquet"),
-            "numeric_features": self.numeric_features,
-            "categorical_features": self.categorical_features,
-            "p_val": self.p_val,
-            "correction": self.correction,
-            "mmd": self.mmd,
-            "max_rows": self.max_rows,
-            "seed": 0,
-            "output": str(out / "report.json"),
-            "plot": str(out / "pvalues.png"),
-        }
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-        runtime = RuntimeHook("drift")
-        proc = await asyncio.create_subprocess_exec(
-            runtime.python,
-            str(settings.runtime_script("drift_detect")),
-            str(out / "config.json"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=runtime.environ(),
+        config = drift_config(
+            reference=reference,
+            current=out / "current.parquet",
+            out_dir=out,
+            numeric_features=self.numeric_features,
+            categorical_features=self.categorical_features,
+            p_val=self.p_val,
+            correction=self.correction,
+            mmd=self.mmd,
+            max_rows=self.max_rows,
         )
-        output, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"drift check of window {window_id} failed ({proc.returncode}): "
-                f"{output.decode(errors='replace')[-2000:]}"
+        config_path = write_config(config)
+        try:
+            runtime = RuntimeHook("drift")
+            proc = await asyncio.create_subprocess_exec(
+                runtime.python,
+                str(settings.runtime_script("drift_detect")),
+                str(config_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=runtime.environ(),
             )
-        return json.loads((out / "report.json").read_text())
+        except Exception as err:  # no drift runtime here, or it cannot start
+            raise _Untestable(f"the drift runtime could not run: {type(err).__name__}: {err}") from err
+        try:
+            output, _ = await proc.communicate()
+        except asyncio.CancelledError:  # the triggerer stops the watch: the check stops with it
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+            raise
+        if proc.returncode != 0:
+            text = output.decode(errors="replace")
+            said = [line for line in text.splitlines() if "drift_detect: error:" in line]
+            raise _Untestable(
+                f"the drift check failed (exit code {proc.returncode}): "
+                + ("\n".join(said) if said else text[-2000:].strip())
+            )
+        return json.loads((out / REPORT_FILE).read_text())
 
     def _record(self, window_id: str, summary: dict[str, Any]) -> None:
-        """``window.json`` beside the window's report: what was tested, for the MLOps page."""
-        path = self.watch_dir / window_id / "window.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(path)
+        """``window.json`` in the window's folder: what was tested, or why it was not, for the MLOps page."""
+        _write_json(self.watch_dir / window_id / WINDOW_FILE, summary)
+
+    # -- the status record: what the watcher has to say --------------------------------------
+    def _load_status(self) -> dict[str, Any]:
+        fresh = {
+            "deployment": self.deployment_name,
+            "error": None,
+            "error_since": None,
+            "unreadable_files": [],
+            "unreadable_file_count": 0,
+            "windows_not_tested": 0,
+            "last_not_tested": None,
+            "updated_at": None,
+        }
+        try:
+            stored = json.loads((self.watch_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            stored = {}
+        return {**fresh, **(stored if isinstance(stored, dict) else {})}
+
+    def _write_status(self) -> None:
+        assert self._status is not None
+        self._status["updated_at"] = time.time()
+        _write_json(self.watch_dir / STATUS_FILE, self._status)
+
+    async def _set_error(self, message: str | None, exc_info: bool = False) -> None:
+        """The watcher's current problem (None: there is none): logged once per run of the trigger
+        (a restarted triggerer says it again), recorded in the status record when it changes."""
+        status = self._status
+        if status is None:
+            return
+        if message is None:
+            if status["error"] is not None:
+                self.log.info("%s: watching again (was: %s)", self.deployment_name, status["error"])
+        elif message != self._said:
+            self.log.warning(
+                "%s: drift watcher cannot watch: %s", self.deployment_name, message, exc_info=exc_info
+            )
+        self._said = message
+        if status["error"] != message:
+            status.update(error=message, error_since=None if message is None else time.time())
+            await asyncio.to_thread(self._write_status)
+
+    async def _note_unreadable(self, files: list[tuple[Path, str]]) -> None:
+        """Report each unreadable log file once (logged, counted, listed in the status record)."""
+        from airflow_mlops.hooks.seldon import SeldonHook
+        from airflow_mlops.inference_log import cursor_of
+
+        status = self._status
+        if status is None or not files:
+            return
+        log_dir = SeldonHook.inference_log_dir(self.deployment_name)
+        known = {entry.get("file") for entry in status["unreadable_files"]}
+        new = False
+        for path, reason in files:
+            name = cursor_of(log_dir, path)
+            if name in known:
+                continue
+            known.add(name)
+            new = True
+            self.log.warning(
+                "%s: inference-log file %s is unreadable and skipped, its rows are not tested (%s). "
+                "Replace or remove it; the files after it are read.",
+                self.deployment_name,
+                path,
+                reason,
+            )
+            status["unreadable_file_count"] += 1
+            if len(status["unreadable_files"]) < MAX_LISTED_FILES:
+                status["unreadable_files"].append(
+                    {"file": name, "error": reason[:500], "seen_at": time.time()}
+                )
+        if new:
+            await asyncio.to_thread(self._write_status)
+
+    async def _not_tested(self, window_id: str, summary: dict[str, Any], problem: str) -> None:
+        self.log.error(
+            "%s: window %s (%d rows of v%s) NOT tested: %s",
+            self.deployment_name,
+            window_id,
+            summary["rows"],
+            summary["model_version"],
+            problem,
+        )
+        await asyncio.to_thread(self._record, window_id, {**summary, "is_drift": None, "error": problem})
+        if self._status is not None:
+            self._status["windows_not_tested"] += 1
+            self._status["last_not_tested"] = {
+                "window_id": window_id,
+                "error": problem,
+                "at": summary["tested_at"],
+            }
+            await asyncio.to_thread(self._write_status)
+
+    # -- the watch -----------------------------------------------------------------------------
+    async def _step(self) -> dict[str, Any] | bool:
+        """One look at the log: the payload of a drifted window to announce, True when a window
+        was used up (look again at once), False when there is nothing to do before the next poll."""
+        try:
+            main = await asyncio.to_thread(self._served)
+            cursor = await self._load_cursor()
+        except _Unwatchable as problem:
+            await self._set_error(str(problem))
+            return False
+        version = str(main["version"])
+        unreadable: list[tuple[Path, str]] = []
+        found = await asyncio.to_thread(self._next_window, cursor, version, unreadable)
+        await self._note_unreadable(unreadable)
+        await self._set_error(None)
+        if found is None:
+            if await asyncio.to_thread(self._drop_stale, cursor):
+                await self._save_cursor(cursor)
+            return False
+        df, position = found
+        reference = main.get("reference_path") or self.reference_path
+        window_id = f"{int(time.time() * 1000)}-v{version}"
+        cursor.update(position)
+        now = time.time()
+        summary = {
+            "deployment": self.deployment_name,
+            "model_name": main.get("model_name"),
+            "model_version": version,
+            **self._spans(df),
+            "rows": len(df),
+            "window_id": window_id,
+            "tested_at": now,
+        }
+        try:
+            self._check_testable(df, reference, version)
+        except _Untestable as problem:
+            # recorded, then passed: a window that cannot be tested must not stop the watch
+            await self._not_tested(window_id, summary, str(problem))
+            await self._save_cursor(cursor)
+            return True
+        if now - float(cursor.get("last_fired") or 0) < self.cooldown_seconds:
+            # a retraining is under way: its data is this drift; testing again buys nothing
+            self.log.info("%s: window of %d rows skipped (cooling down)", self.deployment_name, len(df))
+            await self._save_cursor(cursor)
+            return True
+        try:
+            report = await self._test(df, reference, window_id)
+        except _Untestable as problem:
+            await self._not_tested(window_id, summary, str(problem))
+            await self._save_cursor(cursor)
+            return True
+        fire = bool(report["is_drift"])
+        self.log.info(
+            "%s window %s (%d rows of v%s): drift %s, score %.3f, drifted %s",
+            self.deployment_name,
+            window_id,
+            len(df),
+            version,
+            report["is_drift"],
+            report["drift_score"],
+            report["drifted_features"],
+        )
+        payload = {
+            **summary,
+            "is_drift": fire,
+            "drift_score": report["drift_score"],
+            "drifted_features": report["drifted_features"],
+            "p_values": report.get("p_values"),
+            "report": str(self.watch_dir / window_id / REPORT_FILE),
+        }
+        await asyncio.to_thread(self._record, window_id, payload)
+        if fire:
+            cursor["last_fired"] = now
+        # the cursor moves past the window before its event: one event per window at most
+        await self._save_cursor(cursor)
+        return {**payload, "fired_at": now} if fire else True
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        self._status = await asyncio.to_thread(self._load_status)
+        self._said = None
         while True:
-            cursor = await self._load_cursor()
-            df, position, main = await asyncio.to_thread(self._next_window, cursor)
-            if position is None:
-                if await asyncio.to_thread(self._drop_stale, cursor):
-                    await self._save_cursor(cursor)
-                await asyncio.sleep(self.poll_interval)
-                continue
-            version = str(main["version"])
-            reference = main.get("reference_path") or self.reference_path
-            window_id = f"{int(time.time() * 1000)}-v{version}"
-            cursor.update(position)
-            if not reference:
-                self.log.warning(
-                    "%s: version %s has no reference data (deploy it with reference_path=): window skipped",
-                    self.deployment_name,
-                    version,
-                )
-                await self._save_cursor(cursor)
-                continue
-            now = time.time()
-            if now - float(cursor.get("last_fired") or 0) < self.cooldown_seconds:
-                # a retraining is under way: its data is this drift; testing again buys nothing
-                self.log.info("%s: window of %d rows skipped (cooling down)", self.deployment_name, len(df))
-                await self._save_cursor(cursor)
-                continue
             try:
-                report = await self._test(df, reference, window_id)
-            except Exception:
-                # a window that cannot be tested must not stop the watch, nor be retried forever
-                self.log.exception(
-                    "%s: window %s could not be tested; skipped", self.deployment_name, window_id
-                )
-                await self._save_cursor(cursor)
-                continue
-            fire = bool(report["is_drift"])
-            self.log.info(
-                "%s window %s (%d rows of v%s): drift %s, score %.3f, drifted %s",
-                self.deployment_name,
-                window_id,
-                len(df),
-                version,
-                report["is_drift"],
-                report["drift_score"],
-                report["drifted_features"],
-            )
-            time_column = self.event_time_column if self.event_time_column in df else "ts"
-            payload = {
-                "deployment": self.deployment_name,
-                "model_name": main.get("model_name"),
-                "model_version": version,
-                "window": self._span(df[time_column]),
-                "observed": self._span(df["ts"]) if self.event_time_column else None,
-                "rows": len(df),
-                "is_drift": fire,
-                "drift_score": report["drift_score"],
-                "drifted_features": report["drifted_features"],
-                "p_values": report.get("p_values"),
-                "report": str(self.watch_dir / window_id / "report.json"),
-                "window_id": window_id,
-                "tested_at": now,
-            }
-            await asyncio.to_thread(self._record, window_id, payload)
-            if fire:
-                cursor["last_fired"] = now
-            # the cursor moves past the window before its event: one event per window at most
-            await self._save_cursor(cursor)
-            if fire:
-                yield TriggerEvent({**payload, "fired_at": now})
+                outcome = await self._step()
+            except Exception as err:
+                # never out of run(): the watch goes on, and says what went wrong
+                message = f"unexpected {type(err).__name__}: {err}"
+                try:
+                    await self._set_error(message, exc_info=True)
+                except Exception:
+                    self.log.exception(
+                        "%s: %s (and the status record is not writable)", self.deployment_name, message
+                    )
+                outcome = False
+            if isinstance(outcome, dict):
+                yield TriggerEvent(outcome)
+            elif not outcome:
+                await asyncio.sleep(self.poll_interval)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` whole or not at all; two watchers writing at once leave one whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

@@ -1,4 +1,9 @@
-"""Wait for a Horovod training job on Kubernetes (MPIJob or indexed Job) without holding a worker slot."""
+"""Wait for one of the provider's Kubernetes jobs (training MPIJob or indexed Job, drift check Job)
+without holding a worker slot.
+
+``TrainingJobTrigger`` is the former name of :class:`KubernetesJobTrigger` (deprecated): it still
+imports, so a task deferred under the old name resumes after an upgrade.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_mlops.kubernetes.training import MPIJOB_GROUP, MPIJOB_PLURAL, MPIJOB_VERSION, job_phase
+from airflow_mlops.kubernetes.jobs import MPIJOB_GROUP, MPIJOB_PLURAL, MPIJOB_VERSION, job_phase
 
 
-class TrainingJobTrigger(BaseTrigger):
+class KubernetesJobTrigger(BaseTrigger):
     """
-    Poll a training job's status and yield exactly one event when it is over.
+    Poll a job's status and yield exactly one event when it is over.
 
     The event is ``{"status": "success" | "failed" | "timeout" | "error", "name", "namespace",
     "kind", "reason", "message"}``. The trigger only reads (it may run twice); deleting a timed-out
@@ -22,7 +27,7 @@ class TrainingJobTrigger(BaseTrigger):
 
     :param name: the job's name.
     :param namespace: its namespace.
-    :param kind: ``MPIJob`` or ``IndexedJob``.
+    :param kind: ``MPIJob``, ``IndexedJob`` or ``Job`` (the last two are ``batch/v1`` Jobs).
     :param kubernetes_conn_id: the ``kubernetes`` connection.
     :param poll_interval: seconds between two status reads.
     :param deadline: Unix time after which a ``timeout`` event is sent (absolute, so a trigger
@@ -121,3 +126,20 @@ class TrainingJobTrigger(BaseTrigger):
                 )
                 return
             await asyncio.sleep(self.poll_interval)
+
+
+def __getattr__(name: str) -> Any:
+    # the former name: trigger rows of tasks deferred before the rename name this classpath
+    if name == "TrainingJobTrigger":
+        import warnings
+
+        from airflow.exceptions import AirflowProviderDeprecationWarning
+
+        warnings.warn(
+            "airflow_mlops.triggers.kubernetes.TrainingJobTrigger is deprecated: it waits for every job "
+            "kind (training and drift) and is now KubernetesJobTrigger.",
+            AirflowProviderDeprecationWarning,
+            stacklevel=2,
+        )
+        return KubernetesJobTrigger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -19,6 +18,9 @@ from airflow_mlops.kubernetes.seldon import (
     deployment_state,
     endpoint,
 )
+
+if TYPE_CHECKING:
+    from airflow_mlops.serving.state import DeploymentStore
 
 MODES = ("kubernetes", "local")
 
@@ -37,11 +39,13 @@ class SeldonDeploymentTrigger(BaseTrigger):
       first time after one interval (right after a replace the status may still describe the old
       spec): ``Available`` → success, ``Failed`` or a deleted object → failed; ``max_errors``
       consecutive failed reads → error.
-    * ``mode="local"``: reads ``<data_dir>/deployments/<deployment_name>/current.json`` (written
-      by :class:`~airflow_mlops.hooks.seldon.SeldonHook`): a dead ``pid`` / ``router_pid`` →
-      failed, a file missing for ``missing_grace`` seconds → failed ("no deployment"), ``GET
-      {endpoint}/health/ping`` answering 200 → success (when ``expected_version`` is set, only
-      once the file names that version).
+    * ``mode="local"``: reads the deployment's routing through
+      :mod:`airflow_mlops.serving.state` (``<data_dir>/deployments/<deployment_name>/current.json``),
+      as the synchronous check (:meth:`SeldonHook.local_status`) does: the router's or a
+      predictor's process gone (pid and start time) → failed, the file missing for
+      ``missing_grace`` seconds → failed ("no deployment"), ``GET {endpoint}/health/ping``
+      answering 200 → success (when ``expected_version`` is set, only once the routing names
+      that version).
 
     :param deployment_name: the deployment's name.
     :param mode: ``kubernetes`` or ``local``.
@@ -56,6 +60,9 @@ class SeldonDeploymentTrigger(BaseTrigger):
     :param data_dir: root of the local deployments (``local`` mode); None: ``[mlops] data_dir``.
     :param expected_version: ``local`` mode: the version ``current.json`` must name to succeed.
     :param missing_grace: ``local`` mode: seconds ``current.json`` may be missing before failing.
+    :param written: ``kubernetes`` mode, a rollout's
+        :func:`~airflow_mlops.kubernetes.seldon.write_marker`: a status the Seldon operator has not
+        rewritten since that write is the previous spec's and reads as ``Creating``.
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class SeldonDeploymentTrigger(BaseTrigger):
         data_dir: str | None = None,
         expected_version: str | None = None,
         missing_grace: float = 30.0,
+        written: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -84,6 +92,7 @@ class SeldonDeploymentTrigger(BaseTrigger):
         self.data_dir = data_dir
         self.expected_version = None if expected_version is None else str(expected_version)
         self.missing_grace = missing_grace
+        self.written = written
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -99,6 +108,7 @@ class SeldonDeploymentTrigger(BaseTrigger):
                 "data_dir": self.data_dir,
                 "expected_version": self.expected_version,
                 "missing_grace": self.missing_grace,
+                "written": self.written,
             },
         )
 
@@ -156,8 +166,8 @@ class SeldonDeploymentTrigger(BaseTrigger):
         where = f"{SELDON_KIND} {namespace}/{self.deployment_name}"
         state, message, errors = "Unknown", "not read yet", 0
         while True:
-            # sleep first: right after a replace, the status may still describe the old spec (the
-            # Seldon operator has not reconciled yet, and it may not report observedGeneration)
+            # sleep first: right after a replace, the status still describes the old spec until the
+            # Seldon operator reconciles (it never reports observedGeneration: ``written`` tells)
             await asyncio.sleep(self.poll_interval)
             try:
                 obj = await self._read(hook, namespace)
@@ -174,7 +184,7 @@ class SeldonDeploymentTrigger(BaseTrigger):
                     return
             else:
                 errors = 0
-                state, message = deployment_state(obj)
+                state, message = deployment_state(obj, self.written)
                 if state in ("Available", "Failed"):
                     status = "success" if state == "Available" else "failed"
                     yield self._event(status, state, message, endpoint(obj), namespace)
@@ -187,33 +197,32 @@ class SeldonDeploymentTrigger(BaseTrigger):
 
     # --- local ---------------------------------------------------------------------------
 
-    def _current_path(self) -> Path:
+    def _store(self) -> DeploymentStore:
         from airflow_mlops import settings
+        from airflow_mlops.serving.state import DeploymentStore
 
-        root = Path(self.data_dir) if self.data_dir else settings.data_dir()
-        return root / "deployments" / self.deployment_name / "current.json"
+        return DeploymentStore.of(
+            Path(self.data_dir) if self.data_dir else settings.data_dir(), self.deployment_name
+        )
 
-    def _local_failure(self, current: dict[str, Any]) -> str | None:
-        """Why the processes named in ``current.json`` cannot be serving, or None."""
-        from airflow_mlops.hooks.seldon import pid_alive
-
-        for key, what in (("pid", "model server"), ("router_pid", "router")):
-            pid = current.get(key)
-            if pid is not None and not pid_alive(int(pid)):
-                return f"the {what} of deployment {self.deployment_name!r} (pid {pid}) is not running"
-        if not current.get("endpoint"):
-            return f"current.json of deployment {self.deployment_name!r} names no endpoint"
-        return None
-
-    async def _check_local(self, client, path: Path, missing_since: float | None):
+    async def _check_local(self, client, store: DeploymentStore, missing_since: float | None):
         """One look: ``(final status or None, state, message, endpoint, missing since)``."""
         import httpx
 
+        from airflow_mlops.serving.state import CorruptState
+
+        path = store.current_path
         try:
-            current = json.loads(path.read_text())
-        except FileNotFoundError:
-            current = None
-        except (OSError, ValueError) as err:  # unreadable: count it as not there yet
+            current = store.read()
+        except CorruptState as err:  # written atomically: a bad file stays bad
+            return (
+                "failed",
+                "Failed",
+                f"the state of deployment {self.deployment_name!r} is unreadable: {err}",
+                None,
+                None,
+            )
+        except OSError as err:  # unreadable now: count it as not there yet
             self.log.warning("Reading %s failed: %s", path, err)
             current = None
         if current is None:
@@ -223,11 +232,11 @@ class SeldonDeploymentTrigger(BaseTrigger):
                 why = f"no deployment {self.deployment_name!r}: {path} is missing"
                 return "failed", "Failed", why, None, missing_since
             return None, "Creating", f"{path} does not exist yet", None, missing_since
-        url = current.get("endpoint")
-        failure = self._local_failure(current)
+        url = current.endpoint
+        failure = current.failure(self.deployment_name)
         if failure:
             return "failed", "Failed", failure, url, None
-        version = None if current.get("version") is None else str(current["version"])
+        version = current.version
         if self.expected_version is not None and version != self.expected_version:
             why = f"serving version {version}, waiting for {self.expected_version}"
             return None, "Creating", why, url, None
@@ -242,13 +251,13 @@ class SeldonDeploymentTrigger(BaseTrigger):
     async def _run_local(self) -> AsyncIterator[TriggerEvent]:
         import httpx
 
-        path = self._current_path()
+        store = self._store()
         missing_since: float | None = None
         # trust_env=False: a proxy from the environment must not intercept 127.0.0.1
         async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
             while True:
                 status, state, message, url, missing_since = await self._check_local(
-                    client, path, missing_since
+                    client, store, missing_since
                 )
                 if status is not None:
                     yield self._event(status, state, message, url)

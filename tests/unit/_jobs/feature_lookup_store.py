@@ -159,7 +159,7 @@ def through_router(work: Path, data_dir: Path, lookup, rows: list[dict]) -> dict
         url = f"{router['endpoint']}/api/v1.0/predictions"
         status_url = f"{router['endpoint']}/router/status"
         hook.switch("lookup", hook.start_local("lookup", str(model_dir), "1"))
-        hook._write_current("lookup", {**hook.current("lookup"), "feature_lookup": lookup.to_dict()})
+        hook.set_feature_lookup("lookup", lookup.to_dict())  # the router gets its feast connection
         # the router imports feast once, in the background: meanwhile it keeps answering
         started = time.monotonic()
         status = requests.get(status_url, timeout=30).json()
@@ -180,7 +180,7 @@ def through_router(work: Path, data_dir: Path, lookup, rows: list[dict]) -> dict
         working = lookup.to_dict()
         features = [f.replace("weather_hourly", "no_such_view") for f in working["features"]]
         broken = {**working, "features": features}
-        hook._write_current("lookup", {**hook.current("lookup"), "feature_lookup": broken})
+        hook.set_feature_lookup("lookup", broken)
         deadline = time.monotonic() + 60
         while not (status := requests.get(status_url, timeout=30).json())["feature_lookup_error"]:
             if time.monotonic() > deadline:

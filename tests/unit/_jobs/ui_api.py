@@ -208,24 +208,26 @@ def register_models(url: str) -> list[str]:
 
 
 def other_deployment() -> None:
-    """A stopped deployment of the other model, recorded by SeldonHook's own writer."""
+    """A stopped deployment of the other model, recorded through the state's owner."""
     from airflow_mlops.hooks.seldon import SeldonHook
+    from airflow_mlops.serving.state import DeploymentState
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     main = {"role": "main", "traffic": 100, "version": "1", "model_name": OTHER_MODEL, "endpoint": endpoint}
-    SeldonHook()._write_current(
-        OTHER_DEPLOYMENT,
-        {
-            "name": OTHER_DEPLOYMENT,
-            "predictors": [main],
-            "router": None,
-            "endpoint": endpoint,
-            "version": "1",
-            "pid": None,
-            "history": [],
-            "previous_version": None,
-            "updated_at": time.time(),
-        },
+    SeldonHook.store(OTHER_DEPLOYMENT).write(
+        DeploymentState(
+            {
+                "name": OTHER_DEPLOYMENT,
+                "predictors": [main],
+                "router": None,
+                "endpoint": endpoint,
+                "version": "1",
+                "pid": None,
+                "history": [],
+                "previous_version": None,
+                "updated_at": time.time(),
+            }
+        )
     )
 
 

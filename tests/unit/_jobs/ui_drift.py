@@ -31,6 +31,7 @@ from airflow.sdk import DAG, task
 
 from airflow_mlops import settings
 from airflow_mlops.links.drift import DriftReportLink, drift_report_url
+from airflow_mlops.task_outputs import task_output_dir
 
 
 def runtime():
@@ -42,8 +43,8 @@ def runtime():
 
 @task(task_id={task_id!r})
 def detect_drift(ti=None, **context):
-    out = settings.data_dir() / "drift" / ti.dag_id / "".join(
-        c if c.isalnum() or c in "-_." else "_" for c in ti.run_id)
+    out = task_output_dir(ti, "drift")  # the operator's default folder
+    out.mkdir(parents=True, exist_ok=True)
     drift_detect = runtime()
     # the structure drift_detect.detect() builds (two KS features, Bonferroni over two tests)
     report = {{
@@ -152,7 +153,9 @@ def main(result_path: str) -> None:
             "location": response.headers.get("location"),
         }
     # the plot file on disk, to compare with what was served
-    folder = data_dir / "drift" / DAG_ID / "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    from airflow_mlops.task_outputs import instance_folder
+
+    folder = data_dir / "drift" / instance_folder(DAG_ID, run_id, TASK_ID)
     result["plot_size"] = (folder / "pvalues.png").stat().st_size
     Path(result_path).write_text(json.dumps(result))
 

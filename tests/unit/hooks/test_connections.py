@@ -206,11 +206,12 @@ def seldon(tmp_path, monkeypatch):
 
 
 def write_state(name: str, endpoint: str, pid: int) -> None:
+    """A routing whose main model server is process ``pid`` at ``endpoint`` (no router)."""
     from airflow_mlops.hooks.seldon import SeldonHook
+    from airflow_mlops.serving.state import EMPTY
 
-    hook = SeldonHook()
-    hook.deployment_dir(name).mkdir(parents=True, exist_ok=True)
-    hook._write_current(name, {"name": name, "endpoint": endpoint, "pid": pid, "version": "1"})
+    main = {"role": "main", "traffic": 100, "version": "1", "pid": pid, "endpoint": endpoint}
+    SeldonHook.store(name).write(EMPTY.routing(name, [main], None))
 
 
 def test_seldon_local_checks_runtime_and_bind_host(seldon):

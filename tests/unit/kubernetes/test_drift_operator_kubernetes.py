@@ -200,13 +200,14 @@ def test_paths_off_the_shared_volume_are_refused_before_anything_is_created(clus
 
 def test_deferred_check_a_retry_reattaches_and_execute_complete_reads_the_report(cluster, flights):
     from airflow.sdk.exceptions import TaskDeferred
-    from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
+    from airflow_mlops.triggers.kubernetes import KubernetesJobTrigger
 
     report_dir = flights / "reports" / "deferred"
     with pytest.raises(TaskDeferred) as deferred:
         _operator(flights, deferrable=True, report_dir=str(report_dir)).execute(_context(try_number=1))
     trigger = deferred.value.trigger
-    assert isinstance(trigger, TrainingJobTrigger) and trigger.kind == "Job"
+    assert isinstance(trigger, KubernetesJobTrigger) and trigger.kind == "Job"
+    assert trigger.name.startswith("drift-detect-drift-")  # named after what it does, not "hvd"
     assert (trigger.namespace, trigger.kubernetes_conn_id) == (NAMESPACE, CONN_ID)
     assert [r.body["kind"] for r in cluster.calls("POST")] == ["ConfigMap", "Job"]
 

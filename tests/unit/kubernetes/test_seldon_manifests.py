@@ -312,10 +312,99 @@ def test_graph_nests_as_deep_as_the_crd_allows():
             {"metadata": {"generation": 3}, "status": {"state": "Available", "observedGeneration": 3}},
             ("Available", "all predictors are available"),
         ),
+        # what seldon-core 1.17.1 writes: replicas per Deployment, the Deployment's Available condition
+        (
+            {
+                "status": {
+                    "state": "Failed",
+                    "description": "Deployment is no longer progressing and not available.",
+                    "deploymentStatus": {"flights-canary-0-model": {"replicas": 1}},
+                    "conditions": [
+                        {
+                            "type": "DeploymentsReady",
+                            "status": "False",
+                            "reason": "MinimumReplicasUnavailable",
+                            "message": "Deployment does not have minimum availability.",
+                        }
+                    ],
+                }
+            },
+            (
+                "Failed",
+                "Deployment is no longer progressing and not available.; "
+                "flights-canary-0-model: 0/1 replicas available; "
+                "MinimumReplicasUnavailable: Deployment does not have minimum availability.",
+            ),
+        ),
+        (
+            {
+                "status": {
+                    "state": "Creating",
+                    "deploymentStatus": {
+                        "flights-main-0-model": {"replicas": 2, "availableReplicas": 1},
+                        "flights-canary-0-model": {"replicas": 1, "availableReplicas": 1},
+                    },
+                    "conditions": [{"type": "DeploymentsReady", "status": "True", "reason": "x"}],
+                }
+            },
+            ("Creating", "state 'Creating'; flights-main-0-model: 1/2 replicas available"),
+        ),
     ],
 )
 def test_deployment_state(obj, expected):
     assert seldon.deployment_state(obj) == expected
+
+
+def test_a_status_the_operator_has_not_rewritten_since_the_rollouts_write_is_the_previous_specs():
+    """seldon-core 1.17.1 never sets observedGeneration: only the resourceVersion of our write tells a
+    status about the new spec from the previous spec's, which the object keeps until the operator
+    writes a new one (its status writes carry the resourceVersion it read: they follow our write)."""
+    before = {"spec": _canary()["spec"]}
+    after = seldon.promoted(_canary(), "canary")
+    written = {**after, "metadata": {**after["metadata"], "resourceVersion": "41"}}
+    marker = seldon.write_marker(written, before)
+    assert marker == {"resource_version": "41", "changes_pods": True}
+    json.dumps(marker)  # it travels to the triggerer
+
+    stale = {**written, "status": {"state": "Available"}}  # the previous spec's status, carried over
+    state, message = seldon.deployment_state(stale, marker)
+    assert state == "Creating" and "has not reported on the new spec" in message
+    assert seldon.deployment_state(stale) == ("Available", "all predictors are available")  # no marker
+
+    rewritten = {**stale, "metadata": {**stale["metadata"], "resourceVersion": "44"}}
+    assert seldon.deployment_state(rewritten, marker)[0] == "Available"
+    failed = {**rewritten, "status": {"state": "Failed", "description": "boom"}}
+    assert seldon.deployment_state(failed, marker) == ("Failed", "boom")
+    # a stale Failed (the previous spec failed) is not this rollout's failure either
+    assert seldon.deployment_state({**failed, "metadata": written["metadata"]}, marker)[0] == "Creating"
+
+    # creating the object: no status at all until the operator writes one
+    created = seldon.write_marker(written, None)
+    assert created["changes_pods"] is True
+    state, message = seldon.deployment_state(written, created)
+    assert state == "Creating" and "has not reported on the new spec yet" in message
+
+
+def test_a_new_traffic_split_alone_keeps_the_status_it_had():
+    """The operator zeroes each predictor's traffic in what it deploys (createEngineContainer): a new
+    split changes no Deployment, so it writes no status, and the one before still holds."""
+    before = _canary()
+    after = _canary(
+        predictors=[
+            {"name": "main", "version": "3", "model_uri": "models:/flights/3", "traffic": 50},
+            {"name": "canary", "version": "4", "model_uri": "models:/flights/4", "traffic": 50},
+        ]
+    )
+    written = {**after, "metadata": {**after["metadata"], "resourceVersion": "7"}}
+    marker = seldon.write_marker(written, before)
+    assert marker["changes_pods"] is False
+    assert seldon.deployment_state({**written, "status": {"state": "Available"}}, marker)[0] == "Available"
+    # a new version, replicas or shadow flag is a change of the pods
+    for changed in (
+        _canary(predictors=[{"name": "main", "version": "5", "model_uri": "models:/flights/5"}]),
+        _canary(replicas=2),
+    ):
+        assert seldon.write_marker({**changed, "metadata": written["metadata"]}, before)["changes_pods"]
 
 
 def test_spec_for_rollback_strips_what_the_server_added():

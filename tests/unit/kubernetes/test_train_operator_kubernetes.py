@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import k8s_schema
 import pytest
+from airflow_mlops.kubernetes.jobs import job_name
 from conftest import CONN_ID, NAMESPACE, kill_while_waiting, make_context
 from fake_apiserver import Scenario
 from mlflow_server import shared_server
@@ -21,6 +22,8 @@ from mlflow_server import shared_server
 MPIJOBS = "/apis/kubeflow.org/v2beta1/namespaces/training/mpijobs"
 JOBS = "/apis/batch/v1/namespaces/training/jobs"
 NONCE_TAG = "airflow_mlops.k8s_nonce"
+#: the job the operators below create (``hvd-<task>-<hash of dag, run, task, map index>``)
+JOB_NAME = job_name("flights", "manual__2026-01-01", "train", prefix="hvd")
 
 
 def start_jobs(jobs) -> None:
@@ -146,36 +149,40 @@ def test_kubernetes_mode_creates_the_job_polls_it_and_returns_the_mlflow_result(
 def test_a_failed_job_fails_the_task_with_the_job_and_pod_reasons(fake, mlflow, script):
     from airflow_mlops.exceptions import MlopsError
 
+    def oom_killed(pod: str, job: str) -> dict:
+        return {
+            "metadata": {"name": pod, "labels": {"airflow-mlops.io/job": job}},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "ready": False,
+                        "restartCount": 0,
+                        "image": "img",
+                        "imageID": "",
+                        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                    }
+                ],
+            },
+        }
+
     fake.scenario = Scenario(
         running_polls=1,
         outcome="Failed",
-        reason="BackoffLimitExceeded",
+        reason="BackoffLimitExceeded/Error",
         message="Job has reached the specified backoff limit",
-        pods=[
-            {
-                "metadata": {"name": "hvd-train-x-worker-1"},
-                "status": {
-                    "phase": "Failed",
-                    "containerStatuses": [
-                        {
-                            "name": "worker",
-                            "ready": False,
-                            "restartCount": 0,
-                            "image": "img",
-                            "imageID": "",
-                            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
-                        }
-                    ],
-                },
-            }
-        ],
+        # the pods of this job, and of another one in the namespace: the list's label selector picks
+        pods=[oom_killed(f"{JOB_NAME}-worker-1", JOB_NAME), oom_killed("hvd-other-worker-0", "hvd-other")],
     )
     with pytest.raises(MlopsError) as err:
         _operator(script).execute(make_context())
     text = str(err.value)
-    assert "BackoffLimitExceeded" in text and "backoff limit" in text
-    assert "hvd-train-x-worker-1/worker: OOMKilled (exit code 137)" in text
-    assert fake.calls("GET", "pods"), "the pods were not asked why they failed"
+    assert "BackoffLimitExceeded/Error" in text and "backoff limit" in text
+    assert f"{JOB_NAME}-worker-1/worker: OOMKilled (exit code 137)" in text
+    assert "hvd-other" not in text
+    (pods,) = fake.calls("GET", "pods")
+    assert pods.query["labelSelector"] == [f"airflow-mlops.io/job={JOB_NAME}"]
 
 
 def test_a_retry_reattaches_to_the_running_job_instead_of_creating_another(fake, mlflow, script):
@@ -234,15 +241,15 @@ def test_credentials_go_to_a_secret_reference_never_into_the_manifest(fake, mlfl
     assert f"{{'name': 'MLFLOW_TRACKING_URI', 'value': '{mlflow.url}'}}" in sent  # the real server's URI
 
 
-def test_deferrable_mode_defers_to_the_training_job_trigger(fake, mlflow, script):
+def test_deferrable_mode_defers_to_the_kubernetes_job_trigger(fake, mlflow, script):
     from airflow.sdk.exceptions import TaskDeferred
-    from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
+    from airflow_mlops.triggers.kubernetes import KubernetesJobTrigger
 
     op = _operator(script, deferrable=True, kind="IndexedJob", execution_timeout=timedelta(minutes=30))
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(make_context())
     trigger = deferred.value.trigger
-    assert isinstance(trigger, TrainingJobTrigger)
+    assert isinstance(trigger, KubernetesJobTrigger)
     assert (trigger.kind, trigger.namespace, trigger.kubernetes_conn_id) == ("IndexedJob", NAMESPACE, CONN_ID)
     assert trigger.deadline is not None
     assert deferred.value.method_name == "execute_complete"

@@ -1,4 +1,8 @@
-"""Rendered training-job manifests: schema-valid, GPU resources, names, secrets, status parsing."""
+"""Rendered training-job manifests: schema-valid, GPU resources, names, secrets, status parsing.
+
+The building blocks every job shares come from ``airflow_mlops.kubernetes.jobs``; what is Horovod's
+from ``airflow_mlops.kubernetes.training``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ import re
 
 import k8s_schema
 import pytest
-from airflow_mlops.kubernetes import training
+from airflow_mlops.kubernetes import jobs, training
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _spec(**kwargs) -> training.TrainingJobSpec:
-    name = training.job_name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train")
+def _spec(**kwargs) -> jobs.JobSpec:
+    name = jobs.job_name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train", prefix="hvd")
     defaults = dict(
         name=name,
         namespace="training",
@@ -22,11 +26,12 @@ def _spec(**kwargs) -> training.TrainingJobSpec:
         files={"config.json": "{}", "train_model.py": "def train(ctx): ...\n"},
         env=training.mlflow_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, None),
         resources={"cpu": "2", "memory": "4Gi", "gpu": 1},
-        labels=training.job_labels(1),
-        annotations=training.job_annotations("flights", "scheduled__2026", "train", -1, 1),
+        component="training",
+        labels=jobs.job_labels(1),
+        annotations=jobs.job_annotations("flights", "scheduled__2026", "train", -1, 1),
         active_deadline_seconds=3600,
     )
-    return training.TrainingJobSpec(**{**defaults, **kwargs})
+    return jobs.JobSpec(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("kind", training.KINDS)
@@ -72,16 +77,16 @@ def test_a_broken_manifest_fails_validation(kind, breakage, expected):
 
 
 def test_gpu_resources_are_requested_and_limited_on_every_rank():
-    assert training.resource_requirements({"cpu": "2", "memory": "4Gi", "gpu": 2}) == {
+    assert jobs.resource_requirements({"cpu": "2", "memory": "4Gi", "gpu": 2}) == {
         "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "2"},
         "limits": {"memory": "4Gi", "nvidia.com/gpu": "2"},
     }
-    assert training.resource_requirements({"amd.com/gpu": 1, "gpu": 0}) == {
+    assert jobs.resource_requirements({"amd.com/gpu": 1, "gpu": 0}) == {
         "requests": {"amd.com/gpu": "1"},
         "limits": {"amd.com/gpu": "1"},
     }
     with pytest.raises(ValueError, match="whole number"):
-        training.resource_requirements({"gpu": 1.5})
+        jobs.resource_requirements({"gpu": 1.5})
 
     mpijob = training.render_mpijob(_spec())
     workers = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]
@@ -107,22 +112,58 @@ def test_indexed_job_pods_find_rank_0_through_the_headless_service():
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["HVD_RENDEZVOUS_ADDR"] == f"{spec.name}-0.{spec.name}.training.svc"
     assert env["HVD_HOST_PREFIX"] == f"{spec.name}-" and env["HVD_SIZE"] == "3"
-    config_map = training.render(spec, "IndexedJob")[0]
-    assert "gloo_launch.py" in config_map["data"]
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "training"
+
+
+def test_the_gloo_launcher_is_an_entry_script_of_the_training_image():
+    """``gloo_launch.py`` lives with the other runtime entry scripts (docker/training/Dockerfile copies
+    provider/airflow_mlops/runtimes/ to /opt/mlops/runtimes/); the indexed Job runs it from there."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    assert training.LAUNCHER_SOURCE == repo / "provider/airflow_mlops/runtimes/gloo_launch.py"
+    assert training.LAUNCHER_SOURCE.is_file()
+    dockerfile = (repo / "docker/training/Dockerfile").read_text()
+    assert "COPY provider/airflow_mlops/runtimes/ /opt/mlops/runtimes/" in dockerfile
+    config_map, _, job = training.render(_spec(), "IndexedJob")
+    assert "gloo_launch.py" not in config_map["data"]  # not shipped in the ConfigMap any more
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == [
+        training.PYTHON,
+        "/opt/mlops/runtimes/gloo_launch.py",
+        "--",
+        training.PYTHON,
+        "/opt/mlops/runtimes/horovod_entry.py",
+        "/opt/mlops/job/config.json",
+    ]
 
 
 def test_job_name_is_stable_across_tries_and_differs_across_runs_and_tasks():
-    a = training.job_name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train")
-    assert a == training.job_name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train")
-    assert a != training.job_name("flights", "scheduled__2026-02-01T00:00:00+00:00", "train")
-    assert a != training.job_name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train", map_index=0)
-    assert a != training.job_name("other", "scheduled__2026-01-01T00:00:00+00:00", "train")
-    long = training.job_name("d" * 200, "r" * 200, "Train_The.Model__" * 20)
-    for name in (a, long):
-        assert DNS_LABEL.match(name) and len(name) <= training.NAME_MAX, name
+    def name(*args, **kwargs):
+        return jobs.job_name(*args, prefix="hvd", **kwargs)
+
+    a = name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train")
+    assert a == name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train")
+    assert a != name("flights", "scheduled__2026-02-01T00:00:00+00:00", "train")
+    assert a != name("flights", "scheduled__2026-01-01T00:00:00+00:00", "train", map_index=0)
+    assert a != name("other", "scheduled__2026-01-01T00:00:00+00:00", "train")
+    long = name("d" * 200, "r" * 200, "Train_The.Model__" * 20)
+    drift = jobs.job_name("d" * 200, "r" * 200, "Train_The.Model__" * 20, prefix="drift")
+    for job_name in (a, long, drift):
+        assert DNS_LABEL.match(job_name) and len(job_name) <= jobs.NAME_MAX, job_name
+    assert a.startswith("hvd-train-") and drift.startswith("drift-")
     # the try number only appears in a label and an annotation
-    assert training.job_labels(3) == {training.TRY_LABEL: "3"}
-    assert training.job_annotations("d", "r", "t", -1, 3)[training.TRY_LABEL] == "3"
+    assert jobs.job_labels(3) == {jobs.TRY_LABEL: "3"}
+    assert jobs.job_annotations("d", "r", "t", -1, 3)[jobs.TRY_LABEL] == "3"
+
+
+def test_each_operator_names_its_jobs_after_what_they_do():
+    from airflow_mlops.operators.drift import DriftDetectOperator
+    from airflow_mlops.operators.train import HorovodTrainOperator
+
+    assert HorovodTrainOperator.job_name_prefix == jobs.NAME_PREFIXES["training"] == "hvd"
+    assert DriftDetectOperator.job_name_prefix == jobs.NAME_PREFIXES["drift"] == "drift"
+    assert HorovodTrainOperator.job_component == "training"
 
 
 def test_mlflow_credentials_are_secret_references():
@@ -151,11 +192,19 @@ def test_mlflow_credentials_are_secret_references():
         ("IndexedJob", [{"type": "Complete", "status": "True"}], "succeeded"),
         ("IndexedJob", [{"type": "Complete", "status": "False"}], "running"),
         ("IndexedJob", [{"type": "Failed", "status": "True"}], "failed"),
-        ("IndexedJob", [], "running"),
+        ("IndexedJob", [], "running"),  # a running batch/v1 Job has no condition at all
+        # Kubernetes >= 1.31: the interim condition decides, the terminal one follows
+        ("Job", [{"type": "SuccessCriteriaMet", "status": "True"}], "succeeded"),
+        ("Job", [{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}], "failed"),
+        (
+            "Job",
+            [{"type": "FailureTarget", "status": "True"}, {"type": "Failed", "status": "True"}],
+            "failed",
+        ),
     ],
 )
 def test_job_phase_reads_conditions(kind, conditions, state):
-    assert training.job_phase(kind, {"status": {"conditions": conditions}}).state == state
+    assert jobs.job_phase(kind, {"status": {"conditions": conditions}}).state == state
 
 
 def test_unknown_kind_is_refused():

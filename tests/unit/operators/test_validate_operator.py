@@ -28,6 +28,15 @@ def start_jobs(jobs) -> None:
         ),
         timeout=400,
     )
+    logs = jobs.workdir("ge-validate-task-logs")
+    jobs.submit(
+        "ge-validate-task-logs",
+        [jobs.python, jobs.script("ge_validate_task_logs"), logs],
+        env=jobs.airflow_env(
+            logs / "airflow-home", PYTHONUNBUFFERED="1", AIRFLOW__MLOPS__DATA_DIR=str(logs / "mlops")
+        ),
+        timeout=400,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +160,64 @@ def test_failed_task_still_links_its_data_docs(job):
     xcoms = job["runs"]["v_fail"]["xcoms"]["validate"]
     assert Path(_summary(job, "v_fail")["data_docs"]).is_file()
     assert xcoms["_link_DataDocsLink"].startswith("http")
+
+
+# --- the task log: what the task did comes first, library chatter is no error --------------
+
+
+@pytest.fixture(scope="module")
+def task_logs(jobs) -> dict:
+    """Each case's task log as Airflow writes it (``_jobs/ge_validate_task_logs.py``): ``{case:
+    {"events", "outcome"}}``, plus ``snapshots``."""
+    start_jobs(jobs)
+    jobs.result("ge-validate-task-logs").check()
+    work = jobs.workdir("ge-validate-task-logs")
+    out = work / "out"
+    logs = {
+        case.stem: {
+            "events": [json.loads(line) for line in case.read_text().splitlines() if line.strip()],
+            "outcome": json.loads(case.with_suffix(".json").read_text()),
+        }
+        for case in out.glob("*.jsonl")
+    }
+    logs["snapshots"] = json.loads((work / "snapshots.json").read_text())
+    return logs
+
+
+def _shown(events: list[dict]) -> list[dict]:
+    """The events a task log shows at its default level (INFO)."""
+    return [e for e in events if e["level"] not in ("debug", "trace")]
+
+
+@pytest.mark.parametrize("case", ["passes", "passes_without_data_docs"])
+def test_a_successful_validation_logs_its_result_first_and_no_error(task_logs, case):
+    """Nothing at ERROR (Airflow logs a task's stderr at ERROR: Great Expectations' chatter went
+    there), and the task's first line is the summary, not ~100 lines of GE's import chatter."""
+    log = task_logs[case]
+    assert "result" in log["outcome"], log["outcome"]
+    shown = _shown(log["events"])
+    errors = [e for e in shown if e["level"] in ("error", "critical", "exception")]
+    assert errors == [], errors
+    assert not [e for e in shown if e.get("logger", "").startswith("great_expectations")], shown[:5]
+    rows, version = task_logs["snapshots"]["rows"], Path(task_logs["snapshots"]["good"]).stem
+    assert shown[0]["event"] == (
+        f"Validated {rows} rows of flights (snapshot {version}) against suite 'flights': "
+        "28/28 expectations passed."
+    ), shown[:3]
+    assert shown[0]["logger"].endswith("GreatExpectationsValidateOperator")
+    if case == "passes":
+        assert shown[1]["event"].startswith("Data Docs: http"), shown[:3]
+
+
+def test_a_failed_validation_under_warn_leads_with_its_numbers_then_the_failures(task_logs):
+    log = task_logs["fails_warn"]
+    assert log["outcome"]["result"]["success"] is False
+    shown = _shown(log["events"])
+    assert shown[0]["event"].startswith(f"Validated {task_logs['snapshots']['rows']} rows of flights ")
+    assert shown[0]["event"].endswith("expectations passed; 1 failed."), shown[0]
+    assert not [e for e in shown if e["level"] in ("error", "critical")], shown
+    (warning,) = [e for e in shown if e["level"] == "warning"]
+    assert "Data validation failed: 1 expectation(s)" in warning["event"] and "dep_delay" in warning["event"]
 
 
 # --- in-process: cheap checks of the operator's arguments --------------------------------

@@ -131,6 +131,27 @@ def test_resolve_refuses_traversal_and_links_out(tmp_path):
         assert err.value.status_code == 404, path
 
 
+def test_data_docs_owner_is_the_dag_of_the_resolved_path(tmp_path):
+    """The DAG a file is authorized against (``dag_a/%2E%2E/dag_b/...`` is dag_b's file; per-DAG
+    access through FAB: ``test_plugin_auth_fab.py``)."""
+    from airflow_mlops.plugins.data_docs import owner
+
+    root = tmp_path / "data_docs"
+    for dag in ("dag_a", "dag_b"):
+        (root / dag / "run").mkdir(parents=True)
+        (root / dag / "run" / "page.html").write_text(dag)
+    (root / "dag_a" / "run" / "to_b").symlink_to(root / "dag_b")
+    (root / "dag_a" / "out").symlink_to(tmp_path)
+    assert owner(root, "dag_a/run/page.html")[0] == "dag_a"
+    assert owner(root, "dag_a/../dag_b/run/page.html") == ("dag_b", (root / "dag_b/run/page.html").resolve())
+    assert owner(root, "dag_a/run/to_b/run/page.html")[0] == "dag_b"
+    assert owner(root, "dag_a/run/nothing.html")[0] == "dag_a"  # the caller learns nothing before access
+    for path in ("..", "dag_a/..", "dag_a/../../x", "dag_a/out/x", "/etc/passwd", ""):
+        with pytest.raises(HTTPException) as err:
+            owner(root, path)
+        assert err.value.status_code == 404, path
+
+
 def test_plugin_is_registered_by_entry_point():
     entry_points = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
     assert entry_points["airflow.plugins"] == {"mlops": "airflow_mlops.plugins.mlops_view:MlopsPlugin"}

@@ -135,6 +135,19 @@ def test_link_url_quotes_every_part(monkeypatch):
     )
 
 
+def test_link_of_a_mapped_instance_names_its_map_index(monkeypatch):
+    from airflow_mlops.links.drift import drift_report_url
+    from airflow_mlops.plugins.sources import drift_report_path
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com")
+    assert (
+        drift_report_url("monitor", "r", "check", 3)
+        == "https://airflow.example.com/mlops/drift-report/monitor/r/check/3"
+    )
+    assert drift_report_url("monitor", "r", "check", -1).endswith("/drift-report/monitor/r/check")
+    assert drift_report_path("monitor", "r", "check", 0) == "/mlops/drift-report/monitor/r/check/0"
+
+
 def test_resolve_refuses_traversal_and_links_out(tmp_path):
     from airflow_mlops.plugins.drift_report import resolve
 

@@ -122,19 +122,32 @@ def test_another_interval_does_not_satisfy_it(tmp_path, day):
     assert "flights" in event.payload["message"] and interval_key(START, END) not in event.payload["message"]
 
 
-def test_times_out_at_its_fixed_instant(tmp_path, day):
+def test_times_out_at_its_fixed_instant(tmp_path, day, monkeypatch):
+    """The deadline, not the poll interval, bounds the wait: no sleep reaches past the deadline."""
     write_snapshot(day, tmp_path, "flights", START, END)
-    began = time.monotonic()
+    deadline = datetime.now(UTC) + timedelta(seconds=1)
     trigger = DatasetVersionTrigger(
         root=str(tmp_path),
         dataset="flights",
         after=datetime.now(UTC).isoformat(),  # the stored version is older
-        poll_interval=30,  # the deadline, not the poll interval, bounds the wait
-        timeout_at=(datetime.now(UTC) + timedelta(seconds=1)).isoformat(),
+        poll_interval=30,
+        timeout_at=deadline.isoformat(),
     )
+    real_sleep, asked = asyncio.sleep, []
+
+    async def recorded_sleep(seconds: float) -> None:
+        # each sleep is recorded with the time it would end; the test waits for real, but only
+        # as long as the trigger asked
+        asked.append((seconds, datetime.now(UTC) + timedelta(seconds=seconds)))
+        await real_sleep(seconds)
+
+    monkeypatch.setattr("airflow_mlops.triggers.dataset.asyncio.sleep", recorded_sleep)
     events = _events(trigger)
     assert [e.payload["status"] for e in events] == ["timeout"]
-    assert 0.8 < time.monotonic() - began < 10
+    assert asked, "the trigger never waited"
+    assert all(seconds < 30 for seconds, _ in asked), asked  # never a whole poll interval
+    assert all(ends <= deadline + timedelta(seconds=0.5) for _, ends in asked), (deadline, asked)
+    assert datetime.now(UTC) >= deadline  # and it did not give up early
 
 
 def test_a_corrupt_manifest_is_an_error_event_not_a_hang(tmp_path, day):

@@ -1,4 +1,5 @@
-"""``TrainingJobTrigger`` polling the fake Kubernetes API server (tests/unit/kubernetes/fake_apiserver.py)."""
+"""``KubernetesJobTrigger`` polling the fake Kubernetes API server (tests/unit/kubernetes/fake_apiserver.py),
+whose jobs report status as the Job controller and the mpi-operator write it."""
 
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ def fake(monkeypatch):
 
 
 def _trigger(kind: str = "MPIJob", **kwargs):
-    from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
+    from airflow_mlops.triggers.kubernetes import KubernetesJobTrigger
 
     args = dict(name=MPIJOB["metadata"]["name"], namespace=NAMESPACE, kind=kind, kubernetes_conn_id=CONN_ID)
-    return TrainingJobTrigger(**{**args, "poll_interval": 0.05, **kwargs})
+    return KubernetesJobTrigger(**{**args, "poll_interval": 0.05, **kwargs})
 
 
 def _events(trigger, limit: float = 30) -> list:
@@ -74,6 +75,38 @@ def test_run_reports_a_failed_job_with_its_reason(fake):
     (event,) = _events(_trigger("IndexedJob"))
     assert event.payload["status"] == "failed"
     assert event.payload["reason"] == "BackoffLimitExceeded"
+    # decided at the Job controller's interim FailureTarget condition (Failed follows once pods are gone)
+    assert len(fake.calls("GET")) == 1
+
+
+@pytest.mark.parametrize("outcome", ["Succeeded", "Failed"])
+def test_the_fake_job_controller_reports_as_the_real_one(fake, outcome):
+    """batch/v1 (Kubernetes >= 1.31): no condition while running, the interim condition, then the
+    terminal one; the mpi-operator: Created and Running, then Succeeded/Failed with Running False."""
+    from kubernetes import client
+
+    fake.scenario = Scenario(running_polls=1, outcome=outcome)
+    fake.put(JOB)
+    fake.put(MPIJOB)
+    api = client.ApiClient(client.Configuration(host=fake.url))
+    batch, custom = client.BatchV1Api(api), client.CustomObjectsApi(api)
+    name = JOB["metadata"]["name"]
+
+    running = batch.read_namespaced_job_status(name, NAMESPACE).status
+    assert running.conditions is None and running.active == 1
+    interim, terminal = (batch.read_namespaced_job_status(name, NAMESPACE).status for _ in range(2))
+    first, last = (
+        ("SuccessCriteriaMet", "Complete") if outcome == "Succeeded" else ("FailureTarget", "Failed")
+    )
+    assert [c.type for c in interim.conditions] == [first]
+    assert [c.type for c in terminal.conditions] == [first, last]
+
+    def mpijob_conditions() -> dict:
+        obj = custom.get_namespaced_custom_object("kubeflow.org", "v2beta1", NAMESPACE, "mpijobs", name)
+        return {c["type"]: c["status"] for c in obj["status"]["conditions"]}
+
+    assert mpijob_conditions() == {"Created": "True", "Running": "True"}
+    assert mpijob_conditions() == {"Created": "True", "Running": "False", outcome: "True"}
 
 
 def test_run_reports_a_missing_job_and_a_passed_deadline(fake):
@@ -97,16 +130,32 @@ def test_run_gives_up_after_repeated_connection_errors(monkeypatch):
 
 
 def test_serialize_round_trip_recreates_an_equal_trigger():
-    from airflow_mlops.triggers.kubernetes import TrainingJobTrigger
+    from airflow_mlops.triggers.kubernetes import KubernetesJobTrigger
 
     trigger = _trigger("IndexedJob", deadline=1_900_000_000.0, max_errors=5)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "airflow_mlops.triggers.kubernetes.TrainingJobTrigger"
+    assert classpath == "airflow_mlops.triggers.kubernetes.KubernetesJobTrigger"
     json.dumps(kwargs)  # only plain values survive the metadata DB
 
     module, _, name = classpath.rpartition(".")
     cls = getattr(__import__(module, fromlist=[name]), name)
     again = cls(**kwargs)
-    assert isinstance(again, TrainingJobTrigger)
+    assert isinstance(again, KubernetesJobTrigger)
     assert again.serialize() == (classpath, kwargs)
     assert vars(again).keys() >= kwargs.keys()
+
+
+def test_the_former_names_still_import_with_a_deprecation_warning():
+    """A task deferred before the rename has ``...TrainingJobTrigger`` as its trigger's classpath."""
+    from airflow._shared.module_loading import import_string  # what the triggerer uses
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+    from airflow_mlops.hooks.kubernetes import KubernetesJobHook
+    from airflow_mlops.triggers.kubernetes import KubernetesJobTrigger
+
+    with pytest.warns(AirflowProviderDeprecationWarning, match="KubernetesJobTrigger"):
+        assert import_string("airflow_mlops.triggers.kubernetes.TrainingJobTrigger") is KubernetesJobTrigger
+    with pytest.warns(AirflowProviderDeprecationWarning, match="KubernetesJobHook"):
+        from airflow_mlops.hooks.kubernetes import TrainingJobHook
+    assert TrainingJobHook is KubernetesJobHook
+    with pytest.raises(ImportError):
+        from airflow_mlops.triggers.kubernetes import NoSuchTrigger  # noqa: F401

@@ -1,7 +1,9 @@
 """``SeldonDeploymentTrigger``: Kubernetes mode against the fake API server, local mode for real.
 
-Local mode uses a real HTTP server on 127.0.0.1 answering ``/health/ping`` and a real child
-process (``sleep``) as the model server's pid; killing it must fail the deployment.
+Local mode uses a real HTTP server on 127.0.0.1 answering ``/health/ping`` and real child
+processes (``sleep``) as the model server's and the router's; killing one must fail the
+deployment. The routing is written by :mod:`airflow_mlops.serving.state`, as the hook writes it
+(``tests/unit/operators/test_seldon_operators.py`` kills the real router of a real deployment).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def test_kubernetes_polls_creating_until_available_and_yields_one_event(fake):
         "kubernetes",
         NAMESPACE,
     )
-    assert payload["endpoint"].startswith("http://flights-default.serving.svc")
+    # seldon-core 1.17.1's address: the first predictor's Service, <sdep>-<predictor>, port 8000
+    assert payload["endpoint"] == "http://flights-main.serving.svc.cluster.local:8000/api/v1.0/predictions"
     assert payload["message"]
     assert len(fake.calls("GET", "seldondeployments")) == 4  # Creating ×3, then Available
 
@@ -217,11 +220,22 @@ def server_process():
     proc.wait()
 
 
-def _write_current(data_dir: Path, **state) -> Path:
-    path = data_dir / "deployments" / "flights" / "current.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"name": "flights", "version": "3", **state}))
-    return path
+def _write_current(data_dir: Path, endpoint: str, server, router=None, version: str = "3", **record) -> Path:
+    """The routing of deployment ``flights``: ``server``'s process as its main predictor, behind
+    ``router``'s process when given (both answer at ``endpoint``)."""
+    from airflow_mlops.serving.state import EMPTY, DeploymentStore, process_record
+
+    main = {
+        **process_record(server.pid),
+        "role": "main",
+        "traffic": 100,
+        "version": version,
+        "endpoint": endpoint,
+    }
+    routed = process_record(router.pid, endpoint=endpoint) if router is not None else None
+    store = DeploymentStore.of(data_dir, "flights")
+    store.write(EMPTY.routing("flights", [{**main, **record}], routed))
+    return store.current_path
 
 
 def _local(**kwargs):
@@ -230,7 +244,7 @@ def _local(**kwargs):
 
 def test_local_is_available_once_the_endpoint_answers_ping(data_dir, server_process):
     with PingServer(503, 503, 200) as ping:
-        _write_current(data_dir, endpoint=ping.url, pid=server_process.pid)
+        _write_current(data_dir, ping.url, server_process)
         (event,) = _events(_local())
     payload = event.payload
     assert (payload["status"], payload["state"], payload["mode"]) == ("success", "Available", "local")
@@ -241,7 +255,7 @@ def test_local_is_available_once_the_endpoint_answers_ping(data_dir, server_proc
 
 def test_local_fails_when_the_model_server_process_dies(data_dir, server_process):
     with PingServer(503) as ping:
-        _write_current(data_dir, endpoint=ping.url, pid=server_process.pid)
+        _write_current(data_dir, ping.url, server_process)
         trigger = _local()
 
         async def run_and_kill():
@@ -265,13 +279,28 @@ def test_local_fails_when_the_model_server_process_dies(data_dir, server_process
 
 def test_local_fails_on_a_dead_router(data_dir, server_process):
     router = subprocess.Popen(["sleep", "300"])
-    router.kill()
-    router.wait()
+    try:
+        with PingServer(200) as ping:
+            _write_current(data_dir, ping.url, server_process, router=router)
+            router.kill()
+            router.wait()
+            (event,) = _events(_local())
+    finally:
+        router.kill()
+        router.wait()
+    assert (event.payload["status"], event.payload["state"]) == ("failed", "Failed")
+    assert f"router of deployment 'flights' (pid {router.pid}) is not running" in event.payload["message"]
+    assert ping.pings == 0
+
+
+def test_local_fails_when_the_recorded_pid_now_names_another_process(data_dir, server_process):
+    """A pid is recorded with its process's start time: the same pid reused by another process
+    (here: a live process whose start time differs from the record's) is not the server."""
     with PingServer(200) as ping:
-        _write_current(data_dir, endpoint=ping.url, pid=server_process.pid, router_pid=router.pid)
+        _write_current(data_dir, ping.url, server_process, pid_start=1)
         (event,) = _events(_local())
-    assert event.payload["status"] == "failed"
-    assert f"router of deployment 'flights' (pid {router.pid})" in event.payload["message"]
+    assert (event.payload["status"], event.payload["state"]) == ("failed", "Failed")
+    assert f"(pid {server_process.pid}) is not running" in event.payload["message"]
     assert ping.pings == 0
 
 
@@ -285,7 +314,7 @@ def test_local_missing_deployment_fails_after_the_grace(data_dir):
 
 def test_local_waits_for_the_expected_version_and_times_out(data_dir, server_process, tmp_path):
     with PingServer(200) as ping:
-        _write_current(data_dir, endpoint=ping.url, pid=server_process.pid)
+        _write_current(data_dir, ping.url, server_process)
         (event,) = _events(_local(expected_version="4", timeout_at=time.time() + 0.3))
         assert (event.payload["status"], event.payload["state"]) == ("timeout", "Creating")
         assert "serving version 3, waiting for 4" in event.payload["message"]
@@ -293,7 +322,7 @@ def test_local_waits_for_the_expected_version_and_times_out(data_dir, server_pro
 
         # an explicit data_dir wins over the configured one
         other = tmp_path / "elsewhere"
-        _write_current(other, endpoint=ping.url, pid=server_process.pid, version="4")
+        _write_current(other, ping.url, server_process, version="4")
         (event,) = _events(_local(expected_version="4", data_dir=str(other)))
         assert event.payload["status"] == "success"
 
@@ -302,7 +331,19 @@ def test_local_endpoint_that_never_answers_times_out(data_dir, server_process):
     with PingServer() as ping:
         url = ping.url
     # the server is closed: connection refused on every ping, the process is alive
-    _write_current(data_dir, endpoint=url, pid=server_process.pid)
+    _write_current(data_dir, url, server_process)
     (event,) = _events(_local(timeout_at=time.time() + 0.3))
     assert (event.payload["status"], event.payload["state"]) == ("timeout", "Creating")
     assert "ConnectError" in event.payload["message"]
+
+
+def test_local_unreadable_state_fails_at_once_as_the_synchronous_check_does(data_dir):
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    path = data_dir / "deployments" / "flights" / "current.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    (event,) = _events(_local(missing_grace=60))
+    assert (event.payload["status"], event.payload["state"]) == ("failed", "Failed")
+    assert "state of deployment 'flights' is unreadable" in event.payload["message"]
+    assert SeldonHook().local_status("flights") == ("Failed", event.payload["message"])

@@ -1,11 +1,12 @@
 """Start one Horovod rank of an indexed Kubernetes Job with Gloo, without ``horovodrun`` or SSH.
 
-Shipped to the pods in the job's ConfigMap and run by the training image's Python (it needs
-``horovod``; the provider never imports it). Usage::
+An entry script of the training image (``/opt/mlops/runtimes/gloo_launch.py``, like
+``horovod_entry.py``), run by its Python (it needs ``horovod``; the provider never imports it).
+Usage::
 
-    python gloo_launch.py -- python horovod_entry.py config.json
+    python /opt/mlops/runtimes/gloo_launch.py -- python /opt/mlops/runtimes/horovod_entry.py config.json
 
-Environment (rendered by ``render_indexed_job``):
+Environment (rendered by ``airflow_mlops.kubernetes.training.render_indexed_job``):
 
 * ``JOB_COMPLETION_INDEX`` (set by Kubernetes) is the rank; ``HVD_SIZE`` the number of ranks;
 * ``HVD_HOST_PREFIX``: pod ``i`` is host ``<prefix><i>``, one slot per pod;
