@@ -29,5 +29,6 @@ with DAG(
     params={"month": CLOCK.month_param()},
     tags=["mlops", "example"],
 ) as dag:
-    months = pick_months()
+    # it reads the drift event (its window): the drift Asset is its inlet, in lineage too
+    months = pick_months.override(inlets=[DRIFT])()
     train_register_deploy(months["start"], months["end"])

@@ -80,6 +80,11 @@ class Stack:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     @property
+    def lineage_events(self) -> Path:
+        """OpenLineage events of every task and DAG run, one JSON object per line (file transport)."""
+        return self.home / "lineage" / "events.jsonl"
+
+    @property
     def password_file(self) -> Path:
         return self.airflow_home / "simple_auth_manager_passwords.json.generated"
 
@@ -114,6 +119,14 @@ class Stack:
                     {"conn_type": "seldon", "host": "127.0.0.1", "extra": {"mode": "local"}}
                 ),
                 "MLOPS_DATA_DIR": str(self.data_dir),
+                # OpenLineage (apache-airflow-providers-openlineage): every task's and DAG run's
+                # events appended to one file; docs/lineage.md
+                "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                    {"type": "file", "log_file_path": str(self.lineage_events), "append": True}
+                ),
+                "AIRFLOW__OPENLINEAGE__NAMESPACE": "airflow-mlops",
+                # events are built in a fork after each task; 10 s (the default) is tight on a busy laptop
+                "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "60",
                 "NO_PROXY": "127.0.0.1,localhost",
                 "no_proxy": "127.0.0.1,localhost",
             }
@@ -164,6 +177,7 @@ class Stack:
 
     def start_airflow(self) -> None:
         self.airflow_home.mkdir(parents=True, exist_ok=True)
+        self.lineage_events.parent.mkdir(parents=True, exist_ok=True)
         if not self.password_file.exists():
             # standalone's simple auth manager reads passwords from this file; a fresh random one
             self.password_file.write_text(json.dumps({self.username: secrets.token_urlsafe(12)}))
@@ -425,6 +439,9 @@ def _print_summary(stack: Stack, pipeline, months, registered, deployed, drift, 
                 f"gate: {gate['reason']}"
                 f" -> {gate['outcome']} (champion: version {deployed['version']})"
             )
+    lines.append(
+        f"Lineage      OpenLineage events of every run and task: {stack.lineage_events} (docs/lineage.md)"
+    )
     lines += [
         f"Serving      version {deployed['version']} of {deployed['model_name']} at {deployed['endpoint']}",
         "             curl -s -X POST -H 'Content-Type: application/json' \\",

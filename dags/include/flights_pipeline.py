@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, AssetWatcher, task
+from airflow_mlops.lineage import drift_uri
 from airflow_mlops.operators.deploy import SeldonDeployOperator
 from airflow_mlops.operators.feast import FeastApplyOperator, FeastMaterializeOperator
 from airflow_mlops.operators.ingest import IngestOperator
@@ -78,7 +79,7 @@ def drift_asset(
     )
     return Asset(
         name=name,
-        uri=f"x-mlops://drift/{deployment_name}",
+        uri=drift_uri(deployment_name),  # x-mlops://drift/<deployment>: also the drift check's lineage
         watchers=[AssetWatcher(name=f"{name}_watcher", trigger=watcher)],
     )
 
@@ -142,9 +143,9 @@ def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
     """Per carrier and day: flights, mean departure delay, share delayed; a Feast source."""
     import pandas as pd
     from airflow_mlops import settings
-    from airflow_mlops.datasets import write_snapshot
+    from airflow_mlops.datasets import read_table, write_snapshot
 
-    df = pd.read_parquet(flights["path"])
+    df = read_table(flights["path"])  # read_table / write_*: the task's lineage (docs/lineage.md)
     df["day"] = df["time_hour"].dt.floor("D")
     df["late"] = (df["arr_delay"] > 15).where(df["arr_delay"].notna())
     stats = (
@@ -173,11 +174,13 @@ def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
 @task(multiple_outputs=True)
 def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) -> dict[str, Any]:
     """Label the flights and join point-in-time weather features from Feast; split a holdout."""
-    import pandas as pd
     from airflow_mlops import settings
+    from airflow_mlops.datasets import read_table, write_table
     from airflow_mlops.hooks.feast import FeastHook
 
-    df = pd.read_parquet(flights["path"])
+    # read_table, historical_features and write_table report what the task read and wrote
+    # (Airflow's hook lineage: OpenLineage events name the snapshot, the views and the tables)
+    df = read_table(flights["path"])
     df = df.dropna(subset=["arr_delay"])  # cancelled or diverted: no arrival, no label
     df[LABEL] = (df["arr_delay"] > 15).astype("int64")
     df["day_of_week"] = df["time_hour"].dt.dayofweek
@@ -199,8 +202,7 @@ def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) 
     for name, part in (("train", features.drop(holdout_mask)), ("holdout", features.loc[holdout_mask])):
         if part.empty:
             continue
-        part.to_parquet(out / f"{name}.parquet", index=False)
-        result[name] = str(out / f"{name}.parquet")
+        result[name] = write_table(part, out / f"{name}.parquet")
     return result
 
 

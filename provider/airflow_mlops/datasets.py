@@ -182,7 +182,40 @@ def write_snapshot(
         # the manifest last: its presence is what marks the version as complete
         _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     _set_current(base, key, version, data_path)
+    from airflow_mlops import lineage
+
+    # hook-level lineage: a @task that writes a snapshot has the dataset as its output
+    lineage.record_hook_lineage(outputs=[lineage.path_dataset(data_path)])
     return snapshot, written
+
+
+def read_table(path: str | Path, **options: Any) -> pd.DataFrame:
+    """
+    ``pandas.read_parquet(path)``, reported to Airflow's hook lineage as the task's input.
+
+    For ``@task`` functions, which no OpenLineage extractor describes: a snapshot file counts as
+    its dataset (``<root>/<dataset>``), any other file as itself, named as the provider's
+    operators name them (:mod:`airflow_mlops.lineage`), so the edges of the lineage graph join.
+    """
+    import pandas as pd
+
+    from airflow_mlops import lineage
+
+    lineage.record_hook_lineage(inputs=[lineage.path_dataset(path)])
+    return pd.read_parquet(path, **options)
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> str:
+    """
+    Write ``df`` to the Parquet file ``path`` (atomically, without the index) and report it to
+    Airflow's hook lineage as the task's output; returns the path.
+    """
+    from airflow_mlops import lineage
+
+    target = Path(path)
+    _atomic_write(target, lambda tmp: df.to_parquet(tmp, index=False))
+    lineage.record_hook_lineage(outputs=[lineage.path_dataset(target)])
+    return str(target)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

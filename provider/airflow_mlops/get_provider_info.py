@@ -139,9 +139,25 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "connection-types": _connection_types(),
+        # Asset URIs whose OpenLineage datasets this provider names (airflow_mlops.lineage): Feast
+        # feature views (hook lineage of FeastHook) and the x-mlops:// Assets (the drift Asset)
+        "asset-uris": [
+            {
+                "schemes": ["feast"],
+                "handler": f"{_PKG}.lineage.sanitize_uri",
+                "factory": f"{_PKG}.lineage.create_feature_view_asset",
+                "to_openlineage_converter": f"{_PKG}.lineage.convert_asset_to_openlineage",
+            },
+            {
+                "schemes": ["x-mlops"],
+                "handler": None,
+                "to_openlineage_converter": f"{_PKG}.lineage.convert_asset_to_openlineage",
+            },
+        ],
         "extra-links": [
             f"{_PKG}.links.mlflow.MlflowRunLink",
             f"{_PKG}.links.mlflow.MlflowModelVersionLink",
+            f"{_PKG}.links.mlflow.MlflowParentRunLink",
             f"{_PKG}.links.seldon.SeldonEndpointLink",
             f"{_PKG}.links.great_expectations.DataDocsLink",
             f"{_PKG}.links.drift.DriftReportLink",

@@ -26,6 +26,7 @@ EXPECTED_HOOKS = {
 EXPECTED_LINKS = {
     "airflow_mlops.links.mlflow.MlflowRunLink",
     "airflow_mlops.links.mlflow.MlflowModelVersionLink",
+    "airflow_mlops.links.mlflow.MlflowParentRunLink",
     "airflow_mlops.links.seldon.SeldonEndpointLink",
     "airflow_mlops.links.great_expectations.DataDocsLink",
     "airflow_mlops.links.drift.DriftReportLink",

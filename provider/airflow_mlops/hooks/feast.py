@@ -250,6 +250,32 @@ class FeastHook(BaseHook):
             "versions": {fv.name: definition_version(fv) for fv in sorted(views, key=lambda v: v.name)},
         }
 
+    def view_lineage(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """
+        What lineage says of each registered feature view (``names``, or all): ``name``,
+        ``project``, ``source`` (the batch source's path, when it has one), ``fields`` (name,
+        Feast type), ``entities``, ``ttl_seconds`` and ``version`` (:func:`definition_version`).
+        """
+        views = self.store.list_feature_views()
+        described = []
+        for fv in sorted(views, key=lambda v: v.name):
+            if names is not None and fv.name not in names:
+                continue
+            source = getattr(fv, "batch_source", None)
+            ttl = getattr(fv, "ttl", None)
+            described.append(
+                {
+                    "name": fv.name,
+                    "project": self.project,
+                    "source": getattr(source, "path", None) or None,
+                    "fields": [(f.name, str(f.dtype)) for f in fv.features],
+                    "entities": list(fv.entities or []),
+                    "ttl_seconds": int(ttl.total_seconds()) if ttl is not None else None,
+                    "version": definition_version(fv),
+                }
+            )
+        return described
+
     # -- materialization -------------------------------------------------------------------
 
     def feature_view(self, name: str):
@@ -420,6 +446,13 @@ class FeastHook(BaseHook):
         """
         import pandas as pd
 
+        from airflow_mlops import lineage
+
+        # hook-level lineage: a @task reading features has the views as its inputs
+        views = sorted({ref.split(":", 1)[0] for ref in features if ":" in ref})
+        lineage.record_hook_lineage(
+            inputs=[lineage.feature_view_dataset(view, self.project) for view in views], context=self
+        )
         entities = entity_df.drop_duplicates().copy()
         entities["event_timestamp"] = pd.to_datetime(entities["event_timestamp"], utc=True)
         df = self.store.get_historical_features(entity_df=entities, features=features).to_df()

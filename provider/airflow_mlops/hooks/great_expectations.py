@@ -241,6 +241,29 @@ def _describe_failure(res: Any) -> str:
     return ": ".join(parts)
 
 
+def _result_record(res: Any) -> dict[str, Any]:
+    """One expectation's outcome as JSON-safe data: type, column, arguments, success and what GE
+    measured (``observed``, ``element_count``, ``missing_count`` (nulls), ``unexpected_count``)."""
+    import json
+
+    cfg = res.expectation_config
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
+    detail = res.result or {}
+    record: dict[str, Any] = {
+        "type": cfg.type,
+        "column": kwargs.get("column"),
+        "kwargs": json.loads(json.dumps(kwargs, default=str)),
+        "success": bool(res.success),
+    }
+    for key in ("observed_value", "element_count", "missing_count", "unexpected_count"):
+        if detail.get(key) is not None:
+            value = detail[key]
+            record["observed" if key == "observed_value" else key] = json.loads(
+                json.dumps(value, default=str)
+            )
+    return record
+
+
 def _exception_messages(info: dict[str, Any]) -> list[str]:
     """GE 1.x reports an error either flat or nested under one key per metric."""
     if "raised_exception" in info:
@@ -340,8 +363,9 @@ class ValidationSession:
             default RangeIndex) of the unexpected rows of every *failed* row-level (column map)
             expectation. Rows an expectation tolerates through ``mostly`` are not included.
         :return: ``{"success", "suite", "statistics", "failures": [readable strings],
-            "row_level_failures"`` (the failures that quarantining rows can fix)``,
-            "data_docs_page"`` (path relative to the site, when rendering)``}``.
+            "row_level_failures"`` (the failures that quarantining rows can fix)``, "results"``
+            (one record per expectation, :func:`_result_record`)``, "data_docs_page"`` (path
+            relative to the site, when rendering)``}``.
         """
         gx = self._gx
         self._runs += 1
@@ -377,6 +401,8 @@ class ValidationSession:
             "row_level_failures": [
                 _describe_failure(r) for r in result.results if not r.success and _row_level(r)
             ],
+            # one record per expectation: what OpenLineage's data quality facets report
+            "results": [_result_record(r) for r in result.results],
         }
         if page is not None:
             summary["data_docs_page"] = page

@@ -11,24 +11,29 @@ import base64
 import os
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
 from airflow_mlops._imports import require
 
+# the run tree (parent run per DAG run, one run per task) is shared with the training runtime;
+# ``filter_value`` quotes a value for an MLflow search filter
+from airflow_mlops.runtimes.run_tree import (
+    PARENT_RUN_ID_TAG,
+    TaskRef,
+    filter_value,
+    find_or_create_parent,
+    supersede_earlier_tries,
+)
 
-def filter_value(value: str) -> str:
-    """``value`` quoted for an MLflow search filter (``name=...``): model names may hold a ``'``.
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
-    MLflow's filter grammar has no escapes: a value is quoted with the quote it does not contain.
-    """
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"MLflow cannot search for {value!r}: it contains both kinds of quotes.")
+#: the experiment tag by which MLflow's UI tells a model-training experiment from a GenAI one
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 class MlflowHook(BaseHook):
@@ -150,9 +155,76 @@ class MlflowHook(BaseHook):
         if run_id:
             return self.client.get_run(run_id).info.experiment_id
         if self.default_experiment:
-            found = self.client.get_experiment_by_name(self.default_experiment)
-            return found.experiment_id if found else self.client.create_experiment(self.default_experiment)
+            return self.experiment_id(self.default_experiment)
         return "0"
+
+    def experiment_id(self, name: str) -> str:
+        """
+        The id of the experiment ``name``, created if missing (safe when tasks create it at once).
+
+        An experiment created here is tagged ``mlflow.experimentKind=custom_model_development``, so
+        MLflow's UI shows it as a model-training experiment (its runs table, where the run tree is).
+
+        :raises MlopsError: the experiment is deleted (MLflow logs nothing into it).
+        """
+        from mlflow.exceptions import MlflowException
+
+        from airflow_mlops.exceptions import MlopsError
+
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                # a model-training experiment: MLflow's UI opens it on its runs (not GenAI traces)
+                return self.client.create_experiment(
+                    name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
+                )
+            except MlflowException as err:  # another task created it meanwhile
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = self.client.get_experiment_by_name(name)
+        if found.lifecycle_stage != "active":
+            raise MlopsError(
+                f"MLflow experiment {name!r} (id {found.experiment_id}) is deleted: restore it "
+                f"(MlflowClient().restore_experiment({found.experiment_id!r})) or log to another experiment."
+            )
+        return found.experiment_id
+
+    # -- the run tree: one parent run per DAG run, one nested run per task ------------------------
+
+    def dag_run_parent(self, experiment_id: str, task: TaskRef) -> str:
+        """
+        The parent run of ``task``'s DAG run in ``experiment_id``, created on first use.
+
+        Exactly one per DAG run and experiment, whichever tasks ask at once on whichever workers
+        (:func:`airflow_mlops.runtimes.run_tree.find_or_create_parent`).
+        """
+        return find_or_create_parent(self.client, experiment_id, task.dag_id, task.run_id)
+
+    @contextmanager
+    def parent_running(self, parent_run_id: str) -> Iterator[str]:
+        """
+        Around a long task (training): the parent is ``RUNNING`` meanwhile, then ``FINISHED``
+        (``FAILED`` when the block raises) with this time as its end.
+
+        The parent's status and end time are those of the latest task that started or ended.
+        """
+        self.set_parent_status(parent_run_id, "RUNNING")
+        try:
+            yield parent_run_id
+        except BaseException:
+            self.set_parent_status(parent_run_id, "FAILED")
+            raise
+        self.set_parent_status(parent_run_id, "FINISHED")
+
+    def set_parent_status(self, parent_run_id: str, status: str) -> None:
+        """Set the parent run's status (``RUNNING``, ``FINISHED``, ``FAILED``); a failure is only logged."""
+        try:
+            if status == "RUNNING":
+                self.client.update_run(parent_run_id, status=status)
+            else:
+                self.client.set_terminated(parent_run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - the parent's status is a display; never fail the task
+            self.log.warning("Could not set the parent run %s to %s: %s", parent_run_id, status, err)
 
     def log_record_run(
         self,
@@ -163,17 +235,31 @@ class MlflowHook(BaseHook):
         tags: Mapping[str, str],
         record: Mapping[str, Any],
         artifact_file: str,
+        task: TaskRef | None = None,
+        parent_run_id: str | None = None,
     ) -> str:
         """
         Record a decision as a finished MLflow run: ``metrics``, ``tags`` and ``record`` as a JSON artifact.
+
+        With ``task`` and ``parent_run_id`` (:meth:`dag_run_parent`) the run is the task's run in
+        its DAG run's tree: nested in the parent, tagged with the task instance, and the runs of the
+        task's earlier tries are nested under it
+        (:func:`~airflow_mlops.runtimes.run_tree.supersede_earlier_tries`).
 
         :return: the run id.
         """
         from mlflow.entities import Metric
 
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        tags = dict(tags)
+        if task is not None:
+            tags = {**task.tags(), **tags}
+        if parent_run_id is not None:
+            tags[PARENT_RUN_ID_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
         try:
+            if task is not None:
+                supersede_earlier_tries(self.client, experiment_id, run_id, task)
             now = int(time.time() * 1000)
             batch = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
             for start in range(0, len(batch), 1000):  # the REST API takes at most 1000 metrics a call
@@ -181,8 +267,12 @@ class MlflowHook(BaseHook):
             self.client.log_dict(run_id, dict(record), artifact_file)
         except Exception:
             self.client.set_terminated(run_id, "FAILED")
+            if parent_run_id is not None:
+                self.set_parent_status(parent_run_id, "FAILED")
             raise
         self.client.set_terminated(run_id, "FINISHED")
+        if parent_run_id is not None:
+            self.set_parent_status(parent_run_id, "FINISHED")
         return run_id
 
     # -- registry over REST (sensor poke; the trigger uses the async twin) ----------------------

@@ -477,6 +477,14 @@ class OutputScanner:
         return "\n".join(parts)
 
 
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is a child of this process that has ended."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: init (or its own parent) reaps it
+        pass
+
+
 def stop_process_group(pid: int, grace: float = 10.0) -> bool:
     """
     SIGTERM the process group led by ``pid`` (not our child), then SIGKILL it after ``grace`` s.
@@ -491,6 +499,7 @@ def stop_process_group(pid: int, grace: float = 10.0) -> bool:
         return False
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        _reap(pid)  # a leader that is our own child stays a zombie (and keeps the group) until reaped
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:

@@ -34,3 +34,9 @@ class MlflowModelVersionLink(_XComUrlLink):
     """Opens the model version a registration task created."""
 
     name = "MLflow model version"
+
+
+class MlflowParentRunLink(_XComUrlLink):
+    """Opens the parent run of the task's DAG run: the run tree of the whole pipeline run."""
+
+    name = "MLflow DAG run"

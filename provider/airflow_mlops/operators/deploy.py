@@ -111,6 +111,61 @@ class _SeldonOperator(MlopsBaseOperator):
             **extra,
         }
 
+    # -- OpenLineage ---------------------------------------------------------------------------
+
+    def _deployment_dataset(self, result: dict[str, Any] | None) -> tuple[str, str]:
+        """``seldon://<this host>`` + the name (local), ``seldon://<API server>`` + ``<namespace>/<name>``."""
+        from airflow_mlops import lineage
+
+        result = result or {}
+        if (result.get("mode") or self.seldon.mode) != "kubernetes":
+            return lineage.deployment_dataset(self.deployment_name)
+        rollout = self._kubernetes()
+        conn_id = result.get("kubernetes_conn_id") or rollout.hook.kubernetes_conn_id
+        return lineage.deployment_dataset(
+            self.deployment_name,
+            mode="kubernetes",
+            host=lineage.kubernetes_host(conn_id),
+            k8s_namespace=result.get("namespace") or rollout.namespace,
+        )
+
+    def _model_inputs(self, result: dict[str, Any] | None) -> list[Any]:
+        """What the deployment serves (a model version), and the data it was trained on."""
+        return []
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The served model version in (and its training data, drift monitoring's reference); the
+        deployment out, with what serves it once done (``airflowMlops_deployment``).
+        """
+        from airflow_mlops import lineage
+
+        result = self._lineage_result if stage == "complete" else None
+        result = result if isinstance(result, dict) else None
+        facets = {}
+        if result:
+            key, facet = lineage.custom_facet(
+                "DeploymentDatasetFacet",
+                deployment=self.deployment_name,
+                mode=result.get("mode") or "local",
+                modelName=result.get("model_name"),
+                version=None if result.get("version") is None else str(result["version"]),
+                previousVersion=None
+                if result.get("previous_version") is None
+                else str(result["previous_version"]),
+                modelUri=result.get("model_uri"),
+                endpoint=result.get("endpoint"),
+                strategy=result.get("strategy"),
+                predictors=[
+                    {k: p.get(k) for k in ("role", "name", "version", "traffic", "shadow") if k in p}
+                    for p in result.get("predictors") or []
+                ],
+                changed=result.get("changed"),
+            )
+            facets[key] = facet
+        output = lineage.output_dataset(self._deployment_dataset(result), facets)
+        return lineage.operator_lineage(self._model_inputs(result), [output])
+
 
 class SeldonDeployOperator(_SeldonOperator):
     """
@@ -394,6 +449,30 @@ class SeldonDeployOperator(_SeldonOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._kubernetes().complete(event)
+
+    def _model_inputs(self, result: dict[str, Any] | None) -> list[Any]:
+        from airflow_mlops import lineage
+
+        inputs = []
+        version = (result or {}).get("version") or self.version
+        model_name = (result or {}).get("model_name") or self.model_name
+        if model_name and version and self.model_uri in (None, "previous"):
+            try:
+                tracking, registry = lineage.mlflow_uris(self.mlflow_conn_id)
+            except Exception as err:  # no MLflow connection here (a rollback from files): no model input
+                self.log.debug("The served model version is not named: %s", err)
+            else:
+                dataset = lineage.model_version_dataset(registry, model_name, version)
+                inputs.append(lineage.input_dataset(dataset, {"datasetType": lineage.type_facet("MODEL")}))
+        elif self.model_uri and self.model_uri.startswith(("runs:/", "models:/")):
+            tracking, registry = lineage.mlflow_uris(self.mlflow_conn_id)
+            dataset = lineage.model_uri_dataset(self.model_uri, tracking, registry)
+            inputs.append(lineage.input_dataset(dataset))
+        elif self.model_uri and self.model_uri != "previous":  # a folder or bucket holding the model
+            inputs.append(lineage.input_dataset(lineage.path_dataset(self.model_uri, logical=False)))
+        if self.reference_path:
+            inputs.append(lineage.file_input(self.reference_path))
+        return inputs
 
     def on_kill(self) -> None:
         # a server started by this try but never switched to must not be left running

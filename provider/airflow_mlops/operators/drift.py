@@ -307,6 +307,59 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
                 self.log.warning("Drift found but the task has no AssetAlias outlet: no event emitted.")
         return summary
 
+    # --- OpenLineage ----------------------------------------------------------------------
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The reference (training data) and the checked window in, and the deployment scored
+        through ``endpoint``; the deployment's drift verdict out (the dataset of the drift Asset,
+        ``x-mlops://drift/<deployment>``), with score, drifted features and window once checked
+        (``airflowMlops_drift``).
+        """
+        from airflow_mlops import lineage
+
+        inputs = [lineage.file_input(self.reference_path), lineage.file_input(self.current_path)]
+        deployment = lineage.local_deployment_for_endpoint(self.endpoint)
+        if deployment:
+            inputs.append(lineage.input_dataset(lineage.deployment_dataset(deployment)))
+        elif self.endpoint:  # a deployment this host does not record (a cluster's): by its address
+            inputs.append(lineage.input_dataset(lineage.path_dataset(self.endpoint, logical=False)))
+        asset_uri = getattr(self.drift_asset, "uri", None)
+        result = self._lineage_result if stage == "complete" else None
+        result = result if isinstance(result, dict) else None
+        if deployment or asset_uri:
+            verdict = lineage.drift_dataset(deployment or "", asset_uri)
+        elif result:  # no deployment, no Asset: the verdict is the report file
+            verdict = lineage.path_dataset(result["report"], logical=False)
+        else:
+            return lineage.operator_lineage(inputs)
+        facets = {}
+        if result:
+            report = self._read_report(result.get("report"))
+            window = result.get("window") or {}
+            key, facet = lineage.custom_facet(
+                "DriftDatasetFacet",
+                deployment=deployment,
+                isDrift=bool(result["is_drift"]),
+                driftScore=result.get("drift_score"),
+                driftedFeatures=list(result.get("drifted_features") or []),
+                windowStart=window.get("start"),
+                windowEnd=window.get("end"),
+                pValue=report.get("threshold", self.p_val),
+                correction=report.get("correction", self.correction),
+                tests=report.get("tests"),
+                report=result.get("report"),
+            )
+            facets[key] = facet
+        return lineage.operator_lineage(inputs, [lineage.output_dataset(verdict, facets)])
+
+    @staticmethod
+    def _read_report(path: str | None) -> dict[str, Any]:
+        try:
+            return json.loads(Path(path).read_text()) if path else {}
+        except (OSError, ValueError):
+            return {}
+
     # --- Kubernetes mode (job naming, reattaching and waiting: KubernetesJobMixin) ------
 
     def _execute_kubernetes(self, context: Context) -> dict[str, Any]:

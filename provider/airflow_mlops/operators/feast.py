@@ -27,11 +27,35 @@ class _FeastOperator(MlopsBaseOperator):
         self.feast_conn_id = feast_conn_id
         self.repo_path = repo_path
 
+    #: the feature views this task applied or materialized (:meth:`FeastHook.view_lineage`)
+    _views: list[dict[str, Any]] | None = None
+
     @property
     def hook(self) -> FeastHook:
         from airflow_mlops.hooks.feast import FeastHook
 
         return FeastHook(feast_conn_id=self.feast_conn_id, repo_path=self.repo_path)
+
+    def _view_datasets(self, rows: dict[str, int] | None = None) -> tuple[list[Any], list[Any]]:
+        """The views' sources (snapshot datasets) in, the views out (schema, definition version)."""
+        from airflow_mlops import lineage
+
+        inputs, outputs, seen = [], [], set()
+        for view in self._views or []:
+            source = view.get("source")
+            if source and (dataset := lineage.path_dataset(source)) not in seen:
+                seen.add(dataset)
+                inputs.append(lineage.input_dataset(dataset))
+            facets = {
+                "schema": lineage.schema_facet(view["fields"]),
+                "version": lineage.version_facet(view["version"]),
+            }
+            stats = {}
+            if rows is not None and view["name"] in rows:
+                stats["outputStatistics"] = lineage.output_statistics(rows=rows[view["name"]])
+            dataset = lineage.feature_view_dataset(view["name"], view["project"])
+            outputs.append(lineage.output_dataset(dataset, facets, stats))
+        return inputs, outputs
 
 
 class FeastApplyOperator(_FeastOperator):
@@ -43,9 +67,17 @@ class FeastApplyOperator(_FeastOperator):
     """
 
     def execute(self, context: Context) -> dict[str, list[str]]:
-        applied = self.hook.apply()
+        hook = self.hook
+        applied = hook.apply()
         self.log.info("Applied feature views %s, entities %s", applied["feature_views"], applied["entities"])
+        self._views = hook.view_lineage(applied["feature_views"])
         return applied
+
+    def openlineage(self, stage: str) -> Any:
+        """The views' source datasets in, the feature views out (schema, definition hash as version)."""
+        from airflow_mlops import lineage
+
+        return lineage.operator_lineage(*self._view_datasets()) if self._views else None
 
 
 class FeastMaterializeOperator(_FeastOperator):
@@ -127,6 +159,8 @@ class FeastMaterializeOperator(_FeastOperator):
         )
         rows = sum(v["rows"] for v in views.values())
         self.log.info("Materialized %d rows into the online store: %s", rows, views)
+        self._views = hook.view_lineage(sorted(views))
+        self._rows = {name: view["rows"] for name, view in views.items()}
         return {
             "start": start.isoformat(),
             "end": end.isoformat(),
@@ -134,3 +168,24 @@ class FeastMaterializeOperator(_FeastOperator):
             "rows": rows,
             "views": views,
         }
+
+    _rows: dict[str, int] | None = None
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The views' sources (the snapshot datasets their Feast sources read) in, the feature views
+        out, with the rows written to the online store; before the run, the named views only.
+        """
+        from airflow_mlops import lineage
+
+        if stage != "start" and self._views:
+            return lineage.operator_lineage(*self._view_datasets(self._rows))
+        if not self.feature_views:
+            return None
+        project = self.hook.project
+        return lineage.operator_lineage(
+            outputs=[
+                lineage.output_dataset(lineage.feature_view_dataset(name, project))
+                for name in self.feature_views
+            ]
+        )

@@ -300,6 +300,75 @@ class IngestOperator(MlopsBaseOperator):
         attach_outlet_extra(context, self.outlets, snapshot_event_extra(snapshot))
         return {**snapshot.to_dict(), "written": written}
 
+    # -- OpenLineage -----------------------------------------------------------------------
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The source (a file, folder or glob; the tables of the query, through the SQL hook's
+        database info; the callable) in, the snapshot's dataset out: on completion with its
+        schema, version (content hash), row count and interval.
+        """
+        import os
+
+        from airflow_mlops import lineage, settings
+
+        inputs, run_facets, job_facets = self._source_lineage()
+        result = self._lineage_result if stage == "complete" else None
+        if result:
+            outputs = [lineage.snapshot_output(result)]
+        else:
+            root = self.output_dir or str(settings.data_dir() / "datasets")
+            outputs = [lineage.output_dataset(lineage.path_dataset(os.path.join(root, self.dataset)))]
+        return lineage.operator_lineage(inputs, outputs, run_facets, job_facets)
+
+    def _source_lineage(self) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        from airflow_mlops import lineage
+
+        if self.sql is not None:
+            return self._sql_lineage()
+        if self.source_path is not None:
+            return [lineage.input_dataset(lineage.path_dataset(self.source_path))], {}, {}
+        return [lineage.input_dataset(lineage.callable_dataset(self.source))], {}, {}
+
+    def _sql_lineage(self) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        """The query's tables as the common.sql operators name them (the hook's database info)."""
+        from airflow.providers.openlineage.sqlparser import SQLParser
+        from airflow.sdk import BaseHook
+
+        hook = BaseHook.get_connection(self.conn_id).get_hook()
+        get_info = getattr(hook, "get_openlineage_database_info", None)
+        connection = hook.get_connection(getattr(hook, hook.conn_name_attr))
+        info = get_info(connection) if get_info else None
+        if info is None:
+            self.log.debug("%s gives no OpenLineage database info: the query's tables are not named.", hook)
+            return [], {}, {}
+        try:  # some hooks ask the database (PostgreSQL: SELECT CURRENT_SCHEMA)
+            default_schema = hook.get_openlineage_default_schema()
+        except Exception as err:
+            from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+            self.log.debug("Default schema not read from the database (%s); using the hook's default.", err)
+            default_schema = (
+                DbApiHook.get_openlineage_default_schema(hook) if isinstance(hook, DbApiHook) else None
+            )
+        parser = SQLParser(
+            dialect=hook.get_openlineage_database_dialect(connection), default_schema=default_schema
+        )
+        try:  # with the connection: the tables' schemas from the information schema
+            parsed = parser.generate_openlineage_metadata_from_sql(
+                sql=self.sql,
+                hook=hook,
+                database_info=info,
+                sqlalchemy_engine=hook.get_sqlalchemy_engine(),
+                use_connection=True,
+            )
+        except Exception as err:  # the database is not reachable from here: names only
+            self.log.debug("Table schemas not read (%s); naming the query's tables only.", err)
+            parsed = parser.generate_openlineage_metadata_from_sql(
+                sql=self.sql, hook=hook, database_info=info, use_connection=False
+            )
+        return list(parsed.inputs), dict(parsed.run_facets), dict(parsed.job_facets)
+
 
 def _compression(name: str) -> str | None:
     """pandas' compression name for a file name's last suffix (None: not compressed)."""

@@ -38,13 +38,14 @@ from airflow_mlops.evaluation import (  # noqa: F401 - re-exported
     load_holdout,
     slice_regressions,
 )
-from airflow_mlops.links.mlflow import MlflowModelVersionLink
+from airflow_mlops.links.mlflow import MlflowModelVersionLink, MlflowParentRunLink, MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
 
     from airflow_mlops.hooks.mlflow import MlflowHook
+    from airflow_mlops.runtimes.run_tree import TaskRef
 
 #: lineage tags every registered version can carry (``MlflowRegisterModelOperator(lineage=...)``)
 LINEAGE_KEYS = ("dataset_version", "feature_views", "validation", "training_dag_run")
@@ -111,7 +112,7 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
     """
 
     template_fields: Sequence[str] = ("run_id", "model_name", "evaluation", "lineage", "version_tags")
-    operator_extra_links = (MlflowModelVersionLink(),)
+    operator_extra_links = (MlflowModelVersionLink(), MlflowParentRunLink())
     ui_color = "#e6f5e9"
 
     def __init__(
@@ -149,8 +150,61 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             **{k: str(v) for k, v in self.version_tags.items()},
         }
 
-    def _register(self, hook: MlflowHook, context: Context) -> tuple[str, bool]:
-        tags = self._tags(context)
+    def _run_tree(self, hook: MlflowHook, context: Context) -> tuple[str, TaskRef, str, str]:
+        """
+        ``(experiment id, this task, parent run, training parent run)``: this task's run goes into the
+        training run's experiment, nested in this DAG run's parent there; the version links to the
+        parent of the DAG run that trained the model (this DAG run's when the run was not made by an
+        Airflow task).
+        """
+        from airflow_mlops.runtimes.run_tree import TaskRef, find_parent
+
+        task = TaskRef.from_ti(context["ti"])
+        training = hook.client.get_run(self.run_id)
+        experiment_id = training.info.experiment_id
+        parent = hook.dag_run_parent(experiment_id, task)
+        trained_in = TaskRef.from_tags(training.data.tags)
+        training_parent = parent
+        if trained_in is not None and trained_in.parent_key != task.parent_key:
+            training_parent = find_parent(hook.client, experiment_id, trained_in.parent_key) or parent
+        return experiment_id, task, parent, training_parent
+
+    def _record(
+        self,
+        hook: MlflowHook,
+        tree: tuple[str, TaskRef, str, str],
+        result: Mapping[str, Any],
+    ) -> str:
+        """The registration as this task's run in the DAG run's tree; the version points at it."""
+        from airflow_mlops.runtimes.run_tree import task_run_name
+
+        experiment_id, task, parent, _ = tree
+        decision = result["decision"]
+        metrics = {
+            k: v for k, v in decision.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        record = hook.log_record_run(
+            experiment_id,
+            task_run_name(task.task_id, task.run_id, task.map_index),
+            metrics=metrics,
+            tags={
+                "mlops.kind": "registration",
+                "model_name": self.model_name,
+                "model_version": result["version"],
+                "source_run_id": self.run_id,
+                "created": str(result["created"]).lower(),
+                "promoted": str(result["promoted"]).lower(),
+                "champion_version": result["champion_version"] or "",
+            },
+            record=result,
+            artifact_file="registration.json",
+            task=task,
+            parent_run_id=parent,
+        )
+        hook.set_version_tags(self.model_name, result["version"], {"airflow.registration_run_id": record})
+        return record
+
+    def _register(self, hook: MlflowHook, tags: Mapping[str, str]) -> tuple[str, bool]:
         existing = hook.find_version_for_run(self.model_name, self.run_id)
         if existing is not None:  # a retry, or a cleared task: said in the summary
             hook.set_version_tags(self.model_name, existing.version, tags)  # a retry may bring more lineage
@@ -201,7 +255,11 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         from airflow_mlops.hooks.mlflow import MlflowHook
 
         hook = MlflowHook(self.mlflow_conn_id)
-        version, created = self._register(hook, context)
+        tags = self._tags(context)  # lineage checked before anything is written
+        tree = self._run_tree(hook, context)
+        # the version links to its training run (also its run_id) and that run's DAG-run parent
+        tags.update({"airflow.training_run_id": self.run_id, "airflow.parent_run_id": tree[3]})
+        version, created = self._register(hook, tags)
         hook.set_alias(self.model_name, self.alias, version)
         decision = self._champion_decision(hook, version)
         if decision["promote"]:
@@ -217,7 +275,7 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             self.outlets,
             {"name": self.model_name, "version": version, "champion": champion, "run_id": self.run_id},
         )
-        return {
+        result = {
             "name": self.model_name,
             "version": version,
             "created": created,
@@ -226,6 +284,40 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
             "promoted": bool(decision["promote"]),
             "decision": decision,
         }
+        result["mlflow_run_id"] = self._record(hook, tree, result)
+        result["parent_run_id"] = tree[2]
+        MlflowParentRunLink.persist(context, hook.run_url(tree[2], tree[0]))
+        return result
+
+    # -- OpenLineage -----------------------------------------------------------------------------
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The run's model in; the registered version out: a dataset of type MODEL
+        (``models/<name>/versions/<version>`` on the registry) with its aliases, run and the
+        data it was trained on (``airflowMlops_modelVersion``).
+        """
+        from airflow_mlops import lineage
+
+        tracking, registry = lineage.mlflow_uris(self.mlflow_conn_id)
+        run_model = lineage.run_model_dataset(tracking, self.run_id, self.artifact_path)
+        result = self._lineage_result if stage == "complete" else None
+        outputs = []
+        if isinstance(result, dict) and result.get("version"):
+            tags = {k: self.lineage[k] for k in ("dataset_version", "feature_views") if self.lineage.get(k)}
+            facets = lineage.model_version_facets(
+                registry,
+                self.model_name,
+                result["version"],
+                run_id=self.run_id,
+                aliases=result.get("aliases") or (),
+                champion=result.get("champion_version"),
+                tags={k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in tags.items()},
+                tracking_uri=tracking,
+            )
+            dataset = lineage.model_version_dataset(registry, self.model_name, result["version"])
+            outputs.append(lineage.output_dataset(dataset, facets))
+        return lineage.operator_lineage([lineage.input_dataset(run_model)], outputs)
 
 
 # -- aliases -------------------------------------------------------------------------------------
@@ -306,6 +398,21 @@ class MlflowSetAliasOperator(MlopsBaseOperator):
             "changed": changed,
         }
 
+    def openlineage(self, stage: str) -> Any:
+        """The model version the alias points at, out (with its aliases), once it was set."""
+        from airflow_mlops import lineage
+
+        result = self._lineage_result if stage == "complete" else None
+        if not isinstance(result, dict):
+            return None
+        tracking, registry = lineage.mlflow_uris(self.mlflow_conn_id)
+        version = result["version"]
+        facets = lineage.model_version_facets(
+            registry, self.model_name, version, aliases=[self.alias], tracking_uri=tracking
+        )
+        dataset = lineage.model_version_dataset(registry, self.model_name, version)
+        return lineage.operator_lineage(outputs=[lineage.output_dataset(dataset, facets)])
+
 
 # -- champion / challenger gate ------------------------------------------------------------------
 
@@ -377,7 +484,7 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
         "champion_alias",
         "slices",
     )
-    operator_extra_links = (MlflowModelVersionLink(),)
+    operator_extra_links = (MlflowModelVersionLink(), MlflowRunLink(), MlflowParentRunLink())
     ui_color = "#fff3d6"
 
     def __init__(
@@ -482,8 +589,7 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
 
     def _experiment_id(self, hook: MlflowHook, challenger: str) -> str:
         if self.experiment_name:
-            found = hook.client.get_experiment_by_name(self.experiment_name)
-            return found.experiment_id if found else hook.client.create_experiment(self.experiment_name)
+            return hook.experiment_id(self.experiment_name)
         return hook.version_experiment_id(self.model_name, challenger)
 
     @staticmethod
@@ -504,7 +610,10 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
         metrics["slice_regressions"] = float(len(comparison["slice_regressions"]))
         return metrics
 
-    def _record(self, hook: MlflowHook, comparison: dict[str, Any], context: Context) -> str:
+    def _record(self, hook: MlflowHook, comparison: dict[str, Any], context: Context) -> tuple[str, str]:
+        """The comparison as this task's run in the DAG run's tree: ``(run id, parent run id)``."""
+        from airflow_mlops.runtimes.run_tree import TaskRef
+
         challenger, champion = comparison["challenger_version"], comparison["previous_champion"]
         tags = {
             "mlops.kind": "champion_challenger",
@@ -515,17 +624,23 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
             "reason": comparison["reason"][:_TAG_VALUE_MAX],
             "data_path": comparison["data_path"],
             "dataset_version": comparison["dataset_version"] or "",
-            "airflow.dag_id": context["ti"].dag_id,
-            "airflow.run_id": context["ti"].run_id,
         }
-        return hook.log_record_run(
-            self._experiment_id(hook, challenger),
+        task = TaskRef.from_ti(context["ti"])
+        experiment_id = self._experiment_id(hook, challenger)
+        parent = hook.dag_run_parent(experiment_id, task)
+        run_id = hook.log_record_run(
+            experiment_id,
             f"gate-{self.model_name}-v{challenger}-vs-v{champion or 'none'}",
             metrics=self._metrics(comparison),
             tags=tags,
             record=comparison,
             artifact_file="champion_challenger.json",
+            task=task,
+            parent_run_id=parent,
         )
+        MlflowRunLink.persist(context, hook.run_url(run_id, experiment_id))
+        MlflowParentRunLink.persist(context, hook.run_url(parent, experiment_id))
+        return run_id, parent
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -556,7 +671,7 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
             "promote": decision.outcome == "promote",
             "reason": decision.reason,
         }
-        comparison["mlflow_run_id"] = self._record(hook, comparison, context)
+        comparison["mlflow_run_id"], comparison["parent_run_id"] = self._record(hook, comparison, context)
         hook.set_version_tags(
             self.model_name,
             challenger,
@@ -601,6 +716,82 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
         ti.xcom_push(key="champion_version", value=hook.alias_version(self.model_name, self.champion_alias))
         MlflowModelVersionLink.persist(context, hook.model_version_url(self.model_name, challenger))
         return self._branch(comparison["outcome"])
+
+    # -- OpenLineage ---------------------------------------------------------------------------
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        return self._openlineage(done=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self._openlineage(done=True)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self._openlineage(done=False)
+
+    def _openlineage(self, done: bool) -> Any:
+        """
+        The held-out data and the challenger (and champion) versions in; once the gate decided,
+        its decision as the ``airflowMlops_gate`` run facet (read back from the tags the gate
+        wrote on the challenger) and, when the champion moved, the challenger version out with
+        its new aliases.
+        """
+        try:
+            from airflow_mlops import lineage
+            from airflow_mlops.hooks.mlflow import MlflowHook
+
+            tracking, registry = lineage.mlflow_uris(self.mlflow_conn_id)
+            inputs = []
+            if (self.evaluation or {}).get("data_path"):
+                inputs.append(lineage.file_input(self.evaluation["data_path"]))
+            given = self.challenger_version not in (None, "", "None")
+            challenger = str(self.challenger_version).strip() if given else None
+            if not done:
+                if challenger:
+                    dataset = lineage.model_version_dataset(registry, self.model_name, challenger)
+                    inputs.append(lineage.input_dataset(dataset))
+                return lineage.operator_lineage(inputs)
+            hook = MlflowHook(self.mlflow_conn_id)
+            challenger = challenger or hook.alias_version(self.model_name, self.challenger_alias)
+            if challenger is None:
+                return lineage.operator_lineage(inputs)
+            mv = hook.client.get_model_version(self.model_name, challenger)
+            tags, aliases = dict(mv.tags or {}), list(mv.aliases or [])
+            champion_now = hook.alias_version(self.model_name, self.champion_alias)
+            outcome = tags.get("gate.outcome") or ("already_champion" if champion_now == challenger else None)
+            champion_before = tags.get("gate.champion_version") or None
+            for version in (challenger, champion_before):
+                if version:
+                    dataset = lineage.model_version_dataset(registry, self.model_name, version)
+                    inputs.append(lineage.input_dataset(dataset))
+            run_facets = {}
+            if outcome:
+                key, facet = lineage.custom_facet(
+                    "GateRunFacet",
+                    modelName=self.model_name,
+                    outcome=outcome,
+                    challengerVersion=str(challenger),
+                    championVersion=champion_before,
+                    reason=tags.get("gate.reason"),
+                    comparisonRunId=tags.get("gate.mlflow_run_id"),
+                )
+                run_facets[key] = facet
+            outputs = []
+            if champion_now == str(challenger):
+                facets = lineage.model_version_facets(
+                    registry,
+                    self.model_name,
+                    challenger,
+                    run_id=mv.run_id,
+                    aliases=aliases,
+                    champion=champion_now,
+                    tracking_uri=tracking,
+                )
+                dataset = lineage.model_version_dataset(registry, self.model_name, challenger)
+                outputs.append(lineage.output_dataset(dataset, facets))
+            return lineage.operator_lineage(inputs, outputs, run_facets)
+        except Exception as err:  # lineage must never fail the gate
+            self.log.warning("OpenLineage facets of %s not built: %s", self.task_id, err)
+            return None
 
 
 def champion_approval(

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.links.mlflow import MlflowRunLink
+from airflow_mlops.links.mlflow import MlflowParentRunLink, MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class SelectBestRunOperator(MlopsBaseOperator):
     """
 
     template_fields: Sequence[str] = ("metric", "run_ids", "runs")
-    operator_extra_links = (MlflowRunLink(),)
+    operator_extra_links = (MlflowRunLink(), MlflowParentRunLink())
     ui_color = "#fff4d6"
 
     def __init__(
@@ -123,6 +123,8 @@ class SelectBestRunOperator(MlopsBaseOperator):
         for note in left_out:
             self.log.warning(note)
         self.log.info("MLflow run: %s", url)
+        parent, record = self._record(hook, context, best, value, ranking, left_out)
+        self.log.info("Selection recorded in MLflow run %s (DAG run's parent run %s)", record, parent)
         return {
             "run_id": best.info.run_id,
             "experiment_id": best.info.experiment_id,
@@ -134,7 +136,50 @@ class SelectBestRunOperator(MlopsBaseOperator):
             "metrics": dict(best.data.metrics),
             "params": dict(best.data.params),
             "ranking": [{"run_id": run.info.run_id, "value": v} for run, v in ranking],
+            "parent_run_id": parent,
+            "mlflow_run_id": record,
         }
+
+    def _record(
+        self,
+        hook: MlflowHook,
+        context: Context,
+        best: Any,
+        value: float,
+        ranking: list[tuple[Any, float]],
+        left_out: list[str],
+    ) -> tuple[str, str]:
+        """The choice as this task's run in the DAG run's tree (the winner's experiment):
+        ``(parent run id, this task's run id)``."""
+        from airflow_mlops.runtimes.run_tree import TaskRef, task_run_name
+
+        task = TaskRef.from_ti(context["ti"])
+        experiment_id = best.info.experiment_id
+        parent = hook.dag_run_parent(experiment_id, task)
+        MlflowParentRunLink.persist(context, hook.run_url(parent, experiment_id))
+        record = hook.log_record_run(
+            experiment_id,
+            task_run_name(task.task_id, task.run_id, task.map_index),
+            metrics={self.metric: value, "candidates": float(len(ranking))},
+            tags={
+                "mlops.kind": "select_best",
+                "selected_run_id": best.info.run_id,
+                "metric": self.metric,
+                "mode": self.mode,
+            },
+            record={
+                "selected_run_id": best.info.run_id,
+                "metric": self.metric,
+                "mode": self.mode,
+                "value": value,
+                "ranking": [{"run_id": run.info.run_id, "value": v} for run, v in ranking],
+                "left_out": left_out,
+            },
+            artifact_file="selection.json",
+            task=task,
+            parent_run_id=parent,
+        )
+        return parent, record
 
     def _score(self, hook: MlflowHook, ids: list[str], left_out: list[str]) -> list[tuple[Any, float]]:
         """(run, metric value) of every usable candidate; why the others are left out goes to ``left_out``."""
@@ -152,6 +197,22 @@ class SelectBestRunOperator(MlopsBaseOperator):
             else:
                 scored.append((run, float(value)))
         return scored
+
+    # --- OpenLineage ------------------------------------------------------------------------
+
+    def openlineage(self, stage: str) -> Any:
+        """Every candidate run's model in; the winner's model out (with its metrics): what gets registered."""
+        from airflow_mlops import lineage
+
+        tracking, _ = lineage.mlflow_uris(self.mlflow_conn_id)
+        try:
+            candidates = self.candidate_ids()
+        except TypeError:
+            candidates = []
+        inputs = [lineage.input_dataset(lineage.run_model_dataset(tracking, run_id)) for run_id in candidates]
+        result = self._lineage_result if stage == "complete" else None
+        outputs = [lineage.run_model_output(self.mlflow_conn_id, result)] if result else []
+        return lineage.operator_lineage(inputs, outputs)
 
 
 def _iterate(value: Any, name: str) -> Iterable[Any]:

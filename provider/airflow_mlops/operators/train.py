@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf
 
-from airflow_mlops.links.mlflow import MlflowRunLink
+from airflow_mlops.links.mlflow import MlflowParentRunLink, MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin, map_index
 
@@ -95,7 +95,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         "image",
         "container_resources",
     )
-    operator_extra_links = (MlflowRunLink(),)
+    operator_extra_links = (MlflowRunLink(), MlflowParentRunLink())
     ui_color = "#fff4d6"
 
     def __init__(
@@ -163,9 +163,19 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
             "airflow.run_id": ti.run_id,
             "airflow.task_id": ti.task_id,
             "airflow.try_number": str(ti.try_number),
+            "airflow.map_index": str(map_index(ti)),
         }
         tags.update({k: str(v) for k, v in self.tags.items()})
         return tags
+
+    def _parent_run(self, context: Context, mlflow_hook: Any, experiment: str) -> str:
+        """The parent run of this DAG run in ``experiment`` (created on first use), linked from the task."""
+        from airflow_mlops.runtimes.run_tree import TaskRef
+
+        experiment_id = mlflow_hook.experiment_id(experiment)
+        parent = mlflow_hook.dag_run_parent(experiment_id, TaskRef.from_ti(context["ti"]))
+        MlflowParentRunLink.persist(context, mlflow_hook.run_url(parent, experiment_id))
+        return parent
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.mode == "kubernetes":
@@ -182,9 +192,11 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
             raise FileNotFoundError(f"Training script {script} does not exist.")
         mlflow_hook = MlflowHook(self.mlflow_conn_id)
         experiment = self.experiment_name or mlflow_hook.default_experiment or context["dag"].dag_id
+        # the DAG run's parent run: rank 0's run is nested in it
+        parent = self._parent_run(context, mlflow_hook, experiment)
         self._runtime = runtime = RuntimeHook("training", self.runtimes_dir)
-        with tempfile.TemporaryDirectory(prefix="horovod-") as work:
-            config = self._local_config(context, script, experiment, Path(work) / "result.json")
+        with mlflow_hook.parent_running(parent), tempfile.TemporaryDirectory(prefix="horovod-") as work:
+            config = self._local_config(context, script, experiment, Path(work) / "result.json", parent)
             config_path = Path(work) / "config.json"
             config_path.write_text(json.dumps(config))
             runtime.run(
@@ -203,6 +215,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
                 cwd=work,
             )
             result = json.loads((Path(work) / "result.json").read_text())
+        result["parent_run_id"] = parent
         url = mlflow_hook.run_url(result["run_id"], result["experiment_id"])
         MlflowRunLink.persist(context, url)
         resumed = result.get("resumed_from_epoch")
@@ -220,20 +233,21 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         return result
 
     def _local_config(
-        self, context: Context, script: Path, experiment: str, result_path: Path
+        self, context: Context, script: Path, experiment: str, result_path: Path, parent_run_id: str
     ) -> dict[str, Any]:
         """``config.json`` of ``horovod_entry.py`` in local mode."""
+        from airflow_mlops.runtimes.run_tree import task_run_name
+
         ti = context["ti"]
-        index = map_index(ti)
-        # a mapped instance (hyperparameter search) gets its own run name and tag
-        suffix = f"-{index}" if index >= 0 else ""
         return {
             "script": str(script.resolve()),
             "inputs": self.inputs,
             "hyperparameters": self.hyperparameters,
             "experiment": experiment,
-            "run_name": f"{ti.task_id}{suffix}-{ti.run_id}"[:250],
-            "tags": {**self._run_tags(context), "airflow.map_index": str(index)},
+            # a mapped instance (hyperparameter search) gets its own run name and tag
+            "run_name": task_run_name(ti.task_id, ti.run_id, map_index(ti)),
+            "tags": self._run_tags(context),
+            "parent_run_id": parent_run_id,
             "seed": self.seed,
             "result_path": str(result_path),
             "checkpoint": _checkpoint(ti),
@@ -261,6 +275,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     def _manifests(self, context: Context, name: str, namespace: str) -> list[dict[str, Any]]:
         from airflow_mlops.hooks.mlflow import MlflowHook
         from airflow_mlops.kubernetes import training
+        from airflow_mlops.runtimes.run_tree import task_run_name
 
         script = Path(self.training_script)
         if not script.is_file():
@@ -268,13 +283,17 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         ti = context["ti"]
         mlflow_hook = MlflowHook(self.mlflow_conn_id)
         experiment = self.experiment_name or mlflow_hook.default_experiment or context["dag"].dag_id
+        # the DAG run's parent run, found or created here: rank 0 in the pod nests its run in it
+        parent = self._parent_run(context, mlflow_hook, experiment)
+        mlflow_hook.set_parent_status(parent, "RUNNING")
         nonce = uuid.uuid4().hex
         config = training.entry_config(
             script.name,
             inputs=self.inputs,
             hyperparameters=self.hyperparameters,
             experiment=experiment,
-            run_name=f"{ti.task_id}-{ti.run_id}"[:250],
+            run_name=task_run_name(ti.task_id, ti.run_id, map_index(ti)),
+            parent_run_id=parent,
             # the nonce finds this job's MLflow run again, from any later try
             tags={**self._run_tags(context), "airflow_mlops.k8s_job": name, "airflow_mlops.k8s_nonce": nonce},
             seed=self.seed,
@@ -339,6 +358,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
                 f"found in experiment {experiment!r}: can the pods reach {mlflow_hook.tracking_uri}?"
             )
         run = runs[0]
+        parent = run.data.tags.get("mlflow.parentRunId")
         result = {
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
@@ -349,7 +369,28 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
             "job_name": name,
             "namespace": hook.namespace,
             "kind": self.kind,
+            "parent_run_id": parent,
         }
         MlflowRunLink.persist(context, mlflow_hook.run_url(result["run_id"], result["experiment_id"]))
+        if parent:  # this try may have reattached to the job of an earlier try, in another worker
+            MlflowParentRunLink.persist(context, mlflow_hook.run_url(parent, result["experiment_id"]))
+            mlflow_hook.set_parent_status(parent, "FINISHED")
         self.log.info("MLflow run %s: %s", result["run_id"], result["metrics"])
         return result
+
+    # --- OpenLineage ------------------------------------------------------------------------
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The files among ``inputs`` in (schema; a snapshot's version), the model the run logged
+        out: a dataset of type MODEL named by the tracking server and the run, with the run's
+        metrics and hyperparameters (``airflowMlops_trainingRun``).
+        """
+        from airflow_mlops import lineage
+
+        inputs = [lineage.file_input(path) for path in lineage.paths_in(self.inputs)]
+        result = self._lineage_result if stage == "complete" else None
+        outputs = []
+        if isinstance(result, dict) and result.get("run_id"):
+            outputs.append(lineage.run_model_output(self.mlflow_conn_id, result, self.hyperparameters))
+        return lineage.operator_lineage(inputs, outputs)

@@ -217,13 +217,46 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
             if self.data_docs:
                 summary.update(self._store_data_docs(session, result, out_dir, context))
         result.pop("unexpected_rows", None)
+        # per-expectation records: for the lineage facets, not the XCom (28 records for the example)
+        results = result.pop("results", [])
         summary.update(result)
+        self._validation = {**summary, "results": results}
         self._log(summary, notes)
         # also under its own key: a failed or skipped task pushes no return value
         context["ti"].xcom_push(key=SUMMARY_KEY, value=summary)
         if summary["success"]:
             return summary
         return self._apply_policy(summary, context)
+
+    # --- OpenLineage -------------------------------------------------------------------
+
+    #: the summary of the last validation in this task process, with the per-expectation results
+    _validation: dict[str, Any] | None = None
+
+    def openlineage(self, stage: str) -> Any:
+        """
+        The snapshot in (schema, version), with the suite's outcome once validated: one
+        ``dataQualityAssertions`` entry per expectation and ``dataQualityMetrics`` (rows, nulls
+        GE counted); also when the suite failed. With quarantine: the clean snapshot (a new
+        version of the same dataset) and the quarantined rows' dataset out.
+        """
+        from airflow_mlops import lineage
+
+        validation = self._validation if stage != "start" else None
+        quality: dict[str, Any] = {}
+        if validation:
+            rows = validation.get("clean_rows", validation.get("rows"))
+            quality = lineage.data_quality_facets(validation["results"], rows, self.policy)
+        outputs = []
+        if validation and validation.get("quarantine_path"):
+            clean = {"path": validation["path"], "version": validation["version"]}
+            quarantined = {"path": validation["quarantine_path"], "rows": validation["quarantined_rows"]}
+            quarantined["version"] = Path(quarantined["path"]).stem
+            outputs = [
+                lineage.snapshot_output({**clean, "rows": validation.get("clean_rows")}),
+                lineage.snapshot_output(quarantined),
+            ]
+        return lineage.operator_lineage([lineage.file_input(self.data_path, **quality)], outputs)
 
     # --- pieces of execute -------------------------------------------------------------
 

@@ -7,7 +7,8 @@ Started by ``HorovodTrainOperator`` as::
 It initialises Horovod, loads the user's training script, calls its ``train(ctx)`` on every
 rank, and on rank 0 records everything in MLflow: tags (dag/run/task ids, dataset version),
 params, per-epoch metrics, system info and the model (with signature and input example).
-It never imports Airflow.
+Rank 0's run is nested in the DAG run's parent run (``parent_run_id`` of the config) and nests
+the runs of this task's earlier tries (``run_tree.py``). It never imports Airflow.
 
 The user's contract (see docs/training.md)::
 
@@ -35,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import metrics as _metrics  # sibling module in this folder (on sys.path as the script's dir)
+import metrics as _metrics  # sibling modules in this folder (on sys.path as the script's dir)
+import run_tree as _run_tree
 
 
 @dataclass
@@ -317,7 +319,16 @@ def main(config_path: str) -> int:
     found = _fetch_checkpoint(mlflow, experiment.experiment_id, key) if key else None
     tags = {**cfg.get("tags", {}), **({CHECKPOINT_KEY_TAG: key} if key else {})}
     started = time.time()
-    with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags) as run:
+    # nested in the DAG run's parent run (found or created by the operator)
+    parent = cfg.get("parent_run_id")
+    with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags, parent_run_id=parent) as run:
+        task = _run_tree.TaskRef.from_tags(tags)
+        if task is not None:  # earlier tries of this task instance: nested under this run, none RUNNING
+            earlier = _run_tree.supersede_earlier_tries(
+                mlflow.MlflowClient(), experiment.experiment_id, run.info.run_id, task
+            )
+            if earlier:
+                print(f"[run tree] run {run.info.run_id} supersedes earlier tries' runs {', '.join(earlier)}")
         ctx._mlflow = mlflow
         if key:
             ctx._checkpoints = CheckpointStore(mlflow, run.info.artifact_uri)
@@ -340,6 +351,7 @@ def main(config_path: str) -> int:
         out = {
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
+            "parent_run_id": parent,
             "model_uri": model_uri,
             "artifact_path": cfg.get("artifact_path", "model"),
             "metrics": final,

@@ -15,7 +15,16 @@ import runpy
 import sys
 import time
 
-HEAVY = ("mlflow", "feast", "great_expectations", "torch", "horovod", "seldon_core", "alibi_detect")
+HEAVY = (
+    "mlflow",
+    "feast",
+    "great_expectations",
+    "torch",
+    "horovod",
+    "seldon_core",
+    "alibi_detect",
+    "openlineage",  # only inside the operators' get_openlineage_facets_on_* methods
+)
 
 
 def main(dag_file: str, dags_folder: str, result_path: str) -> None:

@@ -807,3 +807,39 @@ def test_mlops_view_lists_kubernetes_deployments_with_their_live_state(seldon_im
     moved = [{**x, "value": {**x["value"], "kubernetes_conn_id": "no_such_cluster"}} for x in xcoms[:2]]
     (listed,) = sources.kubernetes_deployments(moved)
     assert listed["health"] == "unknown" and "no_such_cluster" in listed["health_message"]
+
+
+def test_kubernetes_deploys_name_the_seldondeployment_by_its_cluster_and_namespace_in_lineage(
+    seldon_image_conn,
+):
+    """OpenLineage: the deployment is ``seldon://<API server>`` + ``<namespace>/<name>``, also after a
+    deferral (the result of ``execute_complete`` is what the lineage reads)."""
+    from airflow_mlops import lineage
+    from airflow_mlops.operators.deploy import SeldonDeployOperator
+
+    fake = seldon_image_conn
+    op = SeldonDeployOperator(
+        task_id="deploy",
+        deployment_name="flights",
+        model_uri="s3://models/flights/3",
+        version="3",
+        ready_timeout=30,
+        seldon_conn_id=SELDON_CONN_ID,
+        poll_interval=0.05,
+        deferrable=True,
+    )
+    host = fake.url.split("://", 1)[1]
+    expected = (f"seldon://{host}", f"{NAMESPACE}/flights")
+    assert [(d.namespace, d.name) for d in op.get_openlineage_facets_on_start().outputs] == [expected]
+    result = _run(op)
+    done = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in done.inputs] == [("s3://models", "flights/3")]
+    (deployment,) = done.outputs
+    assert (
+        (deployment.namespace, deployment.name)
+        == expected
+        == lineage.deployment_dataset("flights", mode="kubernetes", host=host, k8s_namespace=NAMESPACE)
+    )
+    facet = deployment.facets["airflowMlops_deployment"]
+    assert (facet.mode, facet.version, facet.endpoint) == ("kubernetes", "3", result["endpoint"])
+    assert facet.predictors == [{"name": "main", "version": "3", "traffic": 100, "shadow": False}]

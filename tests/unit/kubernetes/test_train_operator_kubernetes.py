@@ -77,7 +77,8 @@ def _log_run_for_created_job(fake, mlflow, kind: str = "MPIJob", nonce: str | No
     # the nonce rank 0 tags its run with is the one the operator looks the run up by
     assert cfg["tags"][NONCE_TAG] == job["metadata"]["annotations"]["airflow-mlops.io/nonce"]
     assert cfg["experiment"] == job["metadata"]["annotations"]["airflow-mlops.io/experiment"]
-    tags = {**cfg["tags"], NONCE_TAG: nonce} if nonce else cfg["tags"]
+    tags = {**cfg["tags"], NONCE_TAG: nonce} if nonce else dict(cfg["tags"])
+    tags["mlflow.parentRunId"] = cfg["parent_run_id"]  # mlflow.start_run(parent_run_id=...) on rank 0
 
     client = mlflow.client
     experiment = client.get_experiment_by_name(cfg["experiment"])
@@ -112,6 +113,13 @@ def test_kubernetes_mode_creates_the_job_polls_it_and_returns_the_mlflow_result(
 
     run = logged[0]
     assert run.data.tags["airflow_mlops.k8s_job"] == result["job_name"]
+    # the DAG run's parent run, found or created by the operator, reached the pods in config.json
+    parent = mlflow.client.get_run(result["parent_run_id"])
+    assert parent.data.tags["airflow.parent_key"] == "flights/manual__2026-01-01"
+    assert parent.info.experiment_id == run.info.experiment_id
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.tags["airflow.map_index"] == "-1"
+    assert context["ti"].xcoms["_link_MlflowParentRunLink"].endswith(f"/runs/{parent.info.run_id}")
     assert result["run_id"] == run.info.run_id and result["metrics"] == {"roc_auc": 0.71}
     assert result["experiment_id"] == run.info.experiment_id
     assert mlflow.client.get_experiment(result["experiment_id"]).name == "flights_delay"
@@ -199,6 +207,7 @@ def test_a_retry_reattaches_to_the_running_job_instead_of_creating_another(fake,
     assert fake.calls("DELETE") == []
     assert result["run_id"] == run.info.run_id and result["metrics"] == {"roc_auc": 0.71}
     assert run.data.tags["airflow.try_number"] == "1"  # the run of the job try 1 created
+    assert result["parent_run_id"] == run.data.tags["mlflow.parentRunId"]  # the same DAG-run parent
     job = next(iter(o for (k, _, _), o in fake.objects.items() if k == "MPIJob"))
     assert job["metadata"]["labels"]["airflow-mlops.io/try-number"] == "1"  # created by try 1
 

@@ -348,3 +348,44 @@ def test_the_deferrable_sensor_fails_when_the_router_is_killed(env, name, monkey
     assert SeldonHook().local_status(name) == ("Failed", event["message"])  # the synchronous check agrees
     with pytest.raises(AirflowException, match=f"router .*pid {router['pid']}"):
         sensor.execute_complete(context("watch"), event)
+
+
+def test_a_real_deploy_and_the_drift_check_through_it_name_the_same_deployment_in_lineage(
+    env, name, tmp_path
+):
+    """OpenLineage: the deploy's output is the drift check's input (found from the endpoint it scores)."""
+    import pandas as pd
+    from airflow_mlops import lineage
+    from airflow_mlops.operators.deploy import SeldonDeployOperator
+    from airflow_mlops.operators.drift import DriftDetectOperator
+
+    op = SeldonDeployOperator(
+        task_id="deploy",
+        deployment_name=name,
+        model_uri=str(env["models"]["1"]),
+        version="1",
+        ready_timeout=120,
+        drain_seconds=1,
+    )
+    result = op.execute(context())
+    done = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in done.inputs] == [
+        lineage.path_dataset(env["models"]["1"], logical=False)
+    ]
+    (deployment,) = done.outputs
+    assert (deployment.namespace, deployment.name) == lineage.deployment_dataset(name)
+    facet = deployment.facets["airflowMlops_deployment"]
+    assert (facet.version, facet.endpoint, facet.changed) == ("1", result["endpoint"], True)
+
+    for side in ("reference", "window"):
+        pd.DataFrame({"hour": [5.0, 6.0]}).to_parquet(tmp_path / f"{side}.parquet")
+    check = DriftDetectOperator(
+        task_id="detect_drift",
+        reference_path=str(tmp_path / "reference.parquet"),
+        current_path=str(tmp_path / "window.parquet"),
+        numeric_features=["hour"],
+        endpoint=result["endpoint"],
+    )
+    started = check.get_openlineage_facets_on_start()
+    assert (deployment.namespace, deployment.name) in [(d.namespace, d.name) for d in started.inputs]
+    assert [(d.namespace, d.name) for d in started.outputs] == [lineage.drift_dataset(name)]
