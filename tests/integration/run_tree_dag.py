@@ -3,7 +3,7 @@
 Usage: ``python run_tree_dag.py WORK_DIR RESULT.json MLFLOW_URL`` with ``AIRFLOW_HOME``,
 ``AIRFLOW__CORE__DAGS_FOLDER`` (a fresh folder), ``AIRFLOW__MLOPS__RUNTIMES_DIR`` and
 ``AIRFLOW_CONN_MLFLOW_DEFAULT`` (the real MLflow server ``MLFLOW_URL``) set. Run by
-``test_run_tree.py``.
+``test_run_tree_dag_run.py``.
 
 * pass 1: ``dag.test()`` runs the DAG run;
 * pass 2: "clear and rerun" of that DAG run: ``dag.test()`` on the same logical date clears the
