@@ -10,8 +10,9 @@ Then, ``--windows`` times: ``window_rows`` July flights are sent through the sta
 
 What the interval is made of: the model server's inference-log flush (≤ 1 s), the watcher's
 poll (``poll_interval`` = 2 s), the drift test in the drift runtime (a subprocess: importing
-alibi-detect dominates), the asset event and the scheduler's next loop. The baseline is the
-usual alternative, a drift check on an hourly cron: 30 min on average (1,800 s).
+alibi-detect dominates), the asset event and the scheduler's next loop. The baseline is not
+measured: it is a *modelled* hourly cron check (a window landing at a uniformly random moment
+waits half the period, 1,800 s, on average, before a check sees it), printed as such.
 
     .venv/bin/python bench/loop.py [--windows 3] [--json out.json]
 """
@@ -37,7 +38,8 @@ sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench"), str(REPO / "dags")]
 DEPLOYMENT = "bench-loop"
 DAG_ID = "bench_loop_retrain"
 WINDOW_ROWS = 2000
-HOURLY_CRON_MEAN_S = 1800.0
+# modelled, not measured: the mean wait of a window for an hourly cron check (half the period)
+MODELLED_HOURLY_CRON_MEAN_S = 3600.0 / 2
 TARGET_S = 30.0
 
 DAG_FILE = f'''
@@ -140,18 +142,22 @@ def main() -> None:
         SeldonHook().stop(DEPLOYMENT)
         stack.stop()
     median = statistics.median(figures)
+    # p95 by linear interpolation; with fewer than 20 windows it leans on the largest ones
+    p95 = statistics.quantiles(figures, n=20, method="inclusive")[18] if len(figures) > 1 else figures[0]
     summary = {
         "windows": figures,
         "median_s": median,
+        "p95_s": p95,
         "target_s": TARGET_S,
-        "vs_hourly_cron": median / HOURLY_CRON_MEAN_S,
+        "vs_modelled_hourly_cron": median / MODELLED_HOURLY_CRON_MEAN_S,
         "load_avg": os.getloadavg(),
     }
     print(
         f"\n| measure | seconds |\n| --- | --- |\n"
         f"| drifted window landed → retraining run queued (median of {len(figures)}) | {median:.1f} |\n"
-        f"| hourly cron check, mean wait | {HOURLY_CRON_MEAN_S:.0f} |\n"
-        f"| ratio | {summary['vs_hourly_cron']:.4f} |  (target: under {TARGET_S:.0f} s)"
+        f"| the same, p95 | {p95:.1f} |\n"
+        f"| hourly cron check, mean wait (modelled, not measured) | {MODELLED_HOURLY_CRON_MEAN_S:.0f} |\n"
+        f"| ratio | {summary['vs_modelled_hourly_cron']:.4f} |  (target: under {TARGET_S:.0f} s)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
