@@ -154,8 +154,12 @@ class MlflowServer:
         self.log.close()
 
 
-def runtime_env(runtime: Path, **extra: str) -> dict[str, str]:
+def runtime_env(runtime: Path, threads: int = 0, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    if threads:
+        # torch.set_num_threads covers intra-op threads only; OpenMP/MKL pools and inter-op threads
+        # would otherwise be sized from the machine in one mode and by horovodrun in another
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.update(PATH=f"{runtime / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1", **extra)
     env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     return env
@@ -188,7 +192,7 @@ def run_once(
     proc = subprocess.run(
         args,
         cwd=run_dir,
-        env=runtime_env(runtime, MLFLOW_TRACKING_URI=mlflow_url),
+        env=runtime_env(runtime, int(cfg.get("torch_threads") or 0), MLFLOW_TRACKING_URI=mlflow_url),
         capture_output=True,
         text=True,
     )
@@ -212,14 +216,14 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=31, help="days of January 2013 to train on")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating repeats of each mode (medians)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch threads per process (default: the entry's, cpu_count // processes); a small model on "
-        "a busy machine gets steadier figures with 1",
+        default=1,
+        help="torch (and OpenMP/MKL) threads per process, the same in every mode so the modes compare; "
+        "0 lets each mode pick as the operator does (plain and np=1: cpu_count, np=N: cpu_count // N)",
     )
     parser.add_argument(
         "--runtimes-dir", default=os.environ.get("MLOPS_RUNTIMES_DIR") or str(REPO / ".runtimes")
@@ -258,10 +262,15 @@ def main() -> None:
         finally:
             server.stop()
     median = {name: statistics.median(r["samples_per_s"] for r in rs) for name, rs in rows.items()}
+    spread = {
+        name: [min(r["samples_per_s"] for r in rs), max(r["samples_per_s"] for r in rs)]
+        for name, rs in rows.items()
+    }
     summary = {
         "device": args.device,
         "train_rows": train_rows,
         "median_samples_per_s": median,
+        "min_max_samples_per_s": spread,
         "ratio_np1_vs_plain": round(median["horovod_np1"] / median["plain"], 3),
         "ratio_np2_vs_plain": round(median["horovod_np2"] / median["plain"], 3),
         "cpu_count": os.cpu_count(),
