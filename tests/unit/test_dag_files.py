@@ -13,17 +13,6 @@ DAGS_DIR = REPO / "dags"
 #: what Airflow parses: the top-level files (``include/`` and ``feature_repo/`` are in .airflowignore)
 DAG_FILES = sorted(DAGS_DIR.glob("*.py"))
 EXPECTED_DAG_IDS = {"flights_delay_pipeline", "flights_delay_retrain", "flights_delay_rollback"}
-HEAVY = (
-    "mlflow",
-    "feast",
-    "great_expectations",
-    "torch",
-    "horovod",
-    "seldon_core",
-    "alibi_detect",
-    "openlineage",  # only inside the operators' get_openlineage_facets_on_* methods
-)
-
 HEAVY_DAG = '''\
 """A DAG file that imports MLflow at parse time: the guard must report it."""
 from airflow.sdk import DAG
