@@ -240,9 +240,18 @@ MINI_LAUNCHER = _py(
     """
     import queue, subprocess, sys, threading
 
+    out = threading.Lock()
+
+    def say(text):
+        with out:
+            sys.stdout.write(text + "\\n")
+            sys.stdout.flush()
+
     def relay(rank, stream, name):
+        # one write per line, as Horovod's forward_stream does: print() writes the text and the
+        # newline separately, so two relay threads could splice their lines together
         for line in stream:
-            print(f"[{rank}]<{name}>:{line.rstrip()}", flush=True)
+            say(f"[{rank}]<{name}>:{line.rstrip()}")
 
     def watch(rank, proc, threads):
         for t in threads:
@@ -262,11 +271,11 @@ MINI_LAUNCHER = _py(
     failed = None
     for _ in sys.argv[1:]:
         rank, code = exits.get()  # in the order the workers end, as Horovod reports them
-        print(f"Process {rank} exit with status code {code}.", flush=True)
+        say(f"Process {rank} exit with status code {code}.")
         if code and failed is None:
             failed = rank
     for i in range(30):
-        print(f"shutting down {i}")
+        say(f"shutting down {i}")
     if failed is not None:
         raise RuntimeError(
             "Horovod detected that one or more processes exited with non-zero status, thus causing "

@@ -43,22 +43,30 @@ n = int(n)
 def barrier(name):
     Path(folder, f"{name}-{me}").touch()
     while len(list(Path(folder).glob(f"{name}-*"))) < n:
+        # a racer that failed never arrives: stop rather than wait for it forever
+        failed = sorted(p.name for p in Path(folder).glob("failed-*"))
+        if failed:
+            sys.exit(f"racer {me} stopped waiting at {name!r}: {failed}")
         time.sleep(0.005)
 
 
-from mlflow import MlflowClient
+try:
+    from mlflow import MlflowClient
 
-from airflow_mlops.runtimes import run_tree
+    from airflow_mlops.runtimes import run_tree
 
-client = MlflowClient(url)
-client.get_experiment(experiment_id)  # the first request loads MLflow's plugins: not in the race
-barrier("ready")
-# 1. the public function, every process at once
-first = run_tree.find_or_create_parent(client, experiment_id, "racing", f"manual__{tag}-1")
-# 2. the worst case: every creator has made its candidate before anyone elects
-candidate = client.create_run(experiment_id, run_name=f"racing/manual__{tag}-2").info.run_id
-barrier("candidates")
-second = run_tree.elect(client, experiment_id, f"racing/manual__{tag}-2", candidate)
+    client = MlflowClient(url)
+    client.get_experiment(experiment_id)  # the first request loads MLflow's plugins: not in the race
+    barrier("ready")
+    # 1. the public function, every process at once
+    first = run_tree.find_or_create_parent(client, experiment_id, "racing", f"manual__{tag}-1")
+    # 2. the worst case: every creator has made its candidate before anyone elects
+    candidate = client.create_run(experiment_id, run_name=f"racing/manual__{tag}-2").info.run_id
+    barrier("candidates")
+    second = run_tree.elect(client, experiment_id, f"racing/manual__{tag}-2", candidate)
+except BaseException:
+    Path(folder, f"failed-{me}").touch()
+    raise
 print("RESULT " + json.dumps({"first": first, "candidate": candidate, "second": second}), flush=True)
 """
 
@@ -89,6 +97,7 @@ def test_concurrent_processes_get_one_parent(tracking, experiment_id, tmp_path):
     from airflow_mlops.runtimes.run_tree import lock_name
 
     tag = uuid.uuid4().hex[:8]
+    logs = [tmp_path / f"racer-{i}.log" for i in range(CREATORS)]
     procs = [
         subprocess.Popen(
             [
@@ -102,16 +111,30 @@ def test_concurrent_processes_get_one_parent(tracking, experiment_id, tmp_path):
                 str(tmp_path),
                 tag,
             ],
-            stdout=subprocess.PIPE,
+            stdout=log.open("w"),
             stderr=subprocess.STDOUT,
-            text=True,
         )
-        for i in range(CREATORS)
+        for i, log in enumerate(logs)
     ]
-    results = []
+    # one racer's failure ends the others (see RACER's barrier); a stalled one is killed, and every
+    # racer's output is shown rather than a bare timeout
+    deadline = time.monotonic() + 600
     for proc in procs:
-        output, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, output[-4000:]
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            proc.wait()
+    outputs = [log.read_text() for log in logs]
+    failed = [
+        f"racer {i} exited with {p.returncode}:\n{out[-3000:]}"
+        for i, (p, out) in enumerate(zip(procs, outputs, strict=True))
+        if p.returncode
+    ]
+    assert not failed, "\n\n".join(failed)
+    results = []
+    for output in outputs:
         assert "Could not" not in output, output[-4000:]  # no lock or candidate left behind
         results.append(json.loads(next(x for x in output.splitlines() if x.startswith("RESULT "))[7:]))
     client = tracking.client
