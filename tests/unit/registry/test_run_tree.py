@@ -98,24 +98,26 @@ def test_concurrent_processes_get_one_parent(tracking, experiment_id, tmp_path):
 
     tag = uuid.uuid4().hex[:8]
     logs = [tmp_path / f"racer-{i}.log" for i in range(CREATORS)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                RACER,
-                tracking.url,
-                experiment_id,
-                str(CREATORS),
-                str(i),
-                str(tmp_path),
-                tag,
-            ],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for i, log in enumerate(logs)
-    ]
+    procs = []
+    for i, log in enumerate(logs):
+        with log.open("w") as out:  # the racer writes to its own copy of the descriptor
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        RACER,
+                        tracking.url,
+                        experiment_id,
+                        str(CREATORS),
+                        str(i),
+                        str(tmp_path),
+                        tag,
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     # one racer's failure ends the others (see RACER's barrier); a stalled one is killed, and every
     # racer's output is shown rather than a bare timeout
     deadline = time.monotonic() + 600
