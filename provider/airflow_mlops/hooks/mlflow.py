@@ -104,6 +104,28 @@ class MlflowHook(BaseHook):
     def model_version_url(self, name: str, version: str | int) -> str:
         return f"{self.tracking_uri}/#/models/{name}/versions/{version}"
 
+    @contextmanager
+    def unreachable_as_error(self, task: str) -> Iterator[None]:
+        """
+        Around a task's MLflow calls: a server that stays unreachable after the client's retries
+        (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, about 4 minutes by default) fails the task with an
+        :class:`~airflow_mlops.exceptions.MlopsError` that names the server and what to do.
+        """
+        from airflow_mlops.exceptions import MlopsError
+
+        try:
+            yield
+        except Exception as err:
+            if not _is_unreachable(err):
+                raise
+            raise MlopsError(
+                f"{task}: the MLflow server at {self.tracking_uri} (connection '{self.mlflow_conn_id}') "
+                f"did not answer after the client's retries: {_first_line(err)}. Start it or fix the "
+                "connection's host, then retry the task: it is idempotent (no second model version, "
+                "no second alias move). Longer outages: give the task retries, or raise "
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT."
+            ) from err
+
     def find_version_for_run(self, name: str, run_id: str):
         """The registered version of ``name`` created from ``run_id``, or None (makes retries idempotent)."""
         versions = self.client.search_model_versions(f"name={filter_value(name)} and run_id='{run_id}'")
@@ -125,8 +147,14 @@ class MlflowHook(BaseHook):
 
         try:
             return self.client.get_model_version_by_alias(name, alias).version
-        except MlflowException:
-            return None
+        except MlflowException as err:
+            # only "no such alias/model" means None: an unreachable server must not read as "no
+            # champion" (a gate would then promote, a register move the alias)
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+                "not found" in err.message or err.error_code == "RESOURCE_DOES_NOT_EXIST"
+            ):
+                return None
+            raise
 
     def set_alias(self, name: str, alias: str, version: str | int) -> str | None:
         """
@@ -373,6 +401,40 @@ def quiet_mlflow() -> None:
     if not isinstance(logging_utils.MLFLOW_LOGGING_STREAM, LogStream):
         # eprint() writes to this stream, which forwards to sys.stderr
         logging_utils.MLFLOW_LOGGING_STREAM = LogStream("mlflow")
+
+
+#: what an MLflow client error says when the server could not be reached (urllib3 / requests)
+_UNREACHABLE_MARKERS = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Read timed out",
+    "RemoteDisconnected",
+    "Connection reset",
+    "Connection aborted",
+)
+
+
+def _is_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (an MLflow or requests error) means the server did not answer."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError") or isinstance(
+            current, ConnectionError
+        ):
+            return True
+        if any(marker in str(current) for marker in _UNREACHABLE_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:500]
 
 
 def tracking_uri_of(conn: Any, conn_id: str) -> str:

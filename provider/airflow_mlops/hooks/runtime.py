@@ -477,36 +477,16 @@ class OutputScanner:
         return "\n".join(parts)
 
 
-def _reap(pid: int) -> None:
-    """Collect ``pid``'s exit status if it is a child of this process that has ended."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: init (or its own parent) reaps it
-        pass
-
-
-def stop_process_group(pid: int, grace: float = 10.0) -> bool:
+def stop_process_group(pid: int, grace: float = 10.0, pid_start: int | None = None) -> bool:
     """
-    SIGTERM the process group led by ``pid`` (not our child), then SIGKILL it after ``grace`` s.
+    SIGTERM the process group led by ``pid`` (not our child), then SIGKILL it after ``grace`` s —
+    also when ``pid`` itself already died and only the rest of its group runs (a model server's
+    workers). With ``pid_start`` (the leader's recorded start time, see
+    :func:`airflow_mlops.serving.state.process_start_time`), a live ``pid`` that started at
+    another time is another process that reused the pid: it is left alone.
 
     :return: whether there was a group to stop.
     """
-    import time
+    from airflow_mlops.serving.state import stop_group
 
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(pid)  # a leader that is our own child stays a zombie (and keeps the group) until reaped
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return True
+    return stop_group(pid, pid_start, grace)

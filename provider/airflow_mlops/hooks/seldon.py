@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +34,15 @@ from airflow_mlops.serving.state import (
     DeploymentState,
     DeploymentStore,
     Predictor,
+    ProcessRecord,
     RouterRecord,
     ServerRecord,
     deployment_names,
+    health_summary,
     pid_alive,
     process_record,
+    replicas_of,
+    stop_group,
     tracked_alive,
 )
 
@@ -96,6 +100,19 @@ def router_environ(
             wanted = [k for k in source if k.startswith(SECRETS_BACKEND_PREFIXES)]
         extra.update({k: source[k] for k in wanted})
     return runtime_environ("router", None, extra, ROUTER_PASSTHROUGH, source)
+
+
+def supervisor_environ(
+    feature_lookup: Mapping[str, Any] | None = None, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """
+    The supervisor's environment: what the router gets (:func:`router_environ`) and what a model
+    server takes from the worker (the serving runtime's allow-list). It restarts each process
+    with the variables that process was started with, by name, from this environment.
+    """
+    from airflow_mlops.hooks.runtime import runtime_environ
+
+    return {**runtime_environ("serving", None, None, (), source), **router_environ(feature_lookup, source)}
 
 
 def _log_error(log_path: Path) -> str:
@@ -226,15 +243,42 @@ class SeldonHook(BaseHook):
         failure = state.failure(name)
         if failure:
             return "Failed", failure
+        health = health_summary(state)
+        recovering = state.recovering()
+        if recovering and not self._answers(state.endpoint):
+            return "Creating", f"{name!r}: {recovering}; {health}"
         if self._answers(state.endpoint):
-            return "Available", f"{name!r} serves version {state.version} at {state.endpoint}"
-        return "Creating", f"{name!r} does not answer {state.endpoint}/health/ping yet"
+            return "Available", f"{name!r} serves version {state.version} at {state.endpoint}; {health}"
+        return "Creating", f"{name!r} does not answer {state.endpoint}/health/ping yet; {health}"
 
     # -- local model servers -----------------------------------------------------------------
     def start_local(
-        self, name: str, model_dir: str, version: str, ready_timeout: float = 180
+        self, name: str, model_dir: str, version: str, ready_timeout: float = 180, replicas: int = 1
     ) -> ServerRecord:
-        """Start a model server for ``model_dir`` on a new port and wait until it answers."""
+        """
+        Start ``replicas`` model servers for ``model_dir``, each on a new port, and wait until all
+        answer. :return: the first one's record, with ``replicas`` (all of them) when more than one.
+        """
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        started: list[tuple[ServerRecord, Any]] = []
+        try:
+            for _ in range(replicas):
+                started.append(self._spawn_server(name, model_dir, version))
+            for record, proc in started:
+                self._await_server(record, proc, name, version, ready_timeout)
+        except BaseException:
+            for record, _ in started:
+                self.stop_state(record)
+            raise
+        records = [record for record, _ in started]
+        first = dict(records[0])
+        if replicas > 1:
+            first["replicas"] = records
+        return first  # type: ignore[return-value]
+
+    def _spawn_server(self, name: str, model_dir: str, version: str) -> tuple[ServerRecord, Any]:
+        """Start one model server on new ports; record how to start it again (the supervisor does)."""
         from airflow_mlops.hooks.runtime import RuntimeHook
 
         runtime = RuntimeHook("serving", self.runtimes_dir)
@@ -269,6 +313,8 @@ class SeldonHook(BaseHook):
             "--workers",
             "1",
         ]
+        full_env = runtime.environ(env)
+        env_set = {**env, "PATH": full_env["PATH"], "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as log_file:
             # its own session: the server outlives this task process (and its process group)
             proc = runtime.start(args, env=env, cwd=str(workdir), stdout=log_file)
@@ -282,17 +328,27 @@ class SeldonHook(BaseHook):
             model_dir=str(model_dir),
             log=str(log_path),
             started_at=time.time(),
+            argv=[str(a) for a in args],
+            cwd=str(workdir),
+            env_keys=sorted(set(full_env) - set(env_set)),
+            env_set=env_set,
+            restarts=0,
         )
         # a record per process: a deploy killed before it switched leaves one to reap
         store.write_process(workdir, record)
+        return record, proc
+
+    def _await_server(
+        self, record: ServerRecord, proc: Any, name: str, version: str, ready_timeout: float
+    ) -> None:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             if self.is_healthy(record, timeout=2):
-                return record
+                return
             time.sleep(0.5)
-        self.stop_state(record)
+        log_path = Path(record["log"])
         why = "exited" if proc.poll() is not None else f"did not become ready within {ready_timeout:.0f}s"
         raise DeploymentError(
             f"The model server for version {version} of {name} {why}: {_log_error(log_path)} "
@@ -300,11 +356,12 @@ class SeldonHook(BaseHook):
         )
 
     def stop_state(self, record: Mapping[str, Any] | None, grace: float = 10) -> None:
-        """Stop the process (group) of ``record`` if it still runs (never a process that reused its pid)."""
-        from airflow_mlops.hooks.runtime import stop_process_group
-
-        if record and tracked_alive(record):
-            stop_process_group(int(record["pid"]), grace)
+        """
+        Stop the process group of ``record`` and every replica it lists — also a group whose
+        leader died (its workers may still run) — never a process that reused a recorded pid.
+        """
+        for server in replicas_of(record):
+            stop_group(server.get("pid"), server.get("pid_start"), grace)
 
     def reap_orphans(self, name: str) -> list[ServerRecord]:
         """
@@ -315,7 +372,7 @@ class SeldonHook(BaseHook):
         stops it, so nothing is orphaned.
         """
         store = self.store(name)
-        in_use = {p.get("pid") for p in store.read_or_empty().servers}
+        in_use = {r.get("pid") for _, _, r in store.read_or_empty().server_processes()}
         reaped = []
         for record in store.process_records():
             if record.get("pid") not in in_use and tracked_alive(record):
@@ -354,43 +411,99 @@ class SeldonHook(BaseHook):
             feature_lookup = store.read_or_empty().feature_lookup
         env = router_environ(feature_lookup)
         needed = sorted(set(env) - set(router_environ(None)))  # what only the lookup needs
-        if record and (port is None or record.get("port") == port) and self._router_answers(record):
+        if record and (port is None or record.get("port") == port) and tracked_alive(record):
             given = record.get("env_keys")
             if given is not None and set(needed) <= set(given):
-                return record
-            why = "with the worker's whole environment" if given is None else f"without {needed}"
-            self.log.info("Restarting the router of %s on its port: it was started %s", name, why)
-        if record:
-            self.stop_state(record)
+                # running (maybe just restarted by the supervisor): give it time to answer
+                deadline = time.monotonic() + min(ready_timeout, 30)
+                while time.monotonic() < deadline and tracked_alive(record):
+                    if self._router_answers(record):
+                        return record
+                    time.sleep(0.2)
+            else:
+                why = "with the worker's whole environment" if given is None else f"without {needed}"
+                self.log.info("Restarting the router of %s on its port: it was started %s", name, why)
         host = self.bind_host
-        port = port or (record or {}).get("port") or free_port(host)
         store.dir.mkdir(parents=True, exist_ok=True)
         log_path = store.dir / "router.log"
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "airflow_mlops.serving.router", "--state", str(store.current_path),
-                 "--host", host, "--port", str(port)],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-            )  # fmt: skip
-        record = process_record(
-            proc.pid,
-            host=host,
-            port=port,
-            endpoint=f"http://{host}:{port}",
-            log=str(log_path),
-            env_keys=sorted(env),
-        )
+        with store.lock():  # the supervisor never restarts the old one while this one starts
+            current = store.read_router() or record
+            if current:
+                self.stop_state(current)
+            port = port or (current or {}).get("port") or free_port(host)
+            argv = [sys.executable, "-m", "airflow_mlops.serving.router", "--state", str(store.current_path),
+                    "--host", host, "--port", str(port)]  # fmt: skip
+            with open(log_path, "ab") as log_file:
+                proc = subprocess.Popen(
+                    argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
+                )
+            record = process_record(
+                proc.pid,
+                host=host,
+                port=port,
+                endpoint=f"http://{host}:{port}",
+                log=str(log_path),
+                env_keys=sorted(env),
+                argv=argv,
+                env_set={},
+                started_at=time.time(),
+                restarts=0,
+            )
+            store.write_router(record)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if self._router_answers(record):
-                store.write_router(record)
                 return record
             time.sleep(0.2)
-        self.stop_state(record)
+        with store.lock():  # a router that cannot serve here is not restarted either
+            store.write_router({k: v for k, v in record.items() if k != "argv"})  # type: ignore[arg-type]
+            self.stop_state(record)
         raise DeploymentError(
             f"The router of {name} could not serve on {host}:{port}: {_log_error(log_path)} "
             f"Log: {log_path}. If the port is taken, pass another port= or free it."
         )
+
+    def ensure_supervisor(self, name: str, feature_lookup: Mapping[str, Any] | None = None) -> ProcessRecord:
+        """
+        The deployment's supervisor (``serving/supervisor.py``): the running one, or a new one.
+
+        It restarts the router and model servers that die, on their ports, with the environment
+        they were started with; one started without what ``feature_lookup`` (default: the
+        routing's) needs is replaced.
+        """
+        import subprocess
+        import sys
+
+        store = self.store(name)
+        if feature_lookup is None:
+            feature_lookup = store.read_or_empty().feature_lookup
+        env = supervisor_environ(feature_lookup)
+        record = store.read_supervisor()
+        if record and tracked_alive(record) and set(env) <= set(record.get("env_keys") or []):
+            if store.read_or_empty().supervisor != record:
+                store.write_supervisor(record)
+            return record
+        if record:
+            self.stop_state(record)
+        store.dir.mkdir(parents=True, exist_ok=True)
+        log_path = store.dir / "supervisor.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", str(store.dir)],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env,
+            )  # fmt: skip
+        record = process_record(proc.pid, log=str(log_path), env_keys=sorted(env), started_at=time.time())
+        store.write_supervisor(record)
+        return record
+
+    def stop_supervisor(self, name: str) -> None:
+        """Stop the deployment's supervisor: what dies from now on stays dead."""
+        store = self.store(name)
+        record = store.read_supervisor()
+        if record:
+            self.stop_state(record)
+            store.write_supervisor(None)
 
     def _router_answers(self, record: Mapping[str, Any]) -> bool:
         return tracked_alive(record) and self._answers(record.get("endpoint"), 2, "/router/status")
@@ -403,6 +516,7 @@ class SeldonHook(BaseHook):
         one started without it is restarted on its port.
         """
         router = self.ensure_router(name, feature_lookup=feature_lookup or {})
+        self.ensure_supervisor(name, feature_lookup=feature_lookup or {})
         self.store(name).update(feature_lookup=dict(feature_lookup) if feature_lookup else None)
         return router
 
@@ -413,11 +527,22 @@ class SeldonHook(BaseHook):
             store.update(max_request_bytes=max_request_bytes)
 
     # -- routing changes -----------------------------------------------------------------------
-    def _routing(self, name: str, predictors: list[Predictor], **changes: Any) -> DeploymentState:
+    def _routing(
+        self, name: str, change: Callable[[DeploymentState], tuple[list[Predictor], dict[str, Any]]]
+    ) -> tuple[DeploymentState, DeploymentState]:
+        """
+        Change the routing under the deployment's lock (:meth:`DeploymentStore.modify`): ``change``
+        gets the routing as it is now and returns ``(predictors, other changes)``. The write is
+        atomic: the router re-reads this file while requests flow. :return: ``(before, after)``.
+        """
         store = self.store(name)
-        state = store.read_or_empty().routing(name, predictors, store.read_router(), **changes)
-        store.write(state)  # atomic: the router re-reads this file while requests flow
-        return state
+
+        def routed(current: DeploymentState) -> DeploymentState:
+            predictors, changes = change(current)
+            changes.setdefault("supervisor", store.read_supervisor() or current.supervisor)
+            return current.routing(name, predictors, store.read_router(), **changes)
+
+        return store.modify(routed)
 
     def switch(
         self, name: str, new_state: Mapping[str, Any], drain_seconds: float = 2.0, **record: Any
@@ -427,42 +552,47 @@ class SeldonHook(BaseHook):
 
         The old servers are stopped ``drain_seconds`` after the routing changed, so requests
         already on their way finish; the router retries a refused connection on the new one.
+        What is stopped is read under the lock that made the switch: a server the supervisor
+        restarted meanwhile is stopped too.
         :return: the main predictor that was replaced, if any.
         """
-        current = self.store(name).read_or_empty()
-        old, previous = current.servers, current.main
-        self._routing(
-            name,
-            [{**new_state, "role": "main", "traffic": 100, **record}],  # type: ignore[list-item]
-            shadow=None,
-            history=current.history_with(previous),
-            previous_version=(previous or {}).get("version"),
-        )
-        self._retire(old, new_state, drain_seconds)
-        return previous
+
+        def change(current: DeploymentState) -> tuple[list[Predictor], dict[str, Any]]:
+            previous = current.main
+            return [{**new_state, "role": "main", "traffic": 100, **record}], {  # type: ignore[list-item]
+                "shadow": None,
+                "history": current.history_with(previous),
+                "previous_version": (previous or {}).get("version"),
+            }
+
+        before, after = self._routing(name, change)
+        self._retire(before, after, drain_seconds)
+        return before.main
 
     def add_canary(
         self, name: str, new_state: Mapping[str, Any], traffic: int, shadow: bool = False, **record: Any
     ) -> None:
         """Route ``traffic`` % of requests to ``new_state`` (or a copy of all of them, as a shadow)."""
-        current = self.store(name).read_or_empty()
-        main = current.main
-        if main is None:
-            raise DeploymentError(
-                f"{name!r} has no version serving yet: deploy one with traffic=100 before a canary or shadow."
-            )
-        replaced = [p for p in current.servers if p.get("role") != "main"]
         candidate: Predictor = {
             **new_state,  # type: ignore[typeddict-item]
             "role": "shadow" if shadow else "canary",
             "traffic": 0 if shadow else traffic,
             **record,
         }
-        if shadow:
-            self._routing(name, [{**main, "traffic": 100}], shadow=candidate)
-        else:
-            self._routing(name, [{**main, "traffic": 100 - traffic}, candidate], shadow=None)
-        self._retire(replaced, new_state, drain_seconds=2.0)
+
+        def change(current: DeploymentState) -> tuple[list[Predictor], dict[str, Any]]:
+            main = current.main
+            if main is None:
+                raise DeploymentError(
+                    f"{name!r} has no version serving yet: deploy one with traffic=100 before a canary "
+                    "or shadow."
+                )
+            if shadow:
+                return [{**main, "traffic": 100}], {"shadow": candidate}
+            return [{**main, "traffic": 100 - traffic}, candidate], {"shadow": None}
+
+        before, after = self._routing(name, change)
+        self._retire(before, after, drain_seconds=2.0)
 
     def promote_canary(self, name: str, drain_seconds: float = 2.0) -> Predictor:
         """The canary (or shadow) becomes the main predictor with all the traffic."""
@@ -470,7 +600,7 @@ class SeldonHook(BaseHook):
         candidate = current.canary or current.shadow
         if candidate is None:
             raise DeploymentError(f"{name!r} has no canary or shadow to promote.")
-        if not self.is_healthy(candidate):
+        if not any(self.is_healthy(r) for r in replicas_of(candidate)):
             raise DeploymentError(
                 f"The canary of {name!r} (version {candidate['version']}) does not answer; not promoted. "
                 "The main version keeps serving."
@@ -478,22 +608,32 @@ class SeldonHook(BaseHook):
         self.switch(name, {k: v for k, v in candidate.items() if k not in ("role", "traffic")}, drain_seconds)
         return candidate
 
-    def _retire(self, old: list[Predictor], keep: Mapping[str, Any], drain_seconds: float) -> None:
-        retiring = [p for p in old if p.get("pid") != keep.get("pid")]
+    def _retire(self, before: DeploymentState, after: DeploymentState, drain_seconds: float) -> None:
+        """Stop the model servers ``before`` named and ``after`` no longer does, once drained."""
+        kept = {(r.get("pid"), r.get("pid_start")) for _, _, r in after.server_processes()}
+        retiring = [
+            r for _, _, r in before.server_processes() if (r.get("pid"), r.get("pid_start")) not in kept
+        ]
         if retiring:
             time.sleep(drain_seconds)
-        for predictor in retiring:
-            self.stop_state(predictor)
+        for record in retiring:
+            self.stop_state(record)
 
     def record_rollout(self, name: str, outcome: Mapping[str, Any]) -> None:
         """Remember the outcome of the last rollout (shown by the MLOps page) without touching the routing."""
         self.store(name).record_rollout(outcome)
 
     def stop(self, name: str) -> None:
-        """Stop every process of local deployment ``name``: its model servers and its router."""
+        """
+        Stop every process of local deployment ``name``: its supervisor first (nothing is
+        restarted behind the stop), then its model servers (every replica, every server ever
+        started for it) and its router — each by process group, also when its leader died.
+        """
         store = self.store(name)
-        for record in [*store.read_or_empty().servers, *store.all_processes()]:
-            self.stop_state(record)
+        for record in store.stop_all():
+            self.log.info("Stopped pid %s of deployment %s", record.get("pid"), name)
+        if store.dir.is_dir():
+            store.write_supervisor(None)
 
     # -- calling an endpoint -------------------------------------------------------------------
     def predict(

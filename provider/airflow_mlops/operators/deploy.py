@@ -36,6 +36,21 @@ def input_example(model_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(data["data"], columns=data["columns"])
 
 
+def replicas_count(replicas: Any) -> int:
+    """``replicas`` as a whole number >= 1 (a rendered template may be a string of one).
+
+    :raises ValueError: anything else.
+    """
+    value = replicas
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"replicas is the number of model servers of the version, a whole number >= 1; got {replicas!r}."
+        )
+    return value
+
+
 class _SeldonOperator(MlopsBaseOperator):
     """What the Seldon operators share: the connection, the deployment's name, the result."""
 
@@ -88,6 +103,7 @@ class _SeldonOperator(MlopsBaseOperator):
 
     def _result(self, context: Context, changed: bool, **extra: Any) -> dict[str, Any]:
         from airflow_mlops.hooks.seldon import PREDICT_PATH
+        from airflow_mlops.serving.state import replicas_of
 
         state = self.seldon.state(self.deployment_name)
         if state is None or not state.endpoint:
@@ -107,6 +123,8 @@ class _SeldonOperator(MlopsBaseOperator):
             ],
             "shadow_version": (state.shadow or {}).get("version"),
             "pid": main.get("pid"),
+            "replicas": len(replicas_of(main)) if main else 0,
+            "supervisor_pid": (state.supervisor or {}).get("pid"),
             "changed": changed,
             **extra,
         }
@@ -172,8 +190,10 @@ class SeldonDeployOperator(_SeldonOperator):
     Serve a model version with Seldon Core; the new version takes traffic only once healthy.
 
     **Local mode** (the embedded default): each version runs in its own seldon-core
-    microservice (serving runtime) on 127.0.0.1, behind a router that owns the deployment's
-    *stable* address (``port``, kept across deploys). Blue/green: the new version starts on a
+    microservice(s) (serving runtime, ``replicas`` of them) on 127.0.0.1, behind a router that
+    owns the deployment's *stable* address (``port``, kept across deploys), under a supervisor
+    that restarts the router or a model server that dies, on its port, with backoff
+    (``serving/supervisor.py``). Blue/green: the new version starts on a
     new port, must answer its readiness probe and a smoke prediction on the model's input
     example, then the router sends it the traffic and the old server is stopped after
     ``drain_seconds``. With ``traffic`` < 100 the new version is a canary taking that share of
@@ -204,7 +224,11 @@ class SeldonDeployOperator(_SeldonOperator):
         router fetches the features from the Feast online store.
     :param max_request_bytes: local mode: the largest request body the stable address accepts
         (larger ones get 413); None: the router's default, 10 MiB.
-    :param replicas: Kubernetes mode: replicas per predictor.
+    :param replicas: model servers of the new version (an int >= 1, templated). Local mode: that
+        many seldon-core microservices, each on its own port; the router spreads requests over
+        the live ones and retries a prediction whose connection failed on another one, so one
+        crash costs no request (the deployment's supervisor restarts the dead one on its port).
+        Kubernetes mode: the predictor's ``replicas`` (pods) in the SeldonDeployment.
     :param container_resources: Kubernetes mode: requests/limits of the model server's container
         (``{"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": 1}}``).
     :param image: Kubernetes mode: serving image (default: the prepackaged ``MLFLOW_SERVER``).
@@ -223,6 +247,7 @@ class SeldonDeployOperator(_SeldonOperator):
         "version",
         "model_uri",
         "reference_path",
+        "replicas",
     )
 
     def __init__(
@@ -255,6 +280,8 @@ class SeldonDeployOperator(_SeldonOperator):
             raise ValueError(f"traffic is a percentage of requests in (0, 100], got {traffic}.")
         if shadow and traffic != 100:
             raise ValueError("A shadow takes a copy of all requests: leave traffic at 100 with shadow=True.")
+        if not isinstance(replicas, str):  # a template is checked once rendered
+            replicas_count(replicas)
         self.model_name = model_name
         self.alias = alias
         self.version = version
@@ -330,15 +357,25 @@ class SeldonDeployOperator(_SeldonOperator):
     def _already_serving(self, state: DeploymentState | None, version: str) -> bool:
         if state is None:
             return False
+        from airflow_mlops.serving.state import replicas_of
+
         serving = {"replace": [state.main], "canary": [state.canary], "shadow": [state.shadow]}[self.strategy]
         if self.strategy == "replace" and state.canary:
             return False  # a canary is still taking traffic: replacing means removing it
-        return any(p and str(p.get("version")) == version and self.seldon.is_healthy(p) for p in serving)
+        return any(
+            p
+            and str(p.get("version")) == version
+            and len(replicas_of(p)) == replicas_count(self.replicas)
+            and all(self.seldon.is_healthy(r) for r in replicas_of(p))
+            for p in serving
+        )
 
     def _smoke_test(self, new: dict[str, Any], model_dir: Path, version: str) -> None:
         try:
             example = input_example(model_dir)
-            probabilities = self.seldon.predict(new["endpoint"], example)
+            # not traffic: tagged so the model server answers without logging (the drift
+            # watcher reads the inference log as served traffic)
+            probabilities = self.seldon.predict(new["endpoint"], example, log=False)
             if len(probabilities) != len(example):
                 raise DeploymentError(f"it returned {len(probabilities)} values for {len(example)} rows")
         except Exception as err:
@@ -379,10 +416,13 @@ class SeldonDeployOperator(_SeldonOperator):
 
     def _deploy_local(self, context: Context) -> dict[str, Any]:
         seldon, name = self.seldon, self.deployment_name
+        replicas = replicas_count(self.replicas)
         seldon.reap_orphans(name)
         # the stable address first: a restarted router keeps serving the current version (it is
         # given what the lookup this deploy brings needs, e.g. its feast connection)
         router = seldon.ensure_router(name, self.port, feature_lookup=self.feature_lookup)
+        # then what restarts any of the deployment's processes that dies
+        seldon.ensure_supervisor(name, feature_lookup=self.feature_lookup)
         version = self._resolve_version()
         if self._already_serving(seldon.state(name), version):
             seldon.set_request_limit(name, self.max_request_bytes)
@@ -390,7 +430,9 @@ class SeldonDeployOperator(_SeldonOperator):
             return self._result(context, changed=False, strategy=self.strategy)
         try:
             model_dir = self._model_dir(version)
-            self._pending = new = seldon.start_local(name, str(model_dir), version, self.ready_timeout)
+            self._pending = new = seldon.start_local(
+                name, str(model_dir), version, self.ready_timeout, replicas=replicas
+            )
             self._smoke_test(new, model_dir, version)
             if self.feature_lookup is not None and seldon.state(name):
                 self._configure_lookup()
@@ -508,7 +550,9 @@ class SeldonPromoteCanaryOperator(_SeldonOperator):
 
 class SeldonRollbackOperator(SeldonDeployOperator):
     """
-    Serve an earlier version again: the one before the current version, or ``to_version``.
+    Serve a version this deployment served again: the one before the current version, or
+    ``to_version`` — any version it served, the current one included (redeployed fresh: new
+    model servers from its kept files, e.g. to recover one that crashed).
 
     The same blue/green rollout as a deploy (readiness, smoke prediction, switch), from the
     model files kept for every version this deployment served; a canary or shadow is removed.
@@ -528,26 +572,80 @@ class SeldonRollbackOperator(SeldonDeployOperator):
         from airflow_mlops.serving.state import EMPTY
 
         state = self.seldon.state(self.deployment_name) or EMPTY
-        history = [h for h in reversed(state.history) if str(h.get("version")) != state.version]
+        current: list[HistoryEntry] = []
+        if state.main and state.main.get("model_dir"):
+            main = state.main
+            current = [
+                {  # type: ignore[list-item]
+                    k: main.get(k)
+                    for k in (
+                        "version",
+                        "model_name",
+                        "model_uri",
+                        "model_dir",
+                        "reference_path",
+                        "started_at",
+                    )
+                }
+            ]
         if self.to_version:
-            history = [h for h in history if str(h.get("version")) == str(self.to_version)]
+            # any version it served, the current one included (newest record first)
+            known = [*current, *reversed(state.history)]
+            history = [h for h in known if str(h.get("version")) == str(self.to_version)]
+        else:
+            history = [h for h in reversed(state.history) if str(h.get("version")) != state.version]
+        if not history and self.to_version:
+            registered = self._registered(state.model_name or self.model_name)
+            if registered is not None:
+                return registered
         if not history:
+            served = sorted({str(h.get("version")) for h in [*current, *state.history]})
             raise DeploymentError(
-                f"{self.deployment_name!r} has no earlier version"
-                + (f" {self.to_version}" if self.to_version else "")
-                + f" to roll back to (it serves {state.version!r}; served before: "
-                + f"{[h.get('version') for h in state.history]})."
+                f"{self.deployment_name!r} has no "
+                + (
+                    f"version {self.to_version} it served or registered"
+                    if self.to_version
+                    else "earlier version"
+                )
+                + f" to roll back to (it serves {state.version!r}; versions it served: {served})."
             )
         return history[0]
+
+    def _registered(self, model_name: str | None) -> HistoryEntry | None:
+        """``to_version`` of the registered model, when the deployment never served it (None: no model)."""
+        if not model_name:
+            return None
+        try:
+            self._mlflow.client.get_model_version(model_name, str(self.to_version))
+        except Exception as err:
+            raise DeploymentError(
+                f"{self.deployment_name!r} never served version {self.to_version} and the registry has no "
+                f"version {self.to_version} of {model_name!r} ({type(err).__name__}: {str(err)[:200]})."
+            ) from err
+        return {
+            "version": str(self.to_version),
+            "model_name": model_name,
+            "model_uri": None,
+            "model_dir": None,
+        }
+
+    def _already_serving(self, state: DeploymentState | None, version: str) -> bool:
+        return False  # a rollback always serves fresh model servers (the current version's too)
 
     def _resolve_version(self) -> str:
         return str(self._target()["version"])
 
     def _source_uri(self, version: str) -> str:
-        return self._target().get("model_uri") or str(self._target()["model_dir"])
+        target = self._target()
+        if target.get("model_uri") or target.get("model_dir"):
+            return target.get("model_uri") or str(target["model_dir"])
+        return f"models:/{target['model_name']}/{version}"  # a registered version never served here
 
     def _model_dir(self, version: str) -> Path:
-        return Path(self._target()["model_dir"])
+        target = self._target()
+        if target.get("model_dir") and (Path(target["model_dir"]) / "MLmodel").exists():
+            return Path(target["model_dir"])
+        return super()._model_dir(version)  # downloaded from the registry (kept from now on)
 
     def execute(self, context: Context) -> dict[str, Any]:
         if self.seldon.mode == "kubernetes":

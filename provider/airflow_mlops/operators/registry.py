@@ -212,8 +212,35 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         mv = hook.mlflow.register_model(
             f"runs:/{self.run_id}/{self.artifact_path}", self.model_name, tags=tags
         )
-        hook.wait_until_ready(self.model_name, mv.version)
-        return str(mv.version), True
+        version = self._one_version(hook, str(mv.version))
+        hook.wait_until_ready(self.model_name, version)
+        return version, True
+
+    def _one_version(self, hook: MlflowHook, version: str) -> str:
+        """
+        The run's one version: the oldest, the others deleted.
+
+        MLflow's client retries a request that timed out, POSTs included: a server that stalled
+        (stopped, overloaded) while creating the version then creates it once per try. All of
+        them are this run's and this task's (a retry reuses the version), so the oldest is kept.
+        """
+        from airflow_mlops.runtimes.run_tree import filter_value
+
+        versions = hook.client.search_model_versions(
+            f"name={filter_value(self.model_name)} and run_id='{self.run_id}'"
+        )
+        numbers = sorted({int(v.version) for v in versions} | {int(version)})
+        for extra in numbers[1:]:
+            self.log.warning(
+                "MLflow created version %s of %s for run %s again (a retried request): deleting it, "
+                "version %s is the run's",
+                extra,
+                self.model_name,
+                self.run_id,
+                numbers[0],
+            )
+            hook.client.delete_model_version(self.model_name, str(extra))
+        return str(numbers[0])
 
     def _champion_decision(self, hook: MlflowHook, version: str) -> dict[str, Any]:
         if self.champion_alias is None:
@@ -255,6 +282,10 @@ class MlflowRegisterModelOperator(MlopsBaseOperator):
         from airflow_mlops.hooks.mlflow import MlflowHook
 
         hook = MlflowHook(self.mlflow_conn_id)
+        with hook.unreachable_as_error(f"{self.task_id} (register {self.model_name!r})"):
+            return self._execute(context, hook)
+
+    def _execute(self, context: Context, hook: MlflowHook) -> dict[str, Any]:
         tags = self._tags(context)  # lineage checked before anything is written
         tree = self._run_tree(hook, context)
         # the version links to its training run (also its run_id) and that run's DAG-run parent
@@ -380,6 +411,10 @@ class MlflowSetAliasOperator(MlopsBaseOperator):
         from airflow_mlops.hooks.mlflow import MlflowHook
 
         hook = MlflowHook(self.mlflow_conn_id)
+        with hook.unreachable_as_error(f"{self.task_id} (set alias {self.alias!r} of {self.model_name!r})"):
+            return self._execute(context, hook)
+
+    def _execute(self, context: Context, hook: MlflowHook) -> dict[str, Any]:
         version = self._target(hook)
         previous = hook.set_alias(self.model_name, self.alias, version)
         changed = previous != version
@@ -688,6 +723,10 @@ class ChampionChallengerGateOperator(BaseBranchOperator):
         from airflow_mlops.hooks.mlflow import MlflowHook
 
         hook = MlflowHook(self.mlflow_conn_id)
+        with hook.unreachable_as_error(f"{self.task_id} (gate {self.model_name!r})"):
+            return self._choose_branch(context, hook)
+
+    def _choose_branch(self, context: Context, hook: MlflowHook) -> list[str] | None:
         challenger = self._challenger(hook)
         champion = hook.alias_version(self.model_name, self.champion_alias)
         if champion == challenger:  # a retry after the promotion, or nothing new

@@ -172,8 +172,10 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         """The parent run of this DAG run in ``experiment`` (created on first use), linked from the task."""
         from airflow_mlops.runtimes.run_tree import TaskRef
 
-        experiment_id = mlflow_hook.experiment_id(experiment)
-        parent = mlflow_hook.dag_run_parent(experiment_id, TaskRef.from_ti(context["ti"]))
+        # before anything is launched: an MLflow that does not answer fails the task clearly
+        with mlflow_hook.unreachable_as_error(f"{self.task_id} (train)"):
+            experiment_id = mlflow_hook.experiment_id(experiment)
+            parent = mlflow_hook.dag_run_parent(experiment_id, TaskRef.from_ti(context["ti"]))
         MlflowParentRunLink.persist(context, mlflow_hook.run_url(parent, experiment_id))
         return parent
 

@@ -658,6 +658,11 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
                 "last_rollout": None,
                 # recorded by the deploy itself: a failed rollout leaves the old version serving
                 "rollout_outcome": state.last_rollout,
+                # each process (supervisor, router, every model server replica): live or dead,
+                # and how often its supervisor restarted it
+                "processes": state.health(),
+                "restarts": state.restarts,
+                "supervised": state.supervised,
             }
         )
     return out
@@ -929,6 +934,8 @@ def watcher_windows(data_dir: Path) -> list[dict[str, Any]]:
             | {"deployment": deployment, "model_name": meta.get("model_name")}
             | {"model_version": meta.get("model_version"), "window": meta.get("window")}
             | {"observed": meta.get("observed"), "rows": meta.get("rows"), "window_id": window_id}
+            # tested during the watcher's cooldown: {"until", "state": held/fired/superseded/no drift}
+            | {"cooldown": meta.get("cooldown") if isinstance(meta.get("cooldown"), dict) else None}
         )
     points += watcher_status_points(data_dir)
     return sorted(points, key=lambda p: p["checked_at"])
@@ -940,7 +947,9 @@ def watcher_status_points(data_dir: Path) -> list[dict[str, Any]]:
     as one ``source: "watcher"``, ``kind: "status"`` entry per watcher that has something to say:
     ``error`` (why it cannot watch now: no such local deployment, an unreadable state...),
     ``unreadable_files`` / ``unreadable_file_count`` (inference-log files it skipped) and
-    ``windows_not_tested`` (windows it could not test; each is an entry of its own).
+    ``windows_not_tested`` (windows it could not test; each is an entry of its own), and
+    ``held_window`` / ``cooldown_until`` (a drifted window seen during its cooldown, which fires
+    when the cooldown ends) with ``windows_held``.
     """
     points = []
     for path in (data_dir / "drift" / WATCHERS).glob("*/status.json"):
@@ -948,7 +957,8 @@ def watcher_status_points(data_dir: Path) -> list[dict[str, Any]]:
         if not status:
             continue
         skipped = int(status.get("unreadable_file_count") or 0)
-        if not status.get("error") and not skipped:
+        held = status.get("held_window")
+        if not status.get("error") and not skipped and not held:
             continue
         deployment = path.parent.name
         point = _untested_point(path, status.get("error"))
@@ -960,6 +970,8 @@ def watcher_status_points(data_dir: Path) -> list[dict[str, Any]]:
             | {"report_url": None, "error_since": _epoch_iso(status.get("error_since"))}
             | {"unreadable_files": status.get("unreadable_files") or [], "unreadable_file_count": skipped}
             | {"windows_not_tested": int(status.get("windows_not_tested") or 0)}
+            | {"held_window": held, "windows_held": int(status.get("windows_held") or 0)}
+            | {"cooldown_until": _epoch_iso(status.get("cooldown_until")) if held else None}
         )
     return points
 

@@ -107,14 +107,26 @@ the Arrow table and writes one file per flush, every
 ``INFERENCE_LOG_FLUSH_SECONDS`` or as soon as ``INFERENCE_LOG_MAX_ROWS`` rows are
 buffered, and once more at process exit (``atexit``, plus a multiprocessing
 finaliser for seldon's ``multiprocessing`` children, which exit through
-``os._exit``).  A process killed with SIGKILL loses its unflushed rows.  Errors
-in the writer are logged and drop that batch: logging never fails a prediction.
+``os._exit``).  Errors in the writer are logged and drop that batch (counted in
+``dropped_rows``): logging never fails a prediction.
+
+No answered prediction is lost to a crash: before the answer leaves, the request's
+record is appended with one ``write`` (no buffer) to this process's journal segment,
+``.journal/<pid>-<start ticks>-<seq>.jsonl`` in the log directory; the flush that
+writes the segment's rows as Parquet notes the file in ``<segment>.done`` before the
+rename and deletes both after it.  A process killed with SIGKILL leaves its segment;
+the next model server of the log (its restart) writes it as Parquet once it has loaded
+its model (:meth:`InferenceLogWriter.recover`) — a segment whose ``.done`` file exists
+is only deleted, so no row is written twice.  A request whose ``meta.tags`` has a
+``request_id`` (the router sets one, kept across its retries) is logged under it.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as _dt
+import fcntl
 import itertools
 import json
 import logging
@@ -142,6 +154,13 @@ def _wants_log(meta: Any) -> bool:
     """False for a request tagged ``{"mlops_log": false}`` (a drift check's reference rows)."""
     tags = meta.get("tags") if isinstance(meta, dict) else None
     return not (isinstance(tags, dict) and tags.get(NO_LOG_TAG) is False)
+
+
+def _request_id(meta: Any) -> str | None:
+    """The request id the router (or the client) set in ``meta.tags.request_id``."""
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    value = tags.get("request_id") if isinstance(tags, dict) else None
+    return str(value)[:128] if value else None
 
 
 LOG_COLUMNS = ("request_id", "row", "ts", "model_version", "latency_ms", "prediction")
@@ -334,6 +353,107 @@ def _feature_names(names: list[str]) -> list[str]:
     return out
 
 
+JOURNAL_DIR = ".journal"
+JOURNAL_SUFFIX = ".jsonl"
+#: beside a segment being written to Parquet: the file its rows go to (``<segment>.done``)
+DONE_SUFFIX = ".done"
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def _writer_alive(pid_text: str, ticks: str) -> bool:
+    """The writer ``<pid>-<start ticks>`` still runs (a reused pid is another process)."""
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and fields[19] == ticks
+
+
+def _journal_line(record: tuple) -> bytes:
+    request_id, ts_ms, version, latency_ms, names, rows, out = record
+    rows = np.asarray(rows)
+    out = np.asarray(out)
+    return (
+        json.dumps(
+            {
+                "id": request_id,
+                "ts": ts_ms,
+                "v": version,
+                "ms": latency_ms,
+                "names": list(names),
+                "rows": rows.tolist(),
+                "out": out.tolist() if out.dtype.kind in "biuf" else [str(v) for v in out.reshape(-1)],
+            },
+            default=str,
+        ).encode()
+        + b"\n"
+    )
+
+
+def _read_journal(path: str) -> list[tuple]:
+    """The records of a journal segment; a last line cut off by the kill is left out (it was
+    never answered: the answer leaves after the write)."""
+    batch = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            batch.append(
+                (
+                    r["id"],
+                    r["ts"],
+                    r["v"],
+                    r["ms"],
+                    r["names"],
+                    np.asarray(r["rows"], dtype=object),
+                    np.asarray(r["out"]),
+                )
+            )
+    return batch
+
+
+def _remember(log_dir: str, segment: str, final: str) -> None:
+    """Note, before the rename, that ``segment``'s rows go to ``final`` (``<segment>.done``)."""
+    with open(os.path.join(log_dir, JOURNAL_DIR, segment + DONE_SUFFIX), "w") as f:
+        f.write(os.path.relpath(final, log_dir))
+
+
+def _committed(log_dir: str, segment: str) -> bool:
+    """``segment``'s Parquet file exists already (its writer died before deleting the segment)."""
+    try:
+        with open(os.path.join(log_dir, JOURNAL_DIR, segment + DONE_SUFFIX)) as f:
+            name = f.read().strip()
+    except OSError:
+        return False
+    return bool(name) and os.path.exists(os.path.join(log_dir, name))
+
+
+def _forget(log_dir: str, segment_path: str) -> None:
+    """A segment written to Parquet: delete it, then its ``.done`` note."""
+    for path in (segment_path, segment_path + DONE_SUFFIX):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 class InferenceLogWriter:
     """Per-process buffer of predicted rows, flushed to hourly Parquet partitions.
 
@@ -363,6 +483,11 @@ class InferenceLogWriter:
         self._stop = threading.Event()
         self._last_error = -math.inf
         self.dropped_rows = 0
+        #: this process's journal: ``<pid>-<start time>`` names it for good
+        self._writer_id = f"{self._pid}-{_start_ticks(self._pid)}"
+        self._segment_seq = next(_SEQ)
+        self._segment_fd: int | None = None
+        self.recovered_rows = 0
 
     # -- request path -------------------------------------------------------------------
     def append(
@@ -378,7 +503,9 @@ class InferenceLogWriter:
         if self._pid != os.getpid():  # forked without the at-fork hook
             self._reset()
         record = (request_id, ts_ms, model_version, latency_ms, names, rows, out)
+        line = _journal_line(record)
         with self._lock:
+            self._journal(line)
             self._buffer.append(record)
             self._rows += len(rows)
             full = self._rows >= self.max_rows
@@ -399,8 +526,95 @@ class InferenceLogWriter:
         # which skips atexit but runs multiprocessing's finalisers
         multiprocessing.util.Finalize(self, self.close, exitpriority=10)
 
+    # -- the journal: what is answered is on disk before the answer leaves -------------------
+    @property
+    def journal_dir(self) -> str:
+        return os.path.join(self.log_dir, JOURNAL_DIR)
+
+    def _segment_path(self, seq: int) -> str:
+        return os.path.join(self.journal_dir, f"{self._writer_id}-{seq:06d}{JOURNAL_SUFFIX}")
+
+    def _journal(self, line: bytes) -> None:
+        """Append one record to this process's open journal segment (the caller holds the lock):
+        one ``write`` to a file opened ``O_APPEND``, so a process killed right after it (SIGKILL)
+        keeps the record in the kernel's page cache and on disk."""
+        try:
+            if self._segment_fd is None:
+                os.makedirs(self.journal_dir, exist_ok=True)
+                self._segment_fd = os.open(
+                    self._segment_path(self._segment_seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+                )
+            os.write(self._segment_fd, line)
+        except OSError:  # the Parquet write still gets the rows; only a crash now could lose them
+            logger.exception("inference log: could not journal a request in %s", self.journal_dir)
+
+    def _rotate(self) -> str | None:
+        """Close the open segment (the caller holds the lock): its rows are the batch being flushed.
+        :return: its path, deleted once the batch's Parquet file is in place."""
+        fd, self._segment_fd = self._segment_fd, None
+        path = self._segment_path(self._segment_seq)
+        self._segment_seq = next(_SEQ)
+        if fd is None:
+            return None
+        os.close(fd)
+        return path
+
+    def recover(self) -> int:
+        """
+        Write the journals of log writers that died (killed before their buffer reached Parquet)
+        as Parquet files, then delete them. A segment whose Parquet file was already written (the
+        writer died between the rename and the delete) is only deleted: no row twice.
+        :return: rows recovered.
+        """
+        try:
+            names = sorted(os.listdir(self.journal_dir))
+        except OSError:
+            return 0
+        recovered = 0
+        for name in names:
+            if not name.endswith(JOURNAL_SUFFIX):
+                if name.endswith(DONE_SUFFIX) and name[: -len(DONE_SUFFIX)] not in names:
+                    with contextlib.suppress(OSError):  # its segment is gone: a leftover note
+                        os.unlink(os.path.join(self.journal_dir, name))
+                continue
+            writer, _, seq = name[: -len(JOURNAL_SUFFIX)].rpartition("-")
+            pid_text, _, ticks = writer.partition("-")
+            if writer == self._writer_id or _writer_alive(pid_text, ticks):
+                continue
+            path = os.path.join(self.journal_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # recovered by another server meanwhile
+            try:
+                # one recoverer per segment: another model server of this log may be at it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # recovered and deleted while we waited
+                if not _committed(self.log_dir, name):
+                    batch = _read_journal(path)
+                    if batch:
+                        with self._write_lock:
+                            self._write(batch, segment=name)
+                        recovered += sum(len(r[5]) for r in batch)
+                _forget(self.log_dir, path)
+            except BlockingIOError:
+                continue
+            except Exception:
+                logger.exception("inference log: could not recover the journal %s", path)
+            finally:
+                os.close(fd)
+        if recovered:
+            logger.warning("inference log: recovered %d rows a killed model server had answered", recovered)
+        self.recovered_rows += recovered
+        return recovered
+
     # -- writer -------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self.recover()
+        except Exception:
+            logger.exception("inference log: journal recovery failed in %s", self.log_dir)
         while not self._stop.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
@@ -425,11 +639,12 @@ class InferenceLogWriter:
         with self._lock:
             batch, self._buffer = self._buffer, []
             self._rows = 0
+            segment = self._rotate() if batch else None
         if not batch:
             return None
         try:
             with self._write_lock:
-                return self._write(batch)
+                final = self._write(batch, segment=os.path.basename(segment) if segment else None)
         except Exception:
             n = sum(len(r[5]) for r in batch)
             self.dropped_rows += n
@@ -442,7 +657,12 @@ class InferenceLogWriter:
                     self.log_dir,
                     self.dropped_rows,
                 )
+            if segment:  # the rows are counted as dropped: recovering them later would be a surprise
+                _forget(self.log_dir, segment)
             return None
+        if segment:
+            _forget(self.log_dir, segment)
+        return final
 
     def _table(self, batch: list[tuple]):
         import pyarrow as pa
@@ -502,7 +722,7 @@ class InferenceLogWriter:
             arrays[name] = sparse(parts)
         return pa.table(arrays)
 
-    def _write(self, batch: list[tuple]) -> str:
+    def _write(self, batch: list[tuple], segment: str | None = None) -> str:
         import pyarrow.parquet as pq
 
         table = self._table(batch)
@@ -521,6 +741,8 @@ class InferenceLogWriter:
             final = os.path.join(
                 part_dir, f"part-{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{pid}-{seq:06d}.parquet"
             )
+            if segment:  # recovery skips a segment whose file is in place (no row twice)
+                _remember(self.log_dir, segment, final)
             os.replace(tmp, final)
         except BaseException:
             try:
@@ -574,6 +796,10 @@ class MlflowModel:
         import mlflow.pyfunc  # heavy import (several seconds), deferred until a worker loads
 
         self.model = mlflow.pyfunc.load_model(self.model_uri)
+        if self._log_writer is not None:
+            # a restarted server writes the journal its killed predecessor left now, not only
+            # once it logs its first request (it may get none for a while)
+            threading.Thread(target=self._recover_log, name="inference-log-recovery", daemon=True).start()
         signature = self.model.metadata.signature
         if signature is not None:  # the loaded model's own signature wins (MODEL_URI may be remote)
             self._inputs, self._outputs = parse_signature(signature.to_dict())
@@ -703,7 +929,8 @@ class MlflowModel:
     def predict(self, X: Any, features_names: Iterable[str] | None = None, **kwargs: Any) -> np.ndarray:
         if self.model is None:
             self.load()
-        request_id = str(uuid.uuid4())
+        # the router's id (kept on a retry of the same request), else a new one
+        request_id = _request_id(kwargs.get("meta")) or str(uuid.uuid4())
         self._local.request_id = request_id
         ts_ms = time.time_ns() // 1_000_000
         started = time.perf_counter()
@@ -738,6 +965,12 @@ class MlflowModel:
             self._log_writer.append(request_id, ts_ms, self.model_version, latency_ms, names, rows, out)
         except Exception:  # logging must never fail a prediction
             logger.exception("failed to buffer a request for the inference log in %s", self.inference_log_dir)
+
+    def _recover_log(self) -> None:
+        try:
+            self._log_writer.recover()
+        except Exception:
+            logger.exception("inference log: journal recovery failed in %s", self.inference_log_dir)
 
     def flush_inference_log(self) -> str | None:
         """Write the buffered inference-log rows now; the file's path (None if nothing was buffered)."""

@@ -21,8 +21,13 @@ class SeldonDeploymentSensor(BaseSensorOperator):
 
     Local mode: ``Available`` when the router and the main model server run and answer
     ``/health/ping`` through the stable address; ``Failed`` when one of their processes is gone
-    (a killed or crashed server is reported at the next poke, with its pid), or when the
-    deployment does not exist. Kubernetes mode: the ``SeldonDeployment``'s ``status.state``.
+    and no supervisor restarts it (a killed or crashed server is reported at the next poke, with
+    its pid), or when the deployment does not exist. A process that died under a live supervisor
+    is being restarted: ``Creating`` until it answers again. Every poke logs how many processes
+    run and how often they were restarted; the task's result (XCom) is the deployment's health:
+    ``{"deployment", "state", "version", "restarts", "supervised", "processes": [{"process",
+    "pid", "port", "alive", "restarts", ...}]}``. Kubernetes mode: the ``SeldonDeployment``'s
+    ``status.state``.
 
     :param deployment_name: the deployment (templated).
     :param seldon_conn_id: the ``seldon`` connection (mode, namespace).
@@ -65,11 +70,43 @@ class SeldonDeploymentSensor(BaseSensorOperator):
             raise AirflowException(f"Deployment {self.deployment_name} failed: {message}")
         return state == "Available"
 
+    def health(self, state: str = "Available") -> dict[str, Any] | None:
+        """Local mode: the deployment's processes, whether they run, and their restarts."""
+        from airflow_mlops.hooks.seldon import SeldonHook
+
+        hook = SeldonHook(self.seldon_conn_id)
+        if hook.mode == "kubernetes":
+            return None
+        current = hook.state(self.deployment_name)
+        if current is None:
+            return None
+        health = {
+            "deployment": self.deployment_name,
+            "state": state,
+            "version": current.version,
+            "restarts": current.restarts,
+            "supervised": current.supervised,
+            "processes": current.health(),
+        }
+        self.log.info(
+            "%s: version %s, %d restarts; processes: %s",
+            self.deployment_name,
+            current.version,
+            current.restarts,
+            ", ".join(
+                f"{h['process']} pid {h['pid']} {'alive' if h['alive'] else 'DEAD'} "
+                f"({h['restarts']} restarts)"
+                for h in health["processes"]
+            ),
+        )
+        return health
+
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
-            return super().execute(context)
+            super().execute(context)
+            return self.health()
         if self.poke(context):
-            return None
+            return self.health()
         from airflow_mlops.hooks.seldon import SeldonHook
         from airflow_mlops.triggers.seldon import SeldonDeploymentTrigger
 
@@ -88,8 +125,8 @@ class SeldonDeploymentSensor(BaseSensorOperator):
             timeout=backstop_timeout(self),
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         if (event or {}).get("status") == "success":
             self.log.info("%s: %s", self.deployment_name, event.get("message"))
-            return
+            return self.health()
         raise_for_trigger_event(self, event, "Check the deployment's server logs, or raise timeout.")

@@ -18,9 +18,18 @@ Kubernetes: it reads the deployment's routing (``current.json``, through
 * optionally looks features up in the Feast online store first (``feature_lookup`` in the
   routing: a client sends entity keys as ``{"jsonData": {"rows": [...]}}`` and gets a
   probability), which is the pre-processing step of the served graph;
-* retries a request once, against the routing read again, when a model server refuses the
-  connection: a blue/green switch stops the old server only after the routing moved, so a
-  request caught in between is answered by the new one instead of failing;
+* spreads each predictor's requests over its live replicas (``replicas`` in the routing, each
+  a model server of the same version), and when the connection to one fails before any answer
+  (refused, reset, closed) retries the prediction — predictions are idempotent — on another
+  live replica of the SAME version, against the routing read again (the supervisor may have
+  restarted one on its port meanwhile); a version the routing no longer names (a blue/green
+  switch stopped it after the routing moved) is replaced by what the routing names now;
+* answers ``503`` with ``Retry-After`` and a Seldon error naming the version and the pids while
+  no model server of the version answers (the supervisor is restarting it); each prediction
+  carries a request id (``meta.tags.request_id``, kept when the client sends one) so the one
+  answered prediction of a retried request is logged under one id;
+* counts every connection failure as an error (``errors`` per predictor, ``failures`` per model
+  server process in ``/router/status``) and logs it, with version, pid and port, to router.log;
 * refuses a request body larger than the routing's ``max_request_bytes`` (default
   :data:`DEFAULT_MAX_REQUEST_BYTES`) with 413, and answers every failure — its own, the
   feature store's — with a Seldon error body
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import random
@@ -47,12 +57,20 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from airflow_mlops.serving.state import EMPTY, CorruptState, DeploymentState, DeploymentStore
+from airflow_mlops.serving.state import (
+    EMPTY,
+    CorruptState,
+    DeploymentState,
+    DeploymentStore,
+    replicas_of,
+    tracked_alive,
+)
 
 PREDICT_PATH = "/api/v1.0/predictions"
 FEEDBACK_PATH = "/api/v1.0/feedback"
@@ -79,14 +97,33 @@ DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 #: instead of a reset connection; a larger one is cut off
 _DRAIN_BYTES = 256 * 1024 * 1024
 _CONNECT_ERRORS = (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine, OSError)
+#: the connection failed before any answer came: the model server did not answer this request
+#: (refused: nothing listens; reset or closed: it died, or closed an idle keep-alive connection)
+_NO_ANSWER = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+              http.client.RemoteDisconnected)  # fmt: skip
+#: seconds a client is told to wait (``Retry-After``) while no model server of a version answers
+RETRY_AFTER_S = 1
+
+
+class NoAnswer(Exception):
+    """No model server of a version answered (each connection failed before any answer)."""
+
+    def __init__(self, version: Any, tried: list[dict[str, Any]], error: BaseException) -> None:
+        pids = [r.get("pid") for r in tried]
+        super().__init__(
+            f"no model server of version {version} answered (pids {pids}: {type(error).__name__}: {error}); "
+            "the deployment's supervisor restarts what died"
+        )
+        self.version, self.pids = version, pids
 
 
 class RequestError(Exception):
     """A request the router answers itself, with a Seldon error body."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.reason = status, reason
+        self.headers = headers or {}
 
 
 class LookupNotReady(RequestError):
@@ -131,6 +168,10 @@ class Routing:
         self._failed: tuple[dict[str, Any], int] | None = None  # (config, state mtime) that failed
         self.lookup_error: str | None = None
         self.counters: dict[str, dict[str, int]] = {}
+        #: connection failures per model server process (``v<version>:<port>:<pid>``)
+        self.failures: dict[str, int] = {}
+        self._turns: dict[str, itertools.count] = {}
+        self._logged: dict[str, tuple[float, int]] = {}
 
     @property
     def name(self) -> str:
@@ -218,8 +259,54 @@ class Routing:
     def count(self, predictor: dict[str, Any] | None, key: str) -> None:
         name = f"{(predictor or {}).get('role', '?')}:v{(predictor or {}).get('version', '?')}"
         with self._lock:
-            counts = self.counters.setdefault(name, {"requests": 0, "errors": 0, "retries": 0})
-            counts[key] += 1
+            counts = self.counters.setdefault(
+                name, {"requests": 0, "errors": 0, "retries": 0, "unavailable": 0}
+            )
+            counts[key] = counts.get(key, 0) + 1
+
+    def replicas(self, predictor: dict[str, Any]) -> list[dict[str, Any]]:
+        """The model servers of ``predictor`` in the order to try them: live ones first, taking
+        turns (round robin), then those whose process looks gone (its record may be stale)."""
+        replicas = replicas_of(predictor)
+        if len(replicas) == 1:
+            return list(replicas)
+        key = str(predictor.get("version"))
+        with self._lock:
+            turn = next(self._turns.setdefault(key, itertools.count()))
+        start = turn % len(replicas)
+        ordered = replicas[start:] + replicas[:start]
+        alive = [r for r in ordered if tracked_alive(r)]
+        return alive + [r for r in ordered if r not in alive]
+
+    def current(self, predictor: dict[str, Any]) -> dict[str, Any] | None:
+        """``predictor``'s version as the routing names it now (same role), or None: switched away."""
+        version, role = str(predictor.get("version")), predictor.get("role")
+        for candidate in [*self.state.predictors, *([self.state.shadow] if self.state.shadow else [])]:
+            if str(candidate.get("version")) == version and candidate.get("role") == role:
+                return candidate
+        return None
+
+    def failed(self, predictor: dict[str, Any], replica: dict[str, Any], err: BaseException) -> None:
+        """A connection to ``replica`` failed: an error of its predictor, a failure of the process,
+        and a line in router.log (one a second per process at most, with the count left out)."""
+        self.count(predictor, "errors")
+        key = f"v{predictor.get('version')}:{replica.get('port')}:{replica.get('pid')}"
+        with self._lock:
+            self.failures[key] = self.failures.get(key, 0) + 1
+            last, quiet = self._logged.get(key, (0.0, 0))
+            now = time.monotonic()
+            if now - last < 1.0:
+                self._logged[key] = (last, quiet + 1)
+                return
+            self._logged[key] = (now, 0)
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        print(
+            f"router: {time.strftime('%H:%M:%S')} connection to the model server of version "
+            f"{predictor.get('version')} (pid {replica.get('pid')}, {replica.get('endpoint')}) failed: "
+            f"{type(err).__name__}: {err}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _Connections(threading.local):
@@ -238,6 +325,7 @@ class _Connections(threading.local):
         content_type: str = "application/json",
     ) -> tuple[int, bytes, str]:
         conn = self.pool.get(endpoint)
+        reused = conn is not None
         if conn is None:
             parts = urlsplit(endpoint)
             conn = self.pool[endpoint] = http.client.HTTPConnection(
@@ -248,6 +336,12 @@ class _Connections(threading.local):
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             return response.status, response.read(), response.getheader("Content-Type", "application/json")
+        except _NO_ANSWER:
+            conn.close()
+            self.pool.pop(endpoint, None)
+            if reused:  # an idle keep-alive connection the server closed: once more, on a new one
+                return self.request(endpoint, method, path, body, timeout, content_type)
+            raise
         except BaseException:
             conn.close()
             self.pool.pop(endpoint, None)
@@ -316,20 +410,58 @@ class Router:
         path: str,
         body: bytes | None,
         content_type: str = "application/json",
-    ) -> tuple[int, bytes, str]:
-        try:
-            return self.connections.request(
-                predictor["endpoint"], method, path, body, self.timeout, content_type
-            )
-        except _CONNECT_ERRORS:
-            # a stale keep-alive connection, or a server stopped by a switch: one fresh try
-            # against the routing as it is now
-            self.routing.count(predictor, "retries")
-            self.routing.refresh(force=True)
-            retry = self.routing.main() if predictor.get("role") != "canary" else self.routing.choose()
-            return self.connections.request(
-                (retry or predictor)["endpoint"], method, path, body, self.timeout, content_type
-            )
+    ) -> tuple[int, bytes, str, dict[str, Any]]:
+        """
+        Send a request to a model server of ``predictor``: a live replica, and when the connection
+        fails before any answer, another replica of the same version (the routing read again);
+        when the routing no longer names the version, what it names now.
+
+        :return: ``(status, body, content type, the predictor that answered)``.
+        :raises NoAnswer: no model server of the version answered.
+        """
+        tried: set[tuple[Any, Any]] = set()
+        tried_records: list[dict[str, Any]] = []
+        switched = False
+        last: BaseException | None = None
+        while True:
+            candidates = [
+                r for r in self.routing.replicas(predictor) if (r.get("endpoint"), r.get("pid")) not in tried
+            ]
+            if not candidates:
+                self.routing.refresh(force=True)
+                now = self.routing.current(predictor)
+                if now is None and not switched:
+                    # a switch moved the traffic: what the routing names now answers
+                    switched = True
+                    now = self.routing.choose() if predictor.get("role") == "canary" else self.routing.main()
+                    if now is not None:
+                        predictor, tried = now, set()
+                        continue
+                if now is not None:
+                    predictor = now
+                    candidates = [
+                        r
+                        for r in self.routing.replicas(now)
+                        if (r.get("endpoint"), r.get("pid")) not in tried
+                    ]
+                if not candidates:
+                    raise NoAnswer(predictor.get("version"), tried_records, last or ConnectionRefusedError())
+            replica = candidates[0]
+            try:
+                status, data, ctype = self.connections.request(
+                    replica["endpoint"], method, path, body, self.timeout, content_type
+                )
+                if status >= 500 and not tracked_alive(replica):
+                    # the answer of what is left of a crashed server (a worker whose master
+                    # died), not the model's: tried elsewhere like a failed connection
+                    raise ConnectionAbortedError(f"answered {status} while its process is gone")
+                return status, data, ctype, predictor
+            except _NO_ANSWER as err:
+                last = err
+                self.routing.failed(predictor, replica, err)
+                self.routing.count(predictor, "retries")
+                tried.add((replica.get("endpoint"), replica.get("pid")))
+                tried_records.append(replica)
 
     def _shadow(self, body: bytes, content_type: str) -> None:
         shadow = self.routing.state.shadow
@@ -391,7 +523,7 @@ class Router:
         body, content_type = _payload(body, content_type, query)
         if content_type == "application/json":
             try:
-                body = self.transform(body)
+                body = with_request_id(self.transform(body))
             except RequestError as err:
                 return (
                     err.status,
@@ -399,7 +531,21 @@ class Router:
                     "application/json",
                     predictor,
                 )
-        status, data, ctype = self._forward(predictor, "POST", PREDICT_PATH, body, content_type)
+        try:
+            status, data, ctype, predictor = self._forward(
+                predictor, "POST", PREDICT_PATH, body, content_type
+            )
+        except NoAnswer as err:
+            self.routing.count(predictor, "unavailable")
+            raise unavailable(err) from err
+        except _CONNECT_ERRORS as err:  # a timeout, or an answer cut off: not retried
+            self.routing.failed(predictor, predictor, err)
+            raise RequestError(
+                502,
+                "MICROSERVICE_UNAVAILABLE",
+                f"the model server of version {predictor.get('version')} (pid {predictor.get('pid')}) "
+                f"did not answer: {type(err).__name__}: {err}",
+            ) from err
         self.routing.count(predictor, "requests" if status < 500 else "errors")
         self._shadow(body, content_type)
         return status, data, ctype, predictor
@@ -417,7 +563,12 @@ class Router:
         predictor = predictor or self.routing.main()
         if predictor is None:
             raise RequestError(503, "NO_PREDICTOR", "the deployment has no predictor to route to")
-        status, data, ctype = self._forward(predictor, "POST", FEEDBACK_PATH, body, content_type)
+        try:
+            status, data, ctype, predictor = self._forward(
+                predictor, "POST", FEEDBACK_PATH, body, content_type
+            )
+        except NoAnswer as err:
+            raise unavailable(err) from err
         return status, data, ctype, predictor
 
     def status(self) -> dict[str, Any]:
@@ -433,10 +584,50 @@ class Router:
             "feature_lookup_error": self.routing.lookup_error,
             "max_request_bytes": self.max_request_bytes,
             "counters": self.routing.counters,
+            "failures": dict(self.routing.failures),
+            "replicas": [
+                {
+                    "role": p.get("role"),
+                    "version": p.get("version"),
+                    "pid": r.get("pid"),
+                    "port": r.get("port"),
+                    "alive": tracked_alive(r),
+                    "restarts": int(r.get("restarts") or 0),
+                }
+                for p in [*state.predictors, *([state.shadow] if state.shadow else [])]
+                for r in replicas_of(p)
+            ],
         }
 
 
 _SHADOW_CONNECTIONS = _Connections()
+
+
+def unavailable(err: NoAnswer) -> RequestError:
+    """503 + ``Retry-After`` while no model server of a version answers."""
+    return RequestError(
+        503, "MICROSERVICE_UNAVAILABLE", str(err), headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def with_request_id(body: bytes) -> bytes:
+    """``body`` (a Seldon JSON message) with ``meta.tags.request_id`` set, unless it has one:
+    a retried prediction then carries the same id to the next model server. A body that is not
+    a JSON object is left as it is (the model server answers it)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(message, dict):
+        return body
+    meta = message.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    tags = meta.get("tags")
+    tags = tags if isinstance(tags, dict) else {}
+    if tags.get("request_id"):
+        return body
+    message["meta"] = {**meta, "tags": {**tags, "request_id": uuid.uuid4().hex}}
+    return json.dumps(message).encode()
 
 
 def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
@@ -450,10 +641,14 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt: str, *args: Any) -> None:  # requests are logged by the model servers
             pass
 
-        def _send(self, status: int, data: bytes, ctype: str = "application/json", predictor=None) -> None:
+        def _send(
+            self, status: int, data: bytes, ctype: str = "application/json", predictor=None, headers=None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             if predictor:
                 self.send_header("X-Mlops-Predictor", str(predictor.get("role")))
                 self.send_header("X-Mlops-Model-Version", str(predictor.get("version")))
@@ -463,7 +658,7 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _error(self, err: RequestError) -> None:
-            self._send(err.status, seldon_error(err.status, err.reason, str(err)))
+            self._send(err.status, seldon_error(err.status, err.reason, str(err)), headers=err.headers)
 
         def _route(self) -> tuple[str, str]:
             """``(path, query)`` of the request, its gateway prefix removed."""
@@ -577,7 +772,15 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
             except RequestError as err:
                 self._error(err)
             except _CONNECT_ERRORS as err:
-                self._error(RequestError(502, "MICROSERVICE_UNAVAILABLE", f"no model server answered: {err}"))
+                main = router.routing.main() or {}
+                self._error(
+                    RequestError(
+                        502,
+                        "MICROSERVICE_UNAVAILABLE",
+                        f"no model server answered (version {main.get('version')}, pid {main.get('pid')}): "
+                        f"{type(err).__name__}: {err}",
+                    )
+                )
             except Exception as err:  # never drop the connection without an answer
                 print(f"router: {method} {self.path} failed: {err!r}", file=sys.stderr, flush=True)
                 self._error(RequestError(500, "ROUTER_ERROR", f"{type(err).__name__}: {err}"))
@@ -591,11 +794,18 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
                 raise RequestError(503, "NO_PREDICTOR", "the deployment has no main predictor")
             target = f"{path}?{query}" if query else path
             try:
-                self._send(*router._forward(main, method, target, body, ctype), predictor=main)
+                status, data, content_type, answered = router._forward(main, method, target, body, ctype)
+            except NoAnswer as err:
+                raise unavailable(err) from err
             except _CONNECT_ERRORS as err:
                 raise RequestError(
-                    503, "MICROSERVICE_UNAVAILABLE", f"the main predictor does not answer: {err}"
+                    503,
+                    "MICROSERVICE_UNAVAILABLE",
+                    f"the main predictor (version {main.get('version')}, pid {main.get('pid')}) does not "
+                    f"answer: {err}",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
                 ) from err
+            self._send(status, data, content_type, predictor=answered)
 
         def do_POST(self) -> None:  # noqa: N802
             self._handle("POST")

@@ -6,17 +6,26 @@ MLOps page and ``scripts/stack.py stop``. The files::
 
     deployments/<name>/current.json                      the routing (DeploymentState)
     deployments/<name>/router.json                       the router's process (RouterRecord)
+    deployments/<name>/supervisor.json                   the supervisor's process (serving/supervisor.py)
+    deployments/<name>/.lock                             held while one writer reads, changes, writes
     deployments/<name>/processes/v<version>-<port>/state.json   each model server started (ServerRecord)
 
 Every file is replaced atomically (written beside, then ``os.replace``): the router re-reads
-``current.json`` while requests flow and never sees half a file.
+``current.json`` while requests flow and never sees half a file. Every read-change-write of
+``current.json`` holds an exclusive ``flock`` on ``.lock`` (:meth:`DeploymentStore.modify`): the
+deploy task and the deployment's supervisor (which records restarts) never lose each other's
+update. Readers take no lock.
 
 ``current.json`` (keys not listed are kept as they are on every rewrite)::
 
     name, version, endpoint, pid      the main predictor's version and pid; the stable address
-    predictors: [Predictor]           role "main" (one) or "canary", with their traffic (percent)
+    predictors: [Predictor]           role "main" (one) or "canary", with their traffic (percent);
+                                      ``replicas`` lists its model servers (the predictor's own
+                                      pid/endpoint are its first replica's); each replica counts
+                                      its ``restarts``
     shadow: Predictor | None          gets a copy of every request, answers nobody
     router: RouterRecord | None       the process owning the stable address
+    supervisor: ProcessRecord | None  the process restarting what dies (serving/supervisor.py)
     history: [HistoryEntry]           the main versions served before, oldest first (10 kept)
     previous_version                  the main version before the current one
     last_rollout: Rollout | None      the outcome of the last deploy/promote/rollback, with made_by
@@ -33,15 +42,21 @@ Standard library only: the router imports it and never imports Airflow.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
 CURRENT = "current.json"
 ROUTER = "router.json"
+SUPERVISOR = "supervisor.json"
+LOCK = ".lock"
 PROCESSES = "processes"
 PROCESS_RECORD = "state.json"
 #: main versions kept in ``history`` (what a rollback can go back to)
@@ -62,6 +77,16 @@ class ProcessRecord(TypedDict, total=False):
     port: int
     endpoint: str
     log: str
+    #: how to start it again (the supervisor restarts it with exactly this, on the same port)
+    argv: list[str]
+    cwd: str
+    #: names of the environment variables it gets from the supervisor's environment, and values
+    #: set for it (never a secret: a model's folder, version, log folder, ``PATH``)
+    env_keys: list[str]
+    env_set: dict[str, str]
+    started_at: float
+    restarts: int
+    restarted_at: float
 
 
 class ServerRecord(ProcessRecord, total=False):
@@ -78,6 +103,7 @@ class Predictor(ServerRecord, total=False):
 
     role: str  # "main", "canary" or "shadow"
     traffic: int  # percent of the requests
+    replicas: list[ServerRecord]  # its model servers (absent: the predictor is its one server)
     model_name: str | None
     model_uri: str | None
     reference_path: str | None
@@ -168,6 +194,79 @@ def tracked_alive(record: Mapping[str, Any] | None) -> bool:
     return started is None or process_start_time(int(pid)) in (None, started)
 
 
+def replicas_of(predictor: Mapping[str, Any] | None) -> list[ServerRecord]:
+    """The model servers of a predictor: its ``replicas``, or the predictor itself (one server)."""
+    if not predictor:
+        return []
+    replicas = predictor.get("replicas")
+    return list(replicas) if replicas else [predictor]  # type: ignore[list-item]
+
+
+def stop_group(pid: Any, pid_start: int | None = None, grace: float = 10.0, kill: bool = False) -> bool:
+    """
+    SIGTERM the process group ``pid`` led, then SIGKILL it after ``grace`` s — also when the
+    leader itself already died: its children (a gunicorn worker, a metrics server) keep the group,
+    and the kernel never hands a pid that is still a group's id to a new process, so the group is
+    still the one ``pid`` led. The one case left alone: ``pid`` is alive with another start time
+    than ``pid_start`` (reused by a process of someone else, whose group it now names).
+
+    :param kill: SIGKILL at once (what is left of a crashed server: its shared-state manager
+        must not die before its worker, which would then answer 500 instead of nothing).
+    :return: whether there was a group to signal.
+    """
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 1:
+        return False
+    if pid_start is not None and pid_alive(pid) and process_start_time(pid) not in (None, pid_start):
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    deadline = time.monotonic() + (0 if kill else grace)
+    while time.monotonic() < deadline:
+        _reap(pid)  # a leader that is our own child stays a zombie (and keeps the group) until reaped
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        if not _group_has_live_member(pid):
+            return True  # only zombies left: nothing runs
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    """Some process of group ``pgid`` is not a zombie (read from ``/proc``; True when unsure)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(entry))
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 # -- files -----------------------------------------------------------------------------------
 
 
@@ -192,6 +291,51 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise CorruptState(f"{path} holds {type(data).__name__}, not a JSON object")
     return data
+
+
+class _FileLock:
+    """An exclusive ``flock`` on one file, re-entrant within this process (one per path)."""
+
+    _locks: dict[str, _FileLock] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = os.getpid()  # a forked child makes its own (the lock is per open file)
+
+    @classmethod
+    def of(cls, path: Path) -> _FileLock:
+        key = os.path.abspath(path)
+        with cls._guard:
+            lock = cls._locks.get(key)
+            if lock is None or lock._pid != os.getpid():
+                lock = cls._locks[key] = cls(path)
+            return lock
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._depth == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fd, self._fd = self._fd, None
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
 
 
 # -- the routing -----------------------------------------------------------------------------
@@ -257,6 +401,40 @@ class DeploymentState:
         return self.raw.get("router") or None
 
     @property
+    def supervisor(self) -> ProcessRecord | None:
+        """The deployment's supervisor (restarts what dies), when one was started."""
+        return self.raw.get("supervisor") or None
+
+    @property
+    def supervised(self) -> bool:
+        """A supervisor runs for this deployment: a dead process is being restarted."""
+        return tracked_alive(self.supervisor)
+
+    def server_processes(self) -> Iterator[tuple[Predictor, int, ServerRecord]]:
+        """``(predictor, replica index, record)`` of every model server: predictors' and shadow's."""
+        for predictor in self.servers:
+            for i, replica in enumerate(replicas_of(predictor)):
+                yield predictor, i, replica
+
+    def health(self) -> list[dict[str, Any]]:
+        """Each process of the deployment: what it is, its pid, port, whether it runs, its restarts."""
+        out: list[dict[str, Any]] = []
+        for what, record in (("supervisor", self.supervisor), ("router", self.router)):
+            if record:
+                out.append(_health(what, record))
+        for predictor, i, replica in self.server_processes():
+            out.append(
+                _health("model server", replica)
+                | {"role": predictor.get("role"), "version": str(predictor.get("version")), "replica": i}
+            )
+        return out
+
+    @property
+    def restarts(self) -> int:
+        """Restarts of the router and every model server, all together."""
+        return sum(int(h.get("restarts") or 0) for h in self.health())
+
+    @property
     def model_name(self) -> str | None:
         return (self.main or {}).get("model_name")
 
@@ -299,11 +477,12 @@ class DeploymentState:
 
     # processes
     def processes(self) -> Iterator[tuple[str, ProcessRecord]]:
-        """``(what, record)`` of the router and each predictor taking traffic."""
+        """``(what, record)`` of the router and each model server of a predictor taking traffic."""
         if self.router:
             yield "router", self.router
         for predictor in self.predictors:
-            yield "model server", predictor
+            for replica in replicas_of(predictor):
+                yield "model server", {**replica, "version": predictor.get("version")}
 
     def dead_process(self) -> tuple[str, ProcessRecord] | None:
         """The first recorded process of the router or a predictor that no longer runs, or None."""
@@ -312,11 +491,26 @@ class DeploymentState:
     def any_alive(self) -> bool:
         return any(tracked_alive(r) for _, r in self.processes())
 
+    def recovering(self) -> str | None:
+        """What the supervisor is bringing back (a process died, it restarts it), or None."""
+        dead = self.dead_process()
+        if dead is None or not self.supervised:
+            return None
+        what, record = dead
+        return (
+            f"the {what} (pid {record.get('pid')}) died; the supervisor restarts it "
+            f"({int(record.get('restarts') or 0)} restarts so far)"
+        )
+
     def failure(self, name: str | None = None) -> str | None:
-        """Why this deployment cannot serve (a process gone, no endpoint), or None."""
+        """
+        Why this deployment cannot serve, or None: a process gone with no supervisor to restart
+        it (a dead process under a live supervisor is :meth:`recovering`, not a failure), no
+        main predictor, no endpoint.
+        """
         name = name or self.name
         dead = self.dead_process()
-        if dead is not None:
+        if dead is not None and not self.supervised:
             what, record = dead
             served = f"; it served version {record['version']}" if record.get("version") else ""
             return f"the {what} of deployment {name!r} (pid {record.get('pid')}) is not running{served}"
@@ -360,7 +554,27 @@ class DeploymentState:
         return [*self.history, *entry][-HISTORY_LENGTH:]
 
 
+def _health(what: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "process": what,
+        "pid": record.get("pid"),
+        "port": record.get("port"),
+        "alive": tracked_alive(record),
+        "restarts": int(record.get("restarts") or 0),
+        "restarted_at": record.get("restarted_at"),
+    }
+
+
 EMPTY = DeploymentState({})
+
+
+def health_summary(state: DeploymentState) -> str:
+    """One line on the processes of a local deployment: how many run, their restarts, supervision."""
+    health = [h for h in state.health() if h["process"] != "supervisor"]
+    alive = sum(1 for h in health if h["alive"])
+    restarts = sum(h["restarts"] for h in health)
+    supervisor = "supervised" if state.supervised else "NOT supervised"
+    return f"{alive}/{len(health)} processes alive, {restarts} restarts, {supervisor}"
 
 
 class DeploymentStore:
@@ -395,6 +609,18 @@ class DeploymentStore:
         return self.dir / ROUTER
 
     @property
+    def supervisor_path(self) -> Path:
+        return self.dir / SUPERVISOR
+
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / LOCK
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the deployment's lock (re-entrant): no other writer changes its files meanwhile."""
+        return _FileLock.of(self.lock_path).held()
+
+    @property
     def processes_dir(self) -> Path:
         return self.dir / PROCESSES
 
@@ -419,16 +645,33 @@ class DeploymentStore:
         return self.read() or EMPTY
 
     def write(self, state: DeploymentState) -> None:
-        write_json(self.current_path, state.raw)
+        """Replace the routing (callers changing what they read use :meth:`modify`)."""
+        with self.lock():
+            write_json(self.current_path, state.raw)
+
+    def modify(
+        self, change: Callable[[DeploymentState], DeploymentState | None]
+    ) -> tuple[DeploymentState, DeploymentState]:
+        """
+        Read the routing, ``change`` it, write the result — all under the deployment's lock, so
+        no other writer's update in between is lost. ``change`` gets the routing as it is now
+        (:data:`EMPTY` when never deployed) and returns the new one (None: no change).
+
+        :return: ``(before, after)``.
+        :raises CorruptState: the routing is unreadable.
+        """
+        with self.lock():
+            before = self.read_or_empty()
+            after = change(before)
+            if after is None or after == before:
+                return before, before
+            write_json(self.current_path, after.raw)
+            return before, after
 
     def update(self, **changes: Any) -> DeploymentState | None:
         """Change keys of an existing routing (not the predictors); None when never deployed."""
-        state = self.read()
-        if state is None:
-            return None
-        state = state.replace(**changes)
-        self.write(state)
-        return state
+        _, after = self.modify(lambda state: None if state is EMPTY else state.replace(**changes))
+        return None if after is EMPTY else after
 
     def record_rollout(self, outcome: Mapping[str, Any]) -> None:
         """Keep the outcome of the last rollout (with its ``made_by``) without touching the routing."""
@@ -443,13 +686,42 @@ class DeploymentStore:
 
     def write_router(self, record: RouterRecord) -> None:
         """Record a (new) router: in ``router.json`` and in the routing, which names its process too."""
-        write_json(self.router_path, record)
+        with self.lock():
+            write_json(self.router_path, record)
+            try:
+                self.modify(
+                    lambda state: (
+                        None
+                        if state is EMPTY or state.router == record
+                        else state.replace(router=record, endpoint=record.get("endpoint") or state.endpoint)
+                    )
+                )
+            except CorruptState:
+                return  # reported by whoever reads the routing
+
+    # supervisor.json
+    def read_supervisor(self) -> ProcessRecord | None:
         try:
-            state = self.read_or_empty()
+            return read_json(self.supervisor_path)  # type: ignore[return-value]
         except CorruptState:
-            return  # reported by whoever reads the routing
-        if state is not EMPTY and state.router != record:
-            self.write(state.replace(router=record, endpoint=record.get("endpoint") or state.endpoint))
+            return None
+
+    def write_supervisor(self, record: ProcessRecord | None) -> None:
+        """Record the deployment's supervisor (None: none runs), in ``supervisor.json`` and the routing."""
+        with self.lock():
+            if record is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.supervisor_path.unlink()
+            else:
+                write_json(self.supervisor_path, record)
+            with contextlib.suppress(CorruptState):
+                self.modify(
+                    lambda state: (
+                        None
+                        if state is EMPTY or state.supervisor == record
+                        else state.replace(supervisor=record)
+                    )
+                )
 
     # processes/*/state.json
     def process_dir(self, version: str, port: int) -> Path:
@@ -471,9 +743,44 @@ class DeploymentStore:
         return records  # type: ignore[return-value]
 
     def all_processes(self) -> list[ProcessRecord]:
-        """Every process record of this deployment: the model servers and the router."""
-        router = self.read_router()
-        return [*self.process_records(), *([router] if router and router.get("pid") else [])]
+        """
+        Every process record of this deployment, the supervisor first (stopped first, nothing is
+        restarted behind the stop): the model servers ever started, every replica the routing
+        names (a restarted one has a new pid), and the router.
+        """
+        records: list[ProcessRecord] = []
+        supervisor = self.read_supervisor()
+        try:
+            state = self.read_or_empty()
+        except CorruptState:
+            state = EMPTY
+        for record in (supervisor, state.supervisor):
+            if record and record.get("pid"):
+                records.append(record)
+        records.extend(self.process_records())
+        records.extend(replica for _, _, replica in state.server_processes() if replica.get("pid"))
+        for record in (self.read_router(), state.router):
+            if record and record.get("pid"):
+                records.append(record)
+        seen: set[tuple[Any, Any]] = set()
+        out = []
+        for record in records:
+            key = (record.get("pid"), record.get("pid_start"))
+            if key not in seen:
+                seen.add(key)
+                out.append(record)
+        return out
+
+    def stop_all(self, grace: float = 10.0) -> list[ProcessRecord]:
+        """
+        Stop every process of this deployment, the supervisor first, each by its process group —
+        also a group whose leader died (:func:`stop_group`). :return: the records stopped.
+        """
+        stopped = []
+        for record in self.all_processes():
+            if stop_group(record.get("pid"), record.get("pid_start"), grace):
+                stopped.append(record)
+        return stopped
 
 
 def deployment_names(data_dir: Path | str) -> list[str]:

@@ -48,6 +48,8 @@ STATUS_FILE = "status.json"
 WINDOW_FILE = "window.json"
 #: unreadable log files listed in the status record at most (the count goes on)
 MAX_LISTED_FILES = 200
+#: the exclusive lock of one step of the watch, in its folder (two instances never step at once)
+LOCK_FILE = ".watch.lock"
 
 
 class _Unwatchable(Exception):
@@ -77,9 +79,26 @@ class DriftEventTrigger(BaseEventTrigger):
     the same drift. The event's payload carries ``window`` (the span of ``event_time_column``
     when the requests send one, else when they were served), ``observed`` (when served),
     ``drift_score``, ``drifted_features``, ``p_values``, ``rows``, ``model_name``,
-    ``model_version``, ``report``. Windows served during the cooldown are skipped, not tested.
-    Each tested window's folder holds ``report.json``, ``pvalues.png`` and ``window.json`` (the
-    same fields as the payload, ``is_drift`` too): the MLOps page draws its timeline from them.
+    ``model_version``, ``report``, ``window_id``, ``fired_at``. Each tested window's folder
+    holds ``report.json``, ``pvalues.png`` and ``window.json`` (the same fields as the payload,
+    ``is_drift`` too): the MLOps page draws its timeline from them.
+
+    Windows served during the cooldown are tested and recorded too (``window.json`` has
+    ``cooldown``: ``{"until", "state"}``); a drifted one is *held*, not dropped. When the cooldown
+    ends, the newest held window fires (once, ``state: "fired"``) if its version still serves;
+    the older held ones are ``superseded`` (a retraining loads the newest drift), and a held
+    window of a version no longer served is ``superseded`` too (the drift was of a model that
+    has since been replaced). The status record says ``cooldown_until`` and ``held_window``.
+
+    It survives restarts, and Airflow running it twice (a triggerer failover): a window's id
+    is derived from where it starts in the log and from the test settings, never from the
+    clock, so every instance computes the same window the same way; one step (read the cursor,
+    test the next window, record it, move the cursor) runs under an exclusive lock on the
+    watcher's folder (``.watch.lock``: released by the kernel when a process dies), and a
+    window whose ``window.json`` exists was decided already: it is passed, never tested or
+    fired again. A triggerer killed during a check leaves no record: the restarted watcher
+    tests that window again from the cursor. Its folder must be on a file system shared by
+    every triggerer that may run it (local disk for one machine).
 
     Nothing goes wrong silently, and nothing stops the watch: a deployment it cannot read (not
     deployed here — a misspelled name, a Kubernetes deployment — or an unreadable state), an
@@ -407,6 +426,10 @@ class DriftEventTrigger(BaseEventTrigger):
             "unreadable_file_count": 0,
             "windows_not_tested": 0,
             "last_not_tested": None,
+            # the cooldown: until when, the drifted window held to fire when it ends, how many held
+            "cooldown_until": None,
+            "held_window": None,
+            "windows_held": 0,
             "updated_at": None,
         }
         try:
@@ -489,10 +512,145 @@ class DriftEventTrigger(BaseEventTrigger):
             }
             await asyncio.to_thread(self._write_status)
 
+    # -- one instance steps at a time; a window is decided once -------------------------------
+    def _try_lock(self) -> int | None:
+        """The descriptor holding the watcher's exclusive lock, or None while another instance
+        (another triggerer running the same watcher during a failover) holds it."""
+        import fcntl
+
+        self.watch_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.watch_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _window_id(self, df, start: dict[str, Any], version: str) -> str:
+        """The same for every instance of this watcher: when the window's first row was served,
+        then a digest of where it starts in the log, the version and the test settings."""
+        import hashlib
+
+        import pandas as pd
+
+        try:
+            first = int(pd.to_datetime(df["ts"], utc=True).min().timestamp() * 1000)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            first = 0
+        settings = [self.numeric_features, self.categorical_features, self.window_rows, self.p_val]
+        settings += [self.correction, self.mmd, self.max_rows, self.event_time_column, self.reference_path]
+        key = json.dumps([start.get("after"), int(start.get("skip") or 0), version, settings], default=str)
+        return f"{first}-{hashlib.sha256(key.encode()).hexdigest()[:12]}-v{version}"
+
+    def _read_window(self, window_id: str) -> dict[str, Any] | None:
+        """The window's record when it was decided already (tested, or found untestable)."""
+        try:
+            record = json.loads((self.watch_dir / window_id / WINDOW_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    async def _write_status_now(self, **fields: Any) -> None:
+        if self._status is not None:
+            self._status.update(fields)
+            await asyncio.to_thread(self._write_status)
+
+    async def _release_held(self, cursor: dict[str, Any], version: str, now: float):
+        """When the cooldown is over, the held window: its payload to fire (its version still
+        serves), True when it was passed (superseded), None when there is none to release."""
+        held_id = cursor.get("held")
+        if not held_id or now - float(cursor.get("last_fired") or 0) < self.cooldown_seconds:
+            return None
+        del cursor["held"]
+        record = await asyncio.to_thread(self._read_window, held_id)
+        if record is None:
+            self.log.error(
+                "%s: held window %s has no readable record: not fired", self.deployment_name, held_id
+            )
+            await self._save_cursor(cursor)
+            await self._write_status_now(held_window=None, cooldown_until=None)
+            return True
+        cooldown = dict(record.get("cooldown") or {})
+        if str(record.get("model_version")) != version:
+            cooldown.update(state="superseded", reason=f"version {version} serves now")
+            self.log.info(
+                "%s: cooldown over; held window %s of v%s not fired: version %s serves now",
+                self.deployment_name,
+                held_id,
+                record.get("model_version"),
+                version,
+            )
+            await self._save_cursor(cursor)
+            await asyncio.to_thread(self._record, held_id, {**record, "cooldown": cooldown})
+            await self._write_status_now(held_window=None, cooldown_until=None)
+            return True
+        cursor["last_fired"] = now
+        cooldown.update(state="fired", fired_at=now)
+        payload = {**record, "cooldown": cooldown, "fired_at": now}
+        await self._save_cursor(cursor)
+        await self._write_status_now(held_window=None, cooldown_until=now + self.cooldown_seconds)
+        self.log.warning(
+            "%s: cooldown over: firing held drifted window %s (%d rows of v%s, score %.3f)",
+            self.deployment_name,
+            held_id,
+            int(record.get("rows") or 0),
+            version,
+            float(record.get("drift_score") or 0),
+        )
+        self._record(held_id, payload)  # no await between the record and the event
+        return payload
+
+    async def _hold(self, cursor: dict[str, Any], payload: dict[str, Any], until: float) -> None:
+        """Record a window tested during the cooldown; a drifted one is held (the newest wins)."""
+        window_id = payload["window_id"]
+        if not payload["is_drift"]:
+            payload["cooldown"] = {"until": until, "state": "no drift"}
+            await self._save_cursor(cursor)
+            await asyncio.to_thread(self._record, window_id, payload)
+            return
+        payload["cooldown"] = {"until": until, "state": "held"}
+        previous = cursor.get("held")
+        cursor["held"] = window_id
+        await self._save_cursor(cursor)
+        await asyncio.to_thread(self._record, window_id, payload)
+        if previous and previous != window_id:
+            older = await asyncio.to_thread(self._read_window, previous)
+            if older is not None:
+                cooldown = {**(older.get("cooldown") or {}), "state": "superseded", "by": window_id}
+                await asyncio.to_thread(self._record, previous, {**older, "cooldown": cooldown})
+        assert self._status is not None
+        await self._write_status_now(
+            cooldown_until=until, held_window=window_id, windows_held=int(self._status["windows_held"]) + 1
+        )
+        self.log.warning(
+            "%s: drifted window %s (%d rows of v%s, score %.3f) seen during the cooldown: held, "
+            "it fires when the cooldown ends at %s unless a newer drifted window replaces it",
+            self.deployment_name,
+            window_id,
+            payload["rows"],
+            payload["model_version"],
+            payload["drift_score"],
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
+        )
+
     # -- the watch -----------------------------------------------------------------------------
     async def _step(self) -> dict[str, Any] | bool:
         """One look at the log: the payload of a drifted window to announce, True when a window
-        was used up (look again at once), False when there is nothing to do before the next poll."""
+        was used up (look again at once), False when there is nothing to do before the next poll
+        (or another instance of this watcher is stepping now)."""
+        # not in a thread: a cancellation while a thread took the lock would leak it, held
+        fd = self._try_lock()  # non-blocking, microseconds
+        if fd is None:
+            return False
+        try:
+            return await self._locked_step()
+        finally:
+            os.close(fd)  # releases the lock
+
+    async def _locked_step(self) -> dict[str, Any] | bool:
+        # another instance may have written it since: read it afresh under the lock
+        self._status = await asyncio.to_thread(self._load_status)
         try:
             main = await asyncio.to_thread(self._served)
             cursor = await self._load_cursor()
@@ -500,6 +658,9 @@ class DriftEventTrigger(BaseEventTrigger):
             await self._set_error(str(problem))
             return False
         version = str(main["version"])
+        released = await self._release_held(cursor, version, time.time())
+        if released is not None:
+            return released
         unreadable: list[tuple[Path, str]] = []
         found = await asyncio.to_thread(self._next_window, cursor, version, unreadable)
         await self._note_unreadable(unreadable)
@@ -510,8 +671,16 @@ class DriftEventTrigger(BaseEventTrigger):
             return False
         df, position = found
         reference = main.get("reference_path") or self.reference_path
-        window_id = f"{int(time.time() * 1000)}-v{version}"
+        window_id = self._window_id(df, cursor, version)
         cursor.update(position)
+        decided = await asyncio.to_thread(self._read_window, window_id)
+        if decided is not None:
+            # decided by another instance, or by this watcher before its cursor was saved: passed
+            self.log.info("%s: window %s was decided already: passed", self.deployment_name, window_id)
+            if decided.get("fired_at"):
+                cursor["last_fired"] = max(float(cursor.get("last_fired") or 0), float(decided["fired_at"]))
+            await self._save_cursor(cursor)
+            return True
         now = time.time()
         summary = {
             "deployment": self.deployment_name,
@@ -525,20 +694,15 @@ class DriftEventTrigger(BaseEventTrigger):
         try:
             self._check_testable(df, reference, version)
         except _Untestable as problem:
-            # recorded, then passed: a window that cannot be tested must not stop the watch
+            # passed, then recorded: a window that cannot be tested must not stop the watch
+            await self._save_cursor(cursor)
             await self._not_tested(window_id, summary, str(problem))
-            await self._save_cursor(cursor)
-            return True
-        if now - float(cursor.get("last_fired") or 0) < self.cooldown_seconds:
-            # a retraining is under way: its data is this drift; testing again buys nothing
-            self.log.info("%s: window of %d rows skipped (cooling down)", self.deployment_name, len(df))
-            await self._save_cursor(cursor)
             return True
         try:
             report = await self._test(df, reference, window_id)
         except _Untestable as problem:
-            await self._not_tested(window_id, summary, str(problem))
             await self._save_cursor(cursor)
+            await self._not_tested(window_id, summary, str(problem))
             return True
         fire = bool(report["is_drift"])
         self.log.info(
@@ -559,12 +723,24 @@ class DriftEventTrigger(BaseEventTrigger):
             "p_values": report.get("p_values"),
             "report": str(self.watch_dir / window_id / REPORT_FILE),
         }
-        await asyncio.to_thread(self._record, window_id, payload)
-        if fire:
-            cursor["last_fired"] = now
-        # the cursor moves past the window before its event: one event per window at most
+        last_fired = float(cursor.get("last_fired") or 0)
+        now = time.time()
+        if now - last_fired < self.cooldown_seconds:
+            # a retraining is under way: recorded (a drifted window is held for the cooldown's end)
+            await self._hold(cursor, payload, last_fired + self.cooldown_seconds)
+            return True
+        if not fire:
+            await self._save_cursor(cursor)
+            await asyncio.to_thread(self._record, window_id, payload)
+            return True
+        cursor["last_fired"] = now
+        payload["fired_at"] = now
+        # the cursor moves past the window before its event: one event per window at most; the
+        # record (which other instances read as "decided") is written with no await before the event
         await self._save_cursor(cursor)
-        return {**payload, "fired_at": now} if fire else True
+        await self._write_status_now(cooldown_until=now + self.cooldown_seconds)
+        self._record(window_id, payload)
+        return payload
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._status = await asyncio.to_thread(self._load_status)

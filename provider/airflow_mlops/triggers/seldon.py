@@ -236,6 +236,7 @@ class SeldonDeploymentTrigger(BaseTrigger):
         failure = current.failure(self.deployment_name)
         if failure:
             return "failed", "Failed", failure, url, None
+        recovering = current.recovering()  # a process died and its supervisor restarts it
         version = current.version
         if self.expected_version is not None and version != self.expected_version:
             why = f"serving version {version}, waiting for {self.expected_version}"
@@ -243,9 +244,15 @@ class SeldonDeploymentTrigger(BaseTrigger):
         try:
             response = await client.get(f"{url}/health/ping")
         except httpx.HTTPError as err:
-            return None, "Creating", f"{url}/health/ping: {type(err).__name__}: {err}", url, None
+            why = f"{url}/health/ping: {type(err).__name__}: {err}" + (
+                f"; {recovering}" if recovering else ""
+            )
+            return None, "Creating", why, url, None
         if response.status_code == 200:
-            return "success", "Available", f"{url} answers /health/ping (version {version})", url, None
+            from airflow_mlops.serving.state import health_summary
+
+            why = f"{url} answers /health/ping (version {version}; {health_summary(current)})"
+            return "success", "Available", why, url, None
         return None, "Creating", f"{url}/health/ping answered {response.status_code}", url, None
 
     async def _run_local(self) -> AsyncIterator[TriggerEvent]:

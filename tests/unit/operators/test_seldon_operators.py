@@ -287,17 +287,41 @@ def test_a_server_left_by_a_killed_deploy_is_reaped(env, name):
 
 def test_sensor_sees_available_then_detects_a_killed_server(env, name):
     from airflow.sdk.exceptions import AirflowException
+    from airflow_mlops.hooks.seldon import SeldonHook
     from airflow_mlops.sensors.seldon import SeldonDeploymentSensor
 
     first = deploy(env, name, "1")
     sensor = SeldonDeploymentSensor(task_id="watch", deployment_name=name, poke_interval=1, timeout=30)
     assert sensor.poke(context("watch")) is True
+    SeldonHook().stop_supervisor(name)  # nothing restarts what dies now: a dead server is Failed
     os.killpg(first["pid"], signal.SIGKILL)
     time.sleep(1)
     with pytest.raises(AirflowException, match=f"pid {first['pid']}.*not running"):
         sensor.poke(context("watch"))
     with pytest.raises(AirflowException, match="does not exist"):
         SeldonDeploymentSensor(task_id="w", deployment_name="nope", timeout=5).poke(context("w"))
+
+
+def test_a_killed_server_is_restarted_and_the_sensor_reports_the_restart(env, name):
+    """Supervised: a killed model server comes back on its port; the sensor's result counts it."""
+    from airflow_mlops.hooks.seldon import SeldonHook, tracked_alive
+    from airflow_mlops.sensors.seldon import SeldonDeploymentSensor
+
+    first = deploy(env, name, "1")
+    os.killpg(first["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        main = SeldonHook().state(name).main
+        if main.get("restarts") == 1 and tracked_alive(main) and SeldonHook().is_healthy(main):
+            break
+        time.sleep(0.2)
+    assert main["restarts"] == 1 and main["endpoint"] == first["predictors"][0]["endpoint"]  # same port
+    sensor = SeldonDeploymentSensor(task_id="watch", deployment_name=name, poke_interval=1, timeout=60)
+    health = sensor.execute(context("watch"))
+    assert health["restarts"] == 1 and health["supervised"] is True
+    server = next(h for h in health["processes"] if h["process"] == "model server")
+    assert server["alive"] and server["restarts"] == 1 and server["pid"] == main["pid"] != first["pid"]
+    assert served_versions(first["predict_url"], 3) == Counter({"1": 3})
 
 
 def test_a_killed_router_comes_back_on_its_port_with_the_next_deploy(env, name):
@@ -337,6 +361,7 @@ def test_the_deferrable_sensor_fails_when_the_router_is_killed(env, name, monkey
     trigger = getattr(__import__(module, fromlist=[cls]), cls)(**kwargs)
 
     router = SeldonHook().current(name)["router"]
+    SeldonHook().stop_supervisor(name)  # unsupervised: a dead router stays dead, Failed
     os.killpg(router["pid"], signal.SIGKILL)
 
     async def first_event():

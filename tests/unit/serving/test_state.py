@@ -80,7 +80,8 @@ def test_the_routing_round_trips_through_the_store_atomically(tmp_path, sleeper)
     canary = predictor(sleeper(), "3", role="canary", traffic=10, port=9001)
     state = EMPTY.routing("flights-delay", [main, canary], router, feature_lookup=None)
     store.write(state)
-    assert [p.name for p in store.dir.iterdir()] == ["current.json"]  # no temporary file left
+    # no temporary file left (``.lock`` is the writers' lock file, empty)
+    assert sorted(p.name for p in store.dir.iterdir()) == [".lock", "current.json"]
     again = store.read()
     assert again == state and deployment_names(tmp_path) == ["flights-delay"]
     assert (again.name, again.version, again.endpoint) == ("flights-delay", "2", "http://127.0.0.1:9999")

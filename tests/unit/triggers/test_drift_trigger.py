@@ -26,8 +26,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def flights():
+def flight_samples() -> dict[str, pd.DataFrame]:
+    """Half of January (the reference), the other half (same-distribution traffic), July (drifted).
+
+    Also used by tests/faults/test_watcher_faults.py, whose subprocesses import this module."""
     from airflow_mlops.example_data.nycflights13 import flight_features
 
     january = flight_features("2013-01-01", "2013-02-01")
@@ -37,6 +39,11 @@ def flights():
         "january": january.drop(reference.index).sample(frac=1, random_state=1),
         "july": flight_features("2013-07-01", "2013-08-01").sample(frac=1, random_state=2),
     }
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return flight_samples()
 
 
 @pytest.fixture
@@ -175,19 +182,51 @@ def test_same_distribution_traffic_fires_nothing_drifted_traffic_fires_once(depl
 
     log_requests(deployment, flights["july"], WINDOW)
     last = log_requests(deployment, flights["july"].iloc[WINDOW:], WINDOW)  # a second window: cooling down
-    events = asyncio.run(
-        run_until(trigger(), lambda found: found and cursor(deployment)["after"].endswith(last.name))
-    )
+    events = asyncio.run(run_until(trigger(), lambda found: found and held_window(deployment)))
     assert len(events) == 1, events
     event = events[0]
     assert event["model_version"] == "1" and event["rows"] == WINDOW
     assert event["window"]["start"].startswith("2013-07") and event["window"]["end"].startswith("2013-07")
     assert "temp" in event["drifted_features"] and event["p_values"]["temp"] < 0.05 / 7
     assert Path(event["report"]).exists() and event["model_name"] == "flights_delay"
-    assert len(watch_reports(deployment)) == 2  # the window in the cooldown was not tested
+    # the window in the cooldown was tested and recorded: drifted, it is held for the cooldown's end
+    assert len(watch_reports(deployment)) == 3
+    held = windows(deployment)[-1]
+    assert held["is_drift"] is True and held["cooldown"]["state"] == "held"
+    assert cursor(deployment)["held"] == held["window_id"] == status(deployment)["held_window"]
+
+    assert cursor(deployment)["after"].endswith(last.name)
 
     # a restarted triggerer reads the cursor: nothing is announced twice
     assert asyncio.run(events_within(trigger(), 5)) == []
+
+    # one more drifted window in the cooldown: held, the older held one is superseded
+    log_requests(deployment, flights["july"].iloc[2 * WINDOW :], WINDOW)
+    newest = asyncio.run(
+        run_until(trigger(), lambda _: held_window(deployment) not in (None, held["window_id"]))
+    )
+    assert newest == [] and len(watch_reports(deployment)) == 4
+    older, newest = windows(deployment)[-2:]
+    assert older["cooldown"] == {**held["cooldown"], "state": "superseded", "by": newest["window_id"]}
+    assert newest["cooldown"]["state"] == "held" and status(deployment)["windows_held"] == 2
+    # the MLOps page shows them: the watcher's status says what it holds until when
+    from airflow_mlops import settings
+    from airflow_mlops.plugins.sources import watcher_windows
+
+    points = watcher_windows(settings.data_dir())
+    (said,) = [p for p in points if p.get("kind") == "status"]
+    assert said["held_window"] == newest["window_id"] and said["windows_held"] == 2 and said["cooldown_until"]
+    assert [p["cooldown"]["state"] for p in points if p.get("cooldown")] == ["superseded", "held"]
+
+    # the cooldown ends (its last event an hour ago): the newest held window fires, once
+    moved = {**cursor(deployment), "last_fired": time.time() - 7200}
+    (watchers_dir(deployment) / "d" / "cursor.json").write_text(json.dumps(moved))
+    (late,) = asyncio.run(run_until(trigger(), lambda found: found))
+    assert late["window_id"] == newest["window_id"] and late["is_drift"] is True
+    assert late["cooldown"]["state"] == "fired" and late["report"] == newest["report"]
+    assert windows(deployment)[-1]["cooldown"]["state"] == "fired"
+    assert status(deployment)["held_window"] is None and "held" not in cursor(deployment)
+    assert asyncio.run(events_within(trigger(), 3)) == []  # fired once
 
 
 def test_only_rows_of_the_served_version_count(deployment, flights):
@@ -233,15 +272,17 @@ def windows(log_dir: Path, name: str = "d") -> list[dict]:
 
 
 def settled(log_dir: Path, n: int, name: str = "d") -> bool:
-    """``n`` windows recorded, and the cursor saved after the last of them."""
+    """``n`` windows recorded (a window's record is written after the cursor moved past it)."""
     folder = watchers_dir(log_dir) / name
-    records = list(folder.glob("*/window.json"))
-    saved = folder / "cursor.json"
-    return (
-        len(records) >= n
-        and saved.exists()
-        and saved.stat().st_mtime_ns >= max(r.stat().st_mtime_ns for r in records)
-    )
+    return len(list(folder.glob("*/window.json"))) >= n and (folder / "cursor.json").exists()
+
+
+def held_window(log_dir: Path, name: str = "d") -> str | None:
+    """The window the watcher holds for the end of its cooldown (None: none, or no status yet)."""
+    try:
+        return status(log_dir, name).get("held_window")
+    except FileNotFoundError:
+        return None
 
 
 def status(log_dir: Path, name: str = "d") -> dict:
