@@ -54,15 +54,14 @@ def route_logger(name: str, routine: Iterable[str] = ()) -> None:
     Send the records of logger ``name`` (and its children) to the task log: INFO and below at
     DEBUG, and so are warnings matching one of the ``routine`` patterns; other warnings and
     errors keep their level. The logger's own handlers (often a stream to stderr) are removed.
-    Idempotent.
+    Idempotent, and re-applied in full on every call: a library that configures its logger
+    again (MLflow does on some imports, adding a stream handler) is taken back over.
     """
     logger = logging.getLogger(name)
     patterns = [re.compile(p) for p in routine]
-    relays = [h for h in logger.handlers if isinstance(h, _Relay)]
-    if relays:
-        relays[0].routine = patterns
-        return
-    logger.handlers = [_Relay(patterns)]
+    relay = next((h for h in logger.handlers if isinstance(h, _Relay)), None) or _Relay()
+    relay.routine = patterns
+    logger.handlers = [relay]
     logger.propagate = False
 
 

@@ -196,3 +196,27 @@ def test_a_new_router_is_recorded_in_the_routing_too(tmp_path, sleeper):
     new = process_record(sleeper().pid, port=9000, endpoint="http://127.0.0.1:9000")
     store.write_router(new)
     assert store.read().router == new == store.read_router()
+
+
+#: a writer process: ``count`` read-modify-writes of the routing's ``counter`` key
+_COUNTING_WRITER = """
+import sys
+from airflow_mlops.serving.state import DeploymentStore
+
+store = DeploymentStore(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    store.modify(lambda state: state.replace(counter=state.raw.get("counter", 0) + 1))
+"""
+
+
+def test_concurrent_writers_lose_no_update(tmp_path):
+    # three processes (the supervisor, a deploy task and the router's restart path all write the
+    # routing) each add 1 under the lock, 150 times: a lost update would leave less than 450
+    store = DeploymentStore(tmp_path / "deployments" / "d")
+    store.dir.mkdir(parents=True)
+    store.write(DeploymentState({"name": "d", "predictors": [], "counter": 0}))
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _COUNTING_WRITER, str(store.dir), "150"]) for _ in range(3)
+    ]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0, 0]
+    assert store.read().raw["counter"] == 450
