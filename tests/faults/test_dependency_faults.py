@@ -3,8 +3,9 @@ condition while the provider's code runs, and asserts the promise of issue 21 fo
 
 * MLflow stopped while ``register`` runs, restarted on the same port and store: the task waits
   and succeeds; a retry of the task adds no version and moves no alias.
-* MLflow down for longer than the client's retries (register, set alias, gate, train): each task
-  fails with an error naming the server and what to do; no version is created, no alias moves.
+* MLflow down for longer than the client's retries (register, set alias, gate, train, deploy): each
+  task fails with an error naming the server and what to do; no version is created, no alias
+  moves, and the deployment keeps serving the version it served.
 * Redis (the Feast online store) killed during materialize: an error naming the store, the
   view's watermark and the fix; after a restart an incremental retry writes only the rest.
 * Redis down during a feature lookup: ``FeatureStoreError(unavailable=True)``, which the router
@@ -19,9 +20,14 @@ Airflow. Running as root, permissions stop no write, so an unwritable data dir i
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from _dependency_support import REPO, Job, MlflowServer, RedisServer, job_env, restarted
+from airflow_mlops.serving.state import DeploymentStore
+
+RUNTIMES = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve()
 
 pytestmark = pytest.mark.faults
 
@@ -201,7 +207,8 @@ def state():
     return {"versions": versions, "aliases": dict(aliases)}
 
 
-runs = {kind: flights_models.log_flights_model(kind, url) for kind in ("medium", "strong")}
+# servable: with an input example, for the deploy's smoke prediction
+runs = {kind: flights_models.log_flights_model(kind, url, servable=True) for kind in ("medium", "strong")}
 first = register(runs["medium"])  # v1: champion and challenger
 out = {"first": {"version": first["version"], "aliases": first["aliases"]}}
 
@@ -225,6 +232,20 @@ out["retry"] = {k: retry[k] for k in ("version", "created", "aliases", "champion
 out["moves"] = list(moves)
 out["after"] = state()
 
+# C. MLflow up: deploy the champion (v1) locally, by alias, as the example DAGs' deploy does
+import requests
+from airflow_mlops.hooks.seldon import PREDICT_PATH, SeldonHook
+from airflow_mlops.operators.deploy import SeldonDeployOperator
+
+
+def deploy(**kwargs):
+    op = SeldonDeployOperator(task_id="deploy", deployment_name="fault-deploy", model_name=name,
+                              ready_timeout=180, drain_seconds=1, **kwargs)
+    return op.execute(context("deploy"))
+
+
+out["deployed"] = deploy()["version"]
+
 # B. MLflow stays down longer than the client's retries: each task fails clearly
 wait_for_go("stop_for_good")
 os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
@@ -243,20 +264,40 @@ out["down"] = {
     "gate": failure(lambda: gate.choose_branch(context("gate"))),
     "train": failure(lambda: HorovodTrainOperator(
         task_id="train", training_script=str(script), experiment_name="faults").execute(context("train"))),
+    "deploy_alias": failure(deploy),  # the champion alias cannot be read
+    "deploy_version": failure(lambda: deploy(version="2")),  # v2's files cannot be downloaded
 }
 out["down_moves"] = list(moves)
+# the deployment still serves v1
+serving = SeldonHook().state("fault-deploy")
+rows = flights_models.holdout_frame()[flights_models.FEATURES].head(3).astype("float64")
+answer = requests.post(serving.endpoint + PREDICT_PATH, timeout=30, json={
+    "data": {"names": list(rows.columns), "ndarray": rows.to_numpy().tolist()}})
+out["serving_when_down"] = {
+    "version": serving.version, "status": answer.status_code,
+    "answered_by": answer.headers.get("X-Mlops-Model-Version"),
+    "last_rollout": {k: (serving.last_rollout or {}).get(k) for k in ("outcome", "version")},
+}
+SeldonHook().stop("fault-deploy")
 
 result(out)
 """
 
 
-def test_mlflow_down_during_register_gate_and_train(tmp_path, holdout_path):
+@pytest.mark.skipif(
+    not (RUNTIMES / "serving" / "bin" / "python").exists(), reason=f"no serving runtime under {RUNTIMES}"
+)
+def test_mlflow_down_during_register_gate_train_and_deploy(tmp_path, holdout_path):
     server = MlflowServer(tmp_path / "mlflow").start()
     job = None
     try:
         server.wait_healthy(timeout=300)
-        env = job_env(tmp_path / "home", AIRFLOW_CONN_MLFLOW_DEFAULT=json.dumps(
-            {"conn_type": "mlflow", "host": server.url}))  # fmt: skip
+        env = job_env(
+            tmp_path / "home",
+            AIRFLOW_CONN_MLFLOW_DEFAULT=json.dumps({"conn_type": "mlflow", "host": server.url}),
+            AIRFLOW__MLOPS__DATA_DIR=str(tmp_path / "data"),
+            AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES),
+        )
         argv = [server.url, str(REPO / "tests" / "unit" / "registry"), str(holdout_path)]
         job = Job(tmp_path, "mlflow", f"sys.argv[1:] = {argv!r}\n" + MLFLOW_JOB, env)
 
@@ -273,6 +314,10 @@ def test_mlflow_down_during_register_gate_and_train(tmp_path, holdout_path):
         if job is not None:
             job.kill()
         server.stop()
+        # a job that failed half-way leaves the deployment's processes: stop them by pid
+        deployment = DeploymentStore.of(tmp_path / "data", "fault-deploy")
+        if deployment.dir.is_dir():
+            deployment.stop_all()
 
     assert out["first"] == {"version": "1", "aliases": ["challenger", "champion"]}
     for task, failed in out["down"].items():
@@ -290,6 +335,13 @@ def test_mlflow_down_during_register_gate_and_train(tmp_path, holdout_path):
 
     # then down for good: nothing moved, nothing registered (read from the server's own store)
     assert out["down_moves"] == []
+    # a deploy that could not reach the registry left the champion serving, and said so
+    assert out["deployed"] == "1"
+    assert "(deploy 'fault-deploy')" in out["down"]["deploy_version"]["message"]
+    assert out["serving_when_down"] == {
+        "version": "1", "status": 200, "answered_by": "1",
+        "last_rollout": {"outcome": "failed", "version": "2"},
+    }  # fmt: skip
     assert _registry_rows(server.root / "mlflow.db") == {
         "versions": [1, 2], "aliases": {"champion": "1", "challenger": "2"},
     }  # fmt: skip

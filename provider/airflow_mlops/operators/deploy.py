@@ -423,13 +423,17 @@ class SeldonDeployOperator(_SeldonOperator):
         router = seldon.ensure_router(name, self.port, feature_lookup=self.feature_lookup)
         # then what restarts any of the deployment's processes that dies
         seldon.ensure_supervisor(name, feature_lookup=self.feature_lookup)
-        version = self._resolve_version()
+        # the registry's answers (the alias, the model's files): an MLflow server that stays down
+        # fails the task with a clear error, before anything of the serving version is touched
+        with self._mlflow.unreachable_as_error(f"{self.task_id} (deploy {name!r})"):
+            version = self._resolve_version()
         if self._already_serving(seldon.state(name), version):
             seldon.set_request_limit(name, self.max_request_bytes)
             self.log.info("Version %s already serves %s (%s): nothing to do", version, name, self.strategy)
             return self._result(context, changed=False, strategy=self.strategy)
         try:
-            model_dir = self._model_dir(version)
+            with self._mlflow.unreachable_as_error(f"{self.task_id} (deploy {name!r})"):
+                model_dir = self._model_dir(version)
             self._pending = new = seldon.start_local(
                 name, str(model_dir), version, self.ready_timeout, replicas=replicas
             )
