@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -326,6 +327,10 @@ class SeldonDeployOperator(_SeldonOperator):
 
         return MlflowHook(self.mlflow_conn_id)
 
+    def _registry_calls(self) -> contextlib.AbstractContextManager[None]:
+        """Around the registry's answers: an MLflow server that stays down fails the task clearly."""
+        return self._mlflow.unreachable_as_error(f"{self.task_id} (deploy {self.deployment_name!r})")
+
     def _source_uri(self, version: str) -> str:
         return self.model_uri or f"models:/{self.model_name}/{version}"
 
@@ -425,14 +430,14 @@ class SeldonDeployOperator(_SeldonOperator):
         seldon.ensure_supervisor(name, feature_lookup=self.feature_lookup)
         # the registry's answers (the alias, the model's files): an MLflow server that stays down
         # fails the task with a clear error, before anything of the serving version is touched
-        with self._mlflow.unreachable_as_error(f"{self.task_id} (deploy {name!r})"):
+        with self._registry_calls():
             version = self._resolve_version()
         if self._already_serving(seldon.state(name), version):
             seldon.set_request_limit(name, self.max_request_bytes)
             self.log.info("Version %s already serves %s (%s): nothing to do", version, name, self.strategy)
             return self._result(context, changed=False, strategy=self.strategy)
         try:
-            with self._mlflow.unreachable_as_error(f"{self.task_id} (deploy {name!r})"):
+            with self._registry_calls():
                 model_dir = self._model_dir(version)
             self._pending = new = seldon.start_local(
                 name, str(model_dir), version, self.ready_timeout, replicas=replicas
@@ -474,11 +479,13 @@ class SeldonDeployOperator(_SeldonOperator):
         """Kubernetes mode: what this deploy rolls out."""
         from airflow_mlops.kubernetes.seldon_rollout import SeldonDeploySpec
 
-        version = self._resolve_version()
+        with self._registry_calls():
+            version = self._resolve_version()
+            model_uri = self._cluster_uri(version)
         return SeldonDeploySpec(
             deployment_name=self.deployment_name,
             version=version,
-            model_uri=self._cluster_uri(version),
+            model_uri=model_uri,
             traffic=self.traffic,
             shadow=self.shadow,
             replicas=self.replicas,
