@@ -13,7 +13,10 @@ deployment's supervisor — made by ``SeldonDeployOperator`` and shared by the c
 4. kill -9 the only model server under load: failures are only 503 with ``Retry-After``, only
    until the restart is detected; no answered prediction is missing from the inference log, none
    is there twice, and no smoke prediction of the deploys is;
-5. ``SeldonHook.stop`` stops every process, also the group of a model server whose leader died.
+5. kill -9 the supervisor itself: its guard starts a new one (restart count 1), which restarts the
+   model server killed next;
+6. ``SeldonHook.stop`` stops every process, also the group of a model server whose leader died,
+   and the supervisor's guard with the supervisor.
 
 The load: 2 client threads to 127.0.0.1, at most :data:`MAX_REQUESTS` requests per case, each
 with its own request id (``meta.tags.request_id``). No assertion bounds wall-clock time; the
@@ -396,6 +399,35 @@ def test_kill_the_only_model_server_503_until_restarted_and_no_log_row_lost(serv
         rows_lost=lost,
         rows_duplicated=duplicated,
     )
+
+
+def test_kill_the_supervisor_a_new_one_takes_over_and_restarts_what_dies(served):
+    from airflow_mlops.serving.state import tracked_alive
+
+    old = state().supervisor
+    os.kill(old["pid"], signal.SIGKILL)  # the supervisor alone: its guard sees it die
+
+    def replaced():
+        new = state().supervisor
+        return new if new and new["pid"] != old["pid"] and tracked_alive(new) else None
+
+    new = wait_for("a new supervisor", replaced)
+    assert new["restarts"] == int(old.get("restarts") or 0) + 1
+    # the new one does the job: a model server killed now is restarted under load
+    (victim,) = main_replicas()
+    with Load(served["predict_url"]) as load:
+        load.wait(20)
+        os.kill(victim["pid"], signal.SIGKILL)
+        again = int(victim.get("restarts") or 0) + 1
+        back = wait_for("the restart by the new supervisor", lambda: restarted(victim["port"], again))
+        load.phase = "after"
+        load.wait(50)
+    assert back["pid"] != victim["pid"]
+    assert set(load.outcomes("before")) <= {200, 503}, load.outcomes("before")
+    assert load.outcomes("after") == Counter({200: len([r for r in load.results if r[0] == "after"])})
+    log = (Path(os.environ["AIRFLOW__MLOPS__DATA_DIR"]) / "deployments" / NAME / "supervisor.log").read_text()
+    assert f"the supervisor (pid {old['pid']}) died: started a new one, pid {new['pid']}" in log
+    report("kill -9 the supervisor", load, supervisor_restarts=new["restarts"])
 
 
 def test_stop_stops_every_process_also_a_group_whose_leader_died(served):

@@ -487,14 +487,15 @@ class SeldonHook(BaseHook):
             self.stop_state(record)
         store.dir.mkdir(parents=True, exist_ok=True)
         log_path = store.dir / "supervisor.log"
-        with open(log_path, "ab") as log_file:
+        # under the lock: the new supervisor restarts nothing until it is the one recorded
+        with store.lock(), open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", str(store.dir)],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=env,
             )  # fmt: skip
-        record = process_record(proc.pid, log=str(log_path), env_keys=sorted(env), started_at=time.time())
-        store.write_supervisor(record)
+            record = process_record(proc.pid, log=str(log_path), env_keys=sorted(env), started_at=time.time())
+            store.write_supervisor(record)
         return record
 
     def stop_supervisor(self, name: str) -> None:

@@ -16,6 +16,13 @@ port**, so the routing stays valid and the router's retry finds it there:
 * a process that dies again within :data:`STABLE_S` of its start is restarted with exponential
   backoff (:data:`BACKOFF_S` doubling up to :data:`MAX_BACKOFF_S`), as a process manager would.
 
+The supervisor is itself watched: it keeps a **guard**, a small child process in its process group
+that holds the read end of a pipe from it. When the supervisor dies (``kill -9``, a crash) the
+pipe closes and the guard starts a new supervisor with the same environment and records it
+(``restarts`` + 1, backoff when it keeps dying); a supervisor that stops on purpose (SIGTERM, or a
+newer one took over) tells its guard first. Stopping the deployment signals the supervisor's whole
+process group, the guard with it, so nothing is restarted behind a stop.
+
 Each restart is logged (with pid, version and port) to the supervisor's log,
 ``deployments/<name>/supervisor.log``. ``SeldonHook.stop`` stops the supervisor before the
 processes, so nothing is restarted behind a stop. Standard library only (it never imports
@@ -80,6 +87,8 @@ class Supervisor:
         #: per process key: (consecutive quick deaths, earliest next restart, last start)
         self.backoff: dict[tuple[str, Any], tuple[int, float, float]] = {}
         self._warned: set[tuple[str, Any]] = set()
+        self.guard: subprocess.Popen | None = None
+        self._guard_not_before = 0.0
 
     # -- what to watch -------------------------------------------------------------------------
     @staticmethod
@@ -100,22 +109,55 @@ class Supervisor:
     def run(self) -> None:
         _log(f"watching {self.store.dir}")
         checks = 0
-        while not self.stopping.is_set():
-            self._reap()
-            checks += 1
-            if checks % 50 == 0 and not self._mine():
-                _log("another supervisor took over: exiting")
-                return
-            try:
-                state = self.store.read_or_empty()
-            except (OSError, CorruptState) as err:
-                _log(f"the routing is unreadable ({err}); retrying")
-                state = EMPTY
-            for what, record in self.watched(state):
-                if not tracked_alive(record):
-                    self._dead(what, record)
-            self.stopping.wait(self.interval)
+        try:
+            while not self.stopping.is_set():
+                self._reap()
+                self._keep_guard()
+                checks += 1
+                if checks % 50 == 0 and not self._mine():
+                    _log("another supervisor took over: exiting")
+                    return
+                self._check()
+                self.stopping.wait(self.interval)
+        finally:
+            self._release_guard()
         _log("stopped")
+
+    # -- the guard: restarts this supervisor when it dies --------------------------------------
+    def _keep_guard(self) -> None:
+        if self.guard is not None and self.guard.poll() is None:
+            return
+        if time.monotonic() < self._guard_not_before:
+            return
+        if self.guard is not None:
+            _log(f"the guard (pid {self.guard.pid}) died: starting a new one")
+        self._guard_not_before = time.monotonic() + 1.0
+        # same process group (no new session): stopping the supervisor's group stops the guard
+        self.guard = subprocess.Popen(
+            [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", str(self.store.dir),
+             "--guard", str(os.getpid())],
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+
+    def _release_guard(self) -> None:
+        """Stopping on purpose: tell the guard not to restart this supervisor."""
+        guard, self.guard = self.guard, None
+        if guard is not None and guard.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                guard.stdin.write(b"stop\n")
+                guard.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guard.wait(10)
+
+    def _check(self) -> None:
+        try:
+            state = self.store.read_or_empty()
+        except (OSError, CorruptState) as err:
+            _log(f"the routing is unreadable ({err}); retrying")
+            state = EMPTY
+        for what, record in self.watched(state):
+            if not tracked_alive(record):
+                self._dead(what, record)
 
     def _reap(self) -> None:
         for pid, proc in list(self.children.items()):
@@ -136,6 +178,8 @@ class Supervisor:
                 _log(f"the {what} (pid {record.get('pid')}) died and records no command: not restarted")
             return
         with self.store.lock():
+            if not self._mine():
+                return  # stopped, or replaced: restart nothing behind a stop
             try:
                 state = self.store.read_or_empty()
             except (OSError, CorruptState):
@@ -241,11 +285,59 @@ class Supervisor:
             self.store.write_process(Path(cwd), record)  # type: ignore[arg-type]
 
 
+def guard(directory: str, supervisor_pid: int) -> int:
+    """
+    Wait for the supervisor ``supervisor_pid`` to end; when it died without saying ``stop`` and is
+    still the deployment's supervisor, start a new one (with this process's environment, the
+    supervisor's) and record it. One restart, then exit: the new supervisor keeps a guard of its own.
+    """
+    said = sys.stdin.buffer.read()  # returns at EOF: the supervisor closed the pipe or died
+    if said.strip() == b"stop":
+        return 0
+    store = DeploymentStore(directory)
+    with store.lock():
+        record = store.read_supervisor()
+        if not record or record.get("pid") != supervisor_pid:
+            return 0  # stopped (no record) or replaced by a newer supervisor meanwhile
+        restarts = int(record.get("restarts") or 0) + 1
+        # one that keeps dying soon after its start is restarted with backoff
+        quick = (
+            int(record.get("quick_deaths") or 0) + 1
+            if time.time() - float(record.get("started_at") or 0) < STABLE_S
+            else 0
+        )
+        delay = min(BACKOFF_S * 2 ** (quick - 1), MAX_BACKOFF_S) if quick else 0.0
+    if delay:
+        time.sleep(delay)
+    with store.lock():
+        if (store.read_supervisor() or {}).get("pid") != supervisor_pid:
+            return 0
+        with open(record.get("log") or os.devnull, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", directory],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        now = time.time()
+        store.write_supervisor(
+            {**record, **process_record(proc.pid), "started_at": now, "restarted_at": now,
+             "restarts": restarts, "quick_deaths": quick}
+        )  # fmt: skip
+    _log(
+        f"the supervisor (pid {supervisor_pid}) died: started a new one, pid {proc.pid} (restart {restarts}"
+        + (f"; it died {quick} times in a row, waited {delay:.1f}s" if quick else "")
+        + ")"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True, help="the deployment's folder (holding current.json)")
     parser.add_argument("--interval", type=float, default=INTERVAL_S)
+    parser.add_argument("--guard", type=int, help="run as the guard of this supervisor pid")
     args = parser.parse_args(argv)
+    if args.guard:
+        return guard(args.dir, args.guard)
     supervisor = Supervisor(args.dir, args.interval)
 
     def stop(signum: int, frame: Any) -> None:
