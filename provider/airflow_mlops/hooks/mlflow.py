@@ -105,11 +105,14 @@ class MlflowHook(BaseHook):
         return f"{self.tracking_uri}/#/models/{name}/versions/{version}"
 
     @contextmanager
-    def unreachable_as_error(self, task: str) -> Iterator[None]:
+    def unreachable_as_error(self, task: str, naming_server: bool = False) -> Iterator[None]:
         """
         Around a task's MLflow calls: a server that stays unreachable after the client's retries
         (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, about 4 minutes by default) fails the task with an
         :class:`~airflow_mlops.exceptions.MlopsError` that names the server and what to do.
+
+        :param naming_server: only an error whose text names this server's address counts (around
+            a subprocess whose output may report other connections failing, e.g. Horovod's ranks).
         """
         from airflow_mlops.exceptions import MlopsError
 
@@ -118,13 +121,27 @@ class MlflowHook(BaseHook):
         except Exception as err:
             if not _is_unreachable(err):
                 raise
+            detail = self._line_naming_server(err) if naming_server else _first_line(err)
+            if not detail:
+                raise
             raise MlopsError(
                 f"{task}: the MLflow server at {self.tracking_uri} (connection '{self.mlflow_conn_id}') "
-                f"did not answer after the client's retries: {_first_line(err)}. Start it or fix the "
+                f"did not answer after the client's retries: {detail}. Start it or fix the "
                 "connection's host, then retry the task: it is idempotent (no second model version, "
                 "no second alias move). Longer outages: give the task retries, or raise "
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT."
             ) from err
+
+    def _line_naming_server(self, err: BaseException) -> str | None:
+        """The first line of ``err`` that names this server's address (None: no line does)."""
+        from urllib.parse import urlsplit
+
+        try:
+            address = urlsplit(self.tracking_uri).netloc
+        except Exception:  # noqa: BLE001 - no connection: nothing to name
+            return None
+        lines = [line.strip() for line in str(err).splitlines() if address and address in line]
+        return lines[0][:500] if lines else None
 
     def find_version_for_run(self, name: str, run_id: str):
         """The registered version of ``name`` created from ``run_id``, or None (makes retries idempotent)."""

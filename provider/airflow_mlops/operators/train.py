@@ -197,7 +197,13 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         # the DAG run's parent run: rank 0's run is nested in it
         parent = self._parent_run(context, mlflow_hook, experiment)
         self._runtime = runtime = RuntimeHook("training", self.runtimes_dir)
-        with mlflow_hook.parent_running(parent), tempfile.TemporaryDirectory(prefix="horovod-") as work:
+        with (
+            mlflow_hook.parent_running(parent),
+            tempfile.TemporaryDirectory(prefix="horovod-") as work,
+            # rank 0 logs to MLflow all along: a server gone mid-training is named as the cause
+            # (the retry resumes from the last checkpoint)
+            mlflow_hook.unreachable_as_error(f"{self.task_id} (train)", naming_server=True),
+        ):
             config = self._local_config(context, script, experiment, Path(work) / "result.json", parent)
             config_path = Path(work) / "config.json"
             config_path.write_text(json.dumps(config))
