@@ -283,7 +283,15 @@ def _settle(client: Any, lock_id: str, key: str, winner: str) -> None:
     """Tag the winner with the key, *then* delete the lock (so a deleted lock implies a tagged
     parent: the tag finds the parent once ``mlflow gc`` has purged the lock). Idempotent: the
     winner and any caller that reads the lock before it is deleted may both do it."""
-    client.set_tag(winner, PARENT_KEY_TAG, key)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_tag(winner, PARENT_KEY_TAG, key)
+    except MlflowException:
+        # two callers settling at once: MLflow's SQL store inserts a tag it found absent, so the
+        # second insert of the same (run, key) fails (UNIQUE constraint) although the tag is set
+        if client.get_run(winner).data.tags.get(PARENT_KEY_TAG) != key:
+            raise
     try:
         client.delete_experiment(lock_id)
     except Exception as err:  # noqa: BLE001 - a lock left in the experiment list is only untidy
