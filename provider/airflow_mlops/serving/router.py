@@ -97,10 +97,11 @@ DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 #: instead of a reset connection; a larger one is cut off
 _DRAIN_BYTES = 256 * 1024 * 1024
 _CONNECT_ERRORS = (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine, OSError)
-#: the connection failed before any answer came: the model server did not answer this request
-#: (refused: nothing listens; reset or closed: it died, or closed an idle keep-alive connection)
+#: the model server gave no whole answer to this request (refused: nothing listens; reset or
+#: closed: it died, or closed an idle keep-alive connection; an answer cut off after its headers:
+#: it died while writing it). Predictions are idempotent: retried on another live replica
 _NO_ANSWER = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
-              http.client.RemoteDisconnected)  # fmt: skip
+              http.client.RemoteDisconnected, http.client.IncompleteRead)  # fmt: skip
 #: seconds a client is told to wait (``Retry-After``) while no model server of a version answers
 RETRY_AFTER_S = 1
 
