@@ -79,9 +79,6 @@ class Stack:
     dags_folder: Path = REPO / "dags"
     runtimes_dir: Path = REPO / ".runtimes"
     username: str = "admin"
-    #: the metadata DB (``[database] sql_alchemy_conn``); None: SQLite under ``home``, as
-    #: ``airflow standalone`` makes it
-    database_url: str | None = None
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -168,8 +165,6 @@ class Stack:
                 "no_proxy": "127.0.0.1,localhost",
             }
         )
-        if self.database_url:
-            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url
         return env
 
     # -- processes -------------------------------------------------------------------------------
