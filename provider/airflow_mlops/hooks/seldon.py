@@ -472,7 +472,8 @@ class SeldonHook(BaseHook):
         routing's) needs is replaced.
         """
         import subprocess
-        import sys
+
+        from airflow_mlops.serving.supervisor import command as supervisor_command
 
         store = self.store(name)
         if feature_lookup is None:
@@ -490,7 +491,7 @@ class SeldonHook(BaseHook):
         # under the lock: the new supervisor restarts nothing until it is the one recorded
         with store.lock(), open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", str(store.dir)],
+                supervisor_command(store.dir),
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=env,
             )  # fmt: skip

@@ -65,6 +65,17 @@ BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 
 
+def command(directory: str | Path, guard_of: int | None = None) -> list[str]:
+    """The command line of a deployment's supervisor (or, with ``guard_of``, of its guard)."""
+    argv = [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", str(directory)]
+    return [*argv, "--guard", str(guard_of)] if guard_of else argv
+
+
+def backoff_delay(fails: int) -> float:
+    """Seconds to wait before restarting what died ``fails`` times in a row soon after its start."""
+    return min(BACKOFF_S * 2 ** (fails - 1), MAX_BACKOFF_S) if fails else 0.0
+
+
 def _log(message: str) -> None:
     print(
         f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {message}",
@@ -133,11 +144,7 @@ class Supervisor:
             _log(f"the guard (pid {self.guard.pid}) died: starting a new one")
         self._guard_not_before = time.monotonic() + 1.0
         # same process group (no new session): stopping the supervisor's group stops the guard
-        self.guard = subprocess.Popen(
-            [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", str(self.store.dir),
-             "--guard", str(os.getpid())],
-            stdin=subprocess.PIPE,
-        )  # fmt: skip
+        self.guard = subprocess.Popen(command(self.store.dir, guard_of=os.getpid()), stdin=subprocess.PIPE)
 
     def _release_guard(self) -> None:
         """Stopping on purpose: tell the guard not to restart this supervisor."""
@@ -208,7 +215,7 @@ class Supervisor:
         _, _, last_start = self.backoff.get(key, (0, 0.0, 0.0))
         quick = last_start and time.monotonic() - last_start < STABLE_S
         fails = fails + 1 if quick else 0
-        delay = min(BACKOFF_S * 2 ** (fails - 1), MAX_BACKOFF_S) if fails else 0.0
+        delay = backoff_delay(fails)
         self.backoff[key] = (fails, time.monotonic() + delay, time.monotonic())
         version = f" version {current['version']}" if current.get("version") else ""
         _log(
@@ -220,7 +227,7 @@ class Supervisor:
 
     def _failed(self, key: tuple[str, Any], fails: int) -> None:
         fails += 1
-        self.backoff[key] = (fails, time.monotonic() + min(BACKOFF_S * 2 ** (fails - 1), MAX_BACKOFF_S), 0.0)
+        self.backoff[key] = (fails, time.monotonic() + backoff_delay(fails), 0.0)
 
     def _start(self, record: dict[str, Any]) -> dict[str, Any]:
         env = {k: os.environ[k] for k in record.get("env_keys") or [] if k in os.environ}
@@ -306,7 +313,7 @@ def guard(directory: str, supervisor_pid: int) -> int:
             if time.time() - float(record.get("started_at") or 0) < STABLE_S
             else 0
         )
-        delay = min(BACKOFF_S * 2 ** (quick - 1), MAX_BACKOFF_S) if quick else 0.0
+        delay = backoff_delay(quick)
     if delay:
         time.sleep(delay)
     with store.lock():
@@ -314,7 +321,7 @@ def guard(directory: str, supervisor_pid: int) -> int:
             return 0
         with open(record.get("log") or os.devnull, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "airflow_mlops.serving.supervisor", "--dir", directory],
+                command(directory),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         now = time.time()
