@@ -79,6 +79,13 @@ class Stack:
     dags_folder: Path = REPO / "dags"
     runtimes_dir: Path = REPO / ".runtimes"
     username: str = "admin"
+    #: the metadata DB (``[database] sql_alchemy_conn``); None: SQLite under ``home``, as
+    #: ``airflow standalone`` makes it
+    database_url: str | None = None
+    #: seconds a component's job heartbeat may stand still, while the metadata DB answers, before
+    #: the supervisor calls it hung and restarts it (Airflow's own health check says "unhealthy"
+    #: after 30 s; the official Helm chart's liveness probe restarts after about 5 minutes)
+    hung_after: float = 120.0
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -165,6 +172,8 @@ class Stack:
                 "no_proxy": "127.0.0.1,localhost",
             }
         )
+        if self.database_url:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url
         return env
 
     # -- processes -------------------------------------------------------------------------------
@@ -221,6 +230,9 @@ class Stack:
             "prepare": [[airflow, "db", "migrate"]],
             "commands": {name: [airflow, name] for name in COMPONENTS},
             "job_types": {name: job for name, job in COMPONENTS.items() if job},
+            # read-only, for the liveness check of the components that heartbeat a job row
+            "database_url": self.database_url or f"sqlite:///{self.airflow_home / 'airflow.db'}",
+            "hung_after": self.hung_after,
         }
         spec_path = self.home / "supervisor-spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
@@ -503,6 +515,52 @@ with create_session() as session:
 """
 
 
+class JobHeartbeats:
+    """Reads, never writes, the newest ``running`` row of each job type in Airflow's ``job`` table.
+
+    With SQLAlchemy alone (no Airflow import in the supervisor: it stays small and starts at
+    once); a fresh connection per read, so a restarted database is simply read again.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = None
+
+    def newest(self, job_types: list[str]) -> dict[str, tuple[float, float | None]] | None:
+        """``{job_type: (start, latest heartbeat)}`` as Unix times; None when the DB does not answer."""
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        if self._engine is None:
+            timeout = {"timeout": 5} if self.url.startswith("sqlite") else {"connect_timeout": 5}
+            self._engine = sa.create_engine(self.url, poolclass=NullPool, connect_args=timeout)
+        query = sa.text(
+            "SELECT job_type, start_date, latest_heartbeat FROM job "
+            "WHERE state = 'running' AND job_type IN :types ORDER BY id DESC"
+        ).bindparams(sa.bindparam("types", expanding=True))
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query, {"types": job_types}).all()
+        except sa.exc.SQLAlchemyError:
+            return None  # down, restarting or locked: no judgement now
+        newest: dict[str, tuple[float, float | None]] = {}
+        for job_type, start, heartbeat in rows:
+            if job_type not in newest and start is not None:
+                newest[job_type] = (_unix(start), _unix(heartbeat) if heartbeat is not None else None)
+        return newest
+
+
+def _unix(value: Any) -> float:
+    """A UTC timestamp of the ``job`` table (SQLite gives text, PostgreSQL a datetime) as Unix time."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
 class Supervisor:
     """
     Run named commands, each in a process group of its own, and restart each one that dies, the
@@ -511,6 +569,13 @@ class Supervisor:
     started again after a backoff that doubles from ``min_backoff`` up to ``max_backoff`` while
     it keeps dying within ``stable_after`` seconds of its start. Every death is logged loudly
     (``!!!``) and counted; ``<home>/supervisor.json`` says pid, restarts and last exit of each.
+
+    A component with a ``job_type`` is also checked for life, as a Kubernetes liveness probe
+    would (``airflow jobs check``): when its job row's heartbeat (read from ``database_url``) has
+    not moved for ``hung_after`` seconds while the database answered, it is hung (a scheduler
+    whose loop failed on a database outage can wait forever in its executor's shutdown) and is
+    killed and restarted like a dead one. While the database does not answer nothing is judged:
+    a component riding out an outage gets ``hung_after`` seconds from the database's return.
 
     SIGTERM / SIGINT stop it: every group gets SIGTERM, then SIGKILL after ``grace`` seconds.
     """
@@ -525,6 +590,9 @@ class Supervisor:
         max_backoff: float = 60.0,
         stable_after: float = 60.0,
         grace: float = 20.0,
+        database_url: str | None = None,
+        hung_after: float = 120.0,
+        check_every: float = 5.0,
     ) -> None:
         self.home = Path(home)
         self.commands = commands
@@ -540,6 +608,11 @@ class Supervisor:
         self.next_start: dict[str, float] = dict.fromkeys(commands, 0.0)
         self.started_at: dict[str, float] = dict.fromkeys(commands, 0.0)
         self.stopping = False
+        self.heartbeats = JobHeartbeats(database_url) if database_url and self.job_types else None
+        self.hung_after, self.check_every = hung_after, check_every
+        #: per component: (the heartbeat last read, monotonic time since when it has not moved)
+        self.still: dict[str, tuple[float | None, float] | None] = dict.fromkeys(commands)
+        self.next_check = 0.0
 
     @property
     def records(self) -> Path:
@@ -568,6 +641,7 @@ class Supervisor:
             )
         self.procs[name] = proc
         self.started_at[name] = time.monotonic()
+        self.still[name] = None
         record = process_record(proc.pid, name=name)
         write_json(self.records / f"{name}.json", record)
         self.state[name].update(
@@ -576,8 +650,10 @@ class Supervisor:
         _log(f"supervisor: started {name} (pid {proc.pid}), log {log_path}")
         self._write_state()
 
-    def _died(self, name: str, proc: subprocess.Popen) -> None:
-        code = proc.returncode
+    def _died(self, name: str, proc: subprocess.Popen, hung: str | None = None) -> None:
+        """``proc`` died, or was killed since it hung (``hung`` says why): clean up, restart later."""
+        last_exit = f"hung ({hung}); killed" if hung else _how(proc.returncode)
+        why = f"HUNG ({hung}): killed" if hung else f"DIED ({last_exit})"
         ran = time.monotonic() - self.started_at[name]
         _kill_group_now(proc.pid)  # what it left behind: its log server holds a port
         (self.records / f"{name}.json").unlink(missing_ok=True)
@@ -589,14 +665,14 @@ class Supervisor:
         backoff = min(backoff, self.max_backoff)
         state.update(
             restarts=state["restarts"] + 1,
-            last_exit=_how(code),
+            last_exit=last_exit,
             last_died_at=time.time(),
             backoff=backoff,
             pid=None,
         )
         self.next_start[name] = time.monotonic() + backoff
         message = (
-            f"!!! supervisor: airflow {name} (pid {proc.pid}) DIED ({_how(code)}) after {ran:.0f}s; "
+            f"!!! supervisor: airflow {name} (pid {proc.pid}) {why} after {ran:.0f}s; "
             f"its process group is killed; restart #{state['restarts']} in {backoff:.0f}s "
             f"(log: {self.home / 'logs' / f'airflow-{name}.log'})"
         )
@@ -618,6 +694,37 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 _log(f"supervisor: marking {name}'s job rows failed timed out")
         self._write_state()
+
+    def _check_heartbeats(self) -> None:
+        """Kill and restart (via ``_died``) each job component whose heartbeat stands still."""
+        now = time.monotonic()
+        if self.heartbeats is None or now < self.next_check:
+            return
+        self.next_check = now + self.check_every
+        watched = {n: t for n, t in self.job_types.items() if self.procs.get(n) is not None}
+        newest = self.heartbeats.newest(sorted(set(watched.values()))) if watched else {}
+        for name, job_type in watched.items():
+            proc = self.procs[name]
+            if newest is None:
+                self.still[name] = None  # the DB does not answer: judge nothing, start over after
+                continue
+            # its own row only: one started before this process is a dead predecessor's
+            started = time.time() - (now - self.started_at[name])
+            row = newest.get(job_type)
+            beat = row[1] if row and row[0] >= started - 5 else None
+            last = self.still[name]
+            if last is None or last[0] != beat:
+                self.still[name] = (beat, now)
+                continue
+            if now - last[1] < self.hung_after:
+                continue
+            said = "no job heartbeat since it started" if beat is None else (
+                f"its {job_type} heartbeat has not moved for {now - last[1]:.0f}s "
+                f"(last {time.time() - beat:.0f}s ago) while the metadata DB answered"
+            )  # fmt: skip
+            _kill_group_now(proc.pid)
+            proc.wait()
+            self._died(name, proc, hung=said)
 
     def _stop_all(self) -> None:
         running = {name: proc for name, proc in self.procs.items() if proc is not None}
@@ -660,6 +767,7 @@ class Supervisor:
                     self._died(name, proc)
                 elif proc is None and time.monotonic() >= self.next_start[name] and not self.stopping:
                     self._start(name)
+            self._check_heartbeats()
             time.sleep(0.5)
         _log("supervisor: stopping")
         self._stop_all()
@@ -673,7 +781,12 @@ def supervise(spec_path: str) -> int:
         commands=spec["commands"],
         prepare=spec.get("prepare"),
         job_types=spec.get("job_types"),
-        **{k: float(spec[k]) for k in ("min_backoff", "max_backoff", "stable_after", "grace") if k in spec},
+        database_url=spec.get("database_url"),
+        **{
+            k: float(spec[k])
+            for k in ("min_backoff", "max_backoff", "stable_after", "grace", "hung_after", "check_every")
+            if k in spec
+        },
     )
     return supervisor.run()
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,9 +66,11 @@ def alive(pid: int) -> bool:
 class Supervised:
     """``stack.py supervise`` over stand-in components, in a home of its own."""
 
-    def __init__(self, home: Path, commands: dict[str, list[str]], **timing: float) -> None:
+    def __init__(
+        self, home: Path, commands: dict[str, list[str]], env: dict[str, str] | None = None, **spec: Any
+    ) -> None:
         self.home = home
-        spec = {"commands": commands, **timing}
+        spec = {"commands": commands, **spec}
         self.spec = home / "supervisor-spec.json"
         self.spec.write_text(json.dumps(spec))
         self.log = home / "logs" / "airflow.log"
@@ -77,6 +81,7 @@ class Supervised:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
 
     def state(self) -> dict:
@@ -111,8 +116,8 @@ def log_servers(out: Path) -> dict[int, int]:
 def supervised(tmp_path):
     started: list[Supervised] = []
 
-    def start(commands, **timing):
-        s = Supervised(tmp_path, commands, **timing)
+    def start(commands, **spec):
+        s = Supervised(tmp_path, commands, **spec)
         started.append(s)
         return s
 
@@ -182,3 +187,90 @@ def test_stack_stop_stops_the_components_of_a_supervisor_that_was_killed(tmp_pat
     assert alive(leader) and alive(server)
     Stack(home=tmp_path).stop()
     assert not alive(leader) and not alive(server)
+
+
+def heartbeating_script(tmp: Path) -> Path:
+    """A component that heartbeats as Airflow's jobs do: a ``running`` row of Airflow's ``job``
+    table (same columns) whose ``latest_heartbeat`` it moves every 0.2 s. Its first instance
+    stops heartbeating after ``beats`` beats (-1: never) and then hangs, alive; later ones never
+    stop."""
+    script = tmp / "heartbeating.py"
+    script.write_text(
+        "import os, sqlite3, sys, time\n"
+        "from datetime import datetime, timezone\n"
+        "db, job_type, beats = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+        "first = not os.path.exists(f'{db}.{job_type}')\n"
+        "open(f'{db}.{job_type}', 'a').close()\n"
+        "now = lambda: datetime.now(timezone.utc).isoformat(sep=' ')\n"
+        "con = sqlite3.connect(db, timeout=10, isolation_level=None)\n"
+        "con.execute('CREATE TABLE IF NOT EXISTS job (id INTEGER PRIMARY KEY, dag_id TEXT, state TEXT,'\n"
+        "            ' job_type TEXT, start_date TEXT, end_date TEXT, latest_heartbeat TEXT,'\n"
+        "            ' executor_class TEXT, hostname TEXT, unixname TEXT)')\n"
+        'job = con.execute("INSERT INTO job (state, job_type, start_date, latest_heartbeat)"\n'
+        "                  \" VALUES ('running', ?, ?, ?)\", (job_type, now(), now())).lastrowid\n"
+        "n = 0\n"
+        "while True:\n"
+        "    if not (first and 0 <= beats <= n):\n"
+        "        con.execute('UPDATE job SET latest_heartbeat = ? WHERE id = ?', (now(), job))\n"
+        "    n += 1\n"
+        "    time.sleep(0.2)\n"
+    )
+    return script
+
+
+def test_a_hung_component_whose_heartbeat_stands_still_is_killed_and_restarted(tmp_path, supervised):
+    """A scheduler alive but doing nothing (its loop failed; it waits forever in its executor's
+    shutdown) is what a process manager watching for deaths never restarts: the supervisor reads
+    the component's job heartbeat from the metadata DB and restarts it when it stands still."""
+    db = tmp_path / "airflow.db"
+    script = heartbeating_script(tmp_path)
+    s = supervised(
+        {
+            "scheduler": [sys.executable, str(script), str(db), "SchedulerJob", "10"],
+            "triggerer": [sys.executable, str(script), str(db), "TriggererJob", "-1"],
+        },
+        job_types={"scheduler": "SchedulerJob", "triggerer": "TriggererJob"},
+        database_url=f"sqlite:///{db}",
+        hung_after=3,
+        check_every=0.2,
+        min_backoff=0.2,
+        # what the supervisor runs to mark the hung scheduler's job row failed reads this DB
+        env={**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}"},
+    )
+    hung = s.wait("the scheduler running", lambda: s.state().get("scheduler", {}).get("pid"))
+    state = s.wait("the scheduler restarted", lambda: s.state()["scheduler"]["pid"] not in (None, hung)
+                   and s.state()["scheduler"])  # fmt: skip
+    assert state["restarts"] == 1, state
+    assert state["last_exit"].startswith("hung (its SchedulerJob heartbeat has not moved for ")
+    assert state["last_exit"].endswith("; killed") and not alive(hung)
+    assert s.state()["triggerer"]["restarts"] == 0  # it heartbeats: left alone
+    said = s.log.read_text()
+    assert f"!!! supervisor: airflow scheduler (pid {hung}) HUNG (its SchedulerJob heartbeat" in said
+    con = sqlite3.connect(db, timeout=10)
+    s.wait(
+        "the hung scheduler's job row marked failed",
+        lambda: (
+            con.execute("SELECT state FROM job WHERE job_type = 'SchedulerJob' ORDER BY id").fetchone()
+            == ("failed",)
+        ),
+    )
+    # the new instance heartbeats: it is not restarted again
+    job_type = "SchedulerJob"
+    name = "scheduler"
+    first_beat = s.wait(
+        "the new instance's row",
+        lambda: con.execute(
+            "SELECT latest_heartbeat FROM job WHERE job_type = ? ORDER BY id DESC LIMIT 1", (job_type,)
+        ).fetchone(),
+    )[0]
+    s.wait(
+        "the new instance heartbeating",
+        lambda: (
+            con.execute(
+                "SELECT latest_heartbeat FROM job WHERE job_type = ? ORDER BY id DESC LIMIT 1", (job_type,)
+            ).fetchone()[0]
+            != first_beat
+        ),
+    )
+    rows = con.execute("SELECT COUNT(*) FROM job WHERE job_type = ?", (job_type,)).fetchone()[0]
+    assert rows == 2 and s.state()[name]["restarts"] == 1
