@@ -9,12 +9,14 @@ Then, ``--windows`` times: ``window_rows`` July flights are sent through the sta
 ``queued_at`` of the DAG run the watcher's event creates (server clock, same machine).
 
 What the interval is made of: the model server's inference-log flush (≤ 1 s), the watcher's
-poll (``poll_interval`` = 2 s), the drift test in the drift runtime (a subprocess: importing
-alibi-detect dominates), the asset event and the scheduler's next loop. The baseline is not
+poll (``poll_interval`` = 2 s), the drift test in the drift runtime's long-lived worker
+(``airflow_mlops.drift_worker``: alibi-detect is imported once, when the first window starts the
+worker; before it, every window paid that import in a fresh process, ~8 s), the asset event and
+the scheduler's next loop. The baseline is not
 measured: it is a *modelled* hourly cron check (a window landing at a uniformly random moment
 waits half the period, 1,800 s, on average, before a check sees it), printed as such.
 
-    .venv/bin/python bench/loop.py [--windows 3] [--json out.json]
+    .venv/bin/python bench/loop.py [--windows 10] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ DAG_ID = "bench_loop_retrain"
 WINDOW_ROWS = 2000
 # modelled, not measured: the mean wait of a window for an hourly cron check (half the period)
 MODELLED_HOURLY_CRON_MEAN_S = 3600.0 / 2
-TARGET_S = 30.0
+#: issue 20's goal: median <= 3 s, p95 <= 5 s
+TARGET_S, TARGET_P95_S = 3.0, 5.0
 
 DAG_FILE = f'''
 from datetime import datetime, timezone
@@ -89,7 +92,7 @@ def deploy(work: Path, runtimes: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=10)
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
@@ -149,6 +152,7 @@ def main() -> None:
         "median_s": median,
         "p95_s": p95,
         "target_s": TARGET_S,
+        "target_p95_s": TARGET_P95_S,
         "vs_modelled_hourly_cron": median / MODELLED_HOURLY_CRON_MEAN_S,
         "load_avg": os.getloadavg(),
     }
@@ -157,7 +161,8 @@ def main() -> None:
         f"| drifted window landed → retraining run queued (median of {len(figures)}) | {median:.1f} |\n"
         f"| the same, p95 | {p95:.1f} |\n"
         f"| hourly cron check, mean wait (modelled, not measured) | {MODELLED_HOURLY_CRON_MEAN_S:.0f} |\n"
-        f"| ratio | {summary['vs_modelled_hourly_cron']:.4f} |  (target: under {TARGET_S:.0f} s)"
+        f"| ratio | {summary['vs_modelled_hourly_cron']:.4f} |  "
+        f"(target: median <= {TARGET_S:.0f} s, p95 <= {TARGET_P95_S:.0f} s)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -531,6 +531,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="distinct request rows, cycled")
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="model servers behind the router (SeldonDeployOperator(replicas=N)); the direct row: the first",
+    )
+    parser.add_argument(
         "--mlserver-workers",
         type=int,
         default=1,
@@ -581,7 +587,7 @@ def main() -> None:
         if mlserver_bin is not None:  # starts in the background while Seldon starts
             mlserver = MLServerProcess(mlserver_bin, model_dir, work, args.mlserver_workers)
         hook = SeldonHook(runtimes_dir=str(runtimes))
-        seldon_state = hook.start_local("flights-delay-bench", str(model_dir), "1")
+        seldon_state = hook.start_local("flights-delay-bench", str(model_dir), "1", replicas=args.replicas)
         # the deployment as clients reach it: the router on the stable address, in front of the server
         router = hook.ensure_router("flights-delay-bench")
         hook.switch("flights-delay-bench", seldon_state)
@@ -639,6 +645,7 @@ def main() -> None:
         "load_avg_before": [round(v, 2) for v in load_before],
         "load_avg_after": [round(v, 2) for v in load_after],
         "mlserver_parallel_workers": None if args.skip_mlserver else args.mlserver_workers,
+        "replicas": args.replicas,
         "versions": versions,
     }
     print(markdown(results))

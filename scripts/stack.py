@@ -308,6 +308,11 @@ class Stack:
             grace = 30.0 if pid_file.stem == "airflow" else 10.0
             self._kill_group(int(pid_file.read_text()), pid_file.stem, grace)
             pid_file.unlink()
+        # the drift watcher's worker (started by the triggerer, in a session of its own)
+        from airflow_mlops.drift_worker import DriftWorker
+
+        if DriftWorker(self.data_dir).stop():
+            _log("stopped the drift worker")
         # what the supervisor started and did not stop (it was killed itself, or too slow)
         for record_file in sorted((self.pid_dir / "components").glob("*.json")):
             try:

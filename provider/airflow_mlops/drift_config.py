@@ -29,7 +29,9 @@ REPORT_FILE = "report.json"
 PLOT_FILE = "pvalues.png"
 
 
-def check_settings(correction: str, p_val: float, max_rows: int | None) -> None:
+def check_settings(
+    correction: str, p_val: float, max_rows: int | None, min_effect_size: float | None = None
+) -> None:
     """Refuse settings the runtime would refuse, when the DAG is parsed rather than at each check.
 
     :raises ValueError: naming the argument.
@@ -40,6 +42,11 @@ def check_settings(correction: str, p_val: float, max_rows: int | None) -> None:
         raise ValueError(f"p_val must be between 0 and 1, got {p_val!r}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be at least 1 (or None: no cap), got {max_rows!r}")
+    if min_effect_size is not None and not 0 <= min_effect_size < 1:
+        raise ValueError(
+            f"min_effect_size must be in [0, 1) (a KS or total variation distance; None: off), "
+            f"got {min_effect_size!r}"
+        )
 
 
 def drift_config(
@@ -54,6 +61,7 @@ def drift_config(
     correction: str = DEFAULT_CORRECTION,
     mmd: bool = False,
     max_rows: int | None = DEFAULT_MAX_ROWS,
+    min_effect_size: float | None = None,
 ) -> dict[str, Any]:
     """The drift runtime's config: test ``current`` against ``reference``; report and plot in ``out_dir``."""
     out = Path(out_dir)
@@ -67,6 +75,7 @@ def drift_config(
         "correction": correction,
         "mmd": mmd,
         "max_rows": max_rows,
+        "min_effect_size": min_effect_size,
         "seed": SEED,
         "output": str(out / REPORT_FILE),
         "plot": str(out / PLOT_FILE),

@@ -189,6 +189,28 @@ def _matching_positions(table, model_version: str | None):
     return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
 
 
+def _first_seen(table, positions, seen: set[int]):
+    """``positions`` of ``table`` whose row was not logged before (in ``seen`` or earlier in
+    ``positions``); adds them to ``seen``. A row repeats an earlier one when all of it but the
+    moment it was logged (``ts``, ``latency_ms``) is the same: request id, row, version,
+    prediction and every feature. So a client that reuses its own request ids for other data
+    loses nothing; only the same answered row, logged twice, counts once."""
+    import numpy as np
+    import pandas as pd
+
+    if len(positions) == 0 or not {"request_id", "row"} <= set(table.column_names):
+        return positions
+    what = sorted(c for c in table.column_names if c not in ("ts", "latency_ms"))
+    frame = table.select(what).take(positions).to_pandas()
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    keep = []
+    for position, digest in zip(positions, hashes, strict=True):
+        if int(digest) not in seen:
+            seen.add(int(digest))
+            keep.append(position)
+    return np.asarray(keep, dtype=np.int64)
+
+
 def next_window(
     log_dir: str | os.PathLike[str],
     rows: int,
@@ -204,6 +226,10 @@ def next_window(
     window may therefore end inside a file — one request of 5,000 rows makes two and a half
     windows of 2,000, not one of 5,000 — and the rest of that file starts the next window.
 
+    A row logged twice — a model server killed after logging a prediction but before answering
+    it, whose request the router then retried (same request id) on another replica or on the
+    restarted one — counts once in the window that holds both copies (see :func:`_first_seen`).
+
     :param unreadable: when given, a file that cannot be read as an inference-log file (corrupt,
         not Parquet, no ``model_version`` column) is appended to it as ``(path, reason)`` and
         counts as holding no rows — a window that goes on past it leaves the cursor after it —
@@ -215,6 +241,7 @@ def next_window(
         raise ValueError(f"rows must be at least 1, got {rows}")
     root = Path(log_dir)
     tables = []
+    seen: set[int] = set()
     count, previous = 0, (str(after) if after is not None else None)
     for i, path in enumerate(list_files(root, after)):
         start = skip if i == 0 else 0
@@ -229,7 +256,7 @@ def next_window(
             previous = cursor_of(root, path)
             continue
         table = table.slice(start)
-        positions = _matching_positions(table, model_version)
+        positions = _first_seen(table, _matching_positions(table, model_version), seen)
         need = rows - count
         if len(positions) < need:
             tables.append(table.take(positions))

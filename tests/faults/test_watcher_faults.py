@@ -156,6 +156,9 @@ def watch(tmp_path):
         yield w
     finally:
         w.stop_all()
+        from airflow_mlops.drift_worker import DriftWorker
+
+        DriftWorker(w.data).stop()  # the watchers' drift worker outlives them (its own session)
 
 
 def test_a_killed_watcher_restarted_and_run_twice_loses_and_doubles_no_window(watch):

@@ -188,6 +188,57 @@ def test_other_bad_input(flights_weather, tmp_path, case, message):
     assert not out.exists()
 
 
+# --------------------------------------------------------------------------- min_effect_size
+
+
+def _fortnights(flights_weather, month: int):
+    m = flights_weather[flights_weather["month"] == month]
+    day = pd.to_datetime(m["time_hour"]).dt.day
+    return m[day <= 14], m[(day >= 15) & (day <= 28)]
+
+
+def test_min_effect_size_quiets_adjacent_fortnights_flags_winter_vs_summer(flights_weather, tmp_path):
+    """Hourly weather is not independent draws: two fortnights of one month "drift" at p ~ 0 on
+    p-values alone; with a minimum KS distance they do not, while January vs July still does."""
+    first, second = _fortnights(flights_weather, 10)  # October: the largest gap of 2013's months
+    a, b = _write(first, tmp_path / "a.parquet"), _write(second, tmp_path / "b.parquet")
+    weather = {"numeric_features": WEATHER, "categorical_features": ["carrier"], "max_rows": 5000}
+    plain_dir, calibrated_dir, summer_dir = (tmp_path / n for n in ("plain", "calibrated", "summer"))
+    for folder in (plain_dir, calibrated_dir, summer_dir):
+        folder.mkdir()
+    proc, out = _run(plain_dir, reference=a, current=b, **weather)
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads(out.read_text())
+    assert plain["is_drift"] is True and plain["min_effect_size"] is None
+    proc, out = _run(calibrated_dir, reference=a, current=b, min_effect_size=0.7, **weather)
+    assert proc.returncode == 0, proc.stderr
+    calibrated = json.loads(out.read_text())
+    assert calibrated["is_drift"] is False and calibrated["drifted_features"] == []
+    assert calibrated["min_effect_size"] == 0.7
+    # the same p-values: only the effect size keeps them from alarming
+    assert calibrated["p_values"] == plain["p_values"]
+    temp = calibrated["features"]["temp"]
+    assert temp["effect_size"] == temp["distance"] and 0 < temp["effect_size"] < 0.7
+    carrier = calibrated["features"]["carrier"]  # categorical: total variation distance, 0..1
+    assert carrier["test"] == "chi2" and 0 <= carrier["effect_size"] <= 1
+    jan = _write(flights_weather[flights_weather["month"] == 1], tmp_path / "jan.parquet")
+    jul = _write(_fortnights(flights_weather, 7)[0], tmp_path / "jul.parquet")
+    proc, out = _run(summer_dir, reference=jan, current=jul, min_effect_size=0.7, **weather)
+    assert proc.returncode == 0, proc.stderr
+    summer = json.loads(out.read_text())
+    assert summer["is_drift"] is True and "temp" in summer["drifted_features"]
+    assert summer["features"]["temp"]["effect_size"] >= 0.7
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "0.5", True])
+def test_bad_min_effect_size(flights_weather, tmp_path, value):
+    ref = _write(flights_weather[flights_weather["month"] == 1].head(300), tmp_path / "ref.parquet")
+    proc, out = _run(tmp_path, reference=ref, current=ref, min_effect_size=value)
+    assert proc.returncode == 2, proc.stderr
+    assert "'min_effect_size' must be null or a number in [0, 1)" in proc.stderr
+    assert not out.exists()
+
+
 def test_pvalue_plot_is_png(jan_vs_jul):
     _, _, plot = jan_vs_jul
     assert plot.is_file()

@@ -229,6 +229,36 @@ def test_next_window_waits_for_enough_rows_of_the_version(tmp_path: Path) -> Non
         next_window(tmp_path, rows=0)
 
 
+def test_next_window_counts_a_prediction_logged_twice_once(tmp_path: Path) -> None:
+    """A model server killed after logging a request but before answering it: the router retries
+    the request (same request id) on the restarted server, which logs it again; the journal of
+    the dead one is replayed too. Both copies are in the log; a window counts the rows once."""
+    first = _write(tmp_path, "2026-11-22T05:00:00Z", 3, request_id="retried", pid=100)
+    _write(tmp_path, "2026-11-22T05:00:01Z", 3, request_id="retried", pid=200)  # the retry's copy
+    _write(tmp_path, "2026-11-22T05:00:02Z", 2, request_id="next", pid=200)
+    df, cursor = next_window(tmp_path, rows=4)
+    assert list(zip(df["request_id"], df["row"], strict=True)) == [
+        ("retried", 0), ("retried", 1), ("retried", 2), ("next", 0)
+    ]  # fmt: skip
+    assert cursor["skip"] == 1 and cursor["after"] != cursor_of(tmp_path, first)
+    # one file repeating a row of itself, too
+    other = tmp_path / "other"
+    path = _write(other, "2026-11-22T06:00:00Z", 2, request_id="x")
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table]), path)
+    df, _ = next_window(other, rows=2)
+    assert df["row"].tolist() == [0, 1]
+    assert next_window(other, rows=3) is None  # 4 rows written, 2 distinct
+    # a client reusing its own request id for other data loses nothing: not the same rows
+    reused = tmp_path / "reused"
+    _write(reused, "2026-11-22T07:00:00Z", 2, request_id="mine")
+    again = _write(reused, "2026-11-22T07:00:01Z", 2, request_id="mine")
+    table = pq.read_table(again)
+    pq.write_table(table.set_column(table.column_names.index("temp"), "temp", pa.array([9.0, 9.5])), again)
+    df, _ = next_window(reused, rows=4)
+    assert df["temp"].tolist()[2:] == [9.0, 9.5]
+
+
 # --------------------------------------------------------------------------- with the real writer
 
 

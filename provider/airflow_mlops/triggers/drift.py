@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 import uuid
@@ -122,6 +123,12 @@ class DriftEventTrigger(BaseEventTrigger):
     :param cooldown_seconds: no event within this many seconds of the previous one.
     :param poll_interval: seconds between two looks at the log.
     :param max_rows: rows sampled from each side at most.
+    :param min_effect_size: for dependent data (hourly weather, anything seasonal): flag a
+        feature only when its change is also at least this large — the Kolmogorov-Smirnov
+        distance D (0..1) for numeric features and the prediction, the total variation distance
+        of the category shares for categorical ones. With thousands of rows that are not
+        independent draws, p-values alone flag adjacent fortnights of one month; None (the
+        default) tests p-values only. docs/monitoring.md shows false-alarm and detection rates.
     :param max_window_age_seconds: rows waiting this long without completing a window are
         dropped (logged), so a window never joins old traffic to new; None keeps them.
     """
@@ -140,10 +147,11 @@ class DriftEventTrigger(BaseEventTrigger):
         cooldown_seconds: float = 600.0,
         poll_interval: float = 5.0,
         max_rows: int = DEFAULT_MAX_ROWS,
+        min_effect_size: float | None = None,
         max_window_age_seconds: float | None = None,
     ) -> None:
         super().__init__()
-        check_settings(correction, p_val, max_rows)
+        check_settings(correction, p_val, max_rows, min_effect_size)
         if window_rows < 1:
             raise ValueError(f"window_rows must be at least 1, got {window_rows!r}")
         self.deployment_name = deployment_name
@@ -159,10 +167,13 @@ class DriftEventTrigger(BaseEventTrigger):
         self.poll_interval = poll_interval
         self.max_rows = max_rows
         self.max_window_age_seconds = max_window_age_seconds
+        self.min_effect_size = min_effect_size
         #: the status record as last written (not an argument: run() reads it from its file)
         self._status: dict[str, Any] | None = None
         #: the problem this run has logged last (each is logged once per run of the trigger)
         self._said: str | None = None
+        #: run()'s start of the drift worker (a reference, so the task is not collected)
+        self._warm_up: asyncio.Future | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -181,6 +192,7 @@ class DriftEventTrigger(BaseEventTrigger):
                 "poll_interval": self.poll_interval,
                 "max_rows": self.max_rows,
                 "max_window_age_seconds": self.max_window_age_seconds,
+                "min_effect_size": self.min_effect_size,
             },
         )
 
@@ -366,8 +378,7 @@ class DriftEventTrigger(BaseEventTrigger):
 
         :raises _Untestable: with the check's own message when it fails.
         """
-        from airflow_mlops import settings
-        from airflow_mlops.hooks.runtime import RuntimeHook
+        from airflow_mlops.drift_worker import DriftWorker, failure_said
 
         out = self.watch_dir / window_id
         out.mkdir(parents=True, exist_ok=True)
@@ -382,8 +393,24 @@ class DriftEventTrigger(BaseEventTrigger):
             correction=self.correction,
             mmd=self.mmd,
             max_rows=self.max_rows,
+            min_effect_size=self.min_effect_size,
         )
         config_path = write_config(config)
+        # the long-lived worker first: alibi-detect imported once, not once per window
+        answer = None if self.mmd else await asyncio.to_thread(DriftWorker().check, config_path)
+        if answer is not None:
+            code, text = answer
+        else:
+            code, text = await self._test_in_a_process(config_path)
+        if code != 0:
+            raise _Untestable(f"the drift check failed (exit code {code}): {failure_said(text)}")
+        return json.loads((out / REPORT_FILE).read_text())
+
+    async def _test_in_a_process(self, config_path: Path) -> tuple[int, str]:
+        """``drift_detect.py`` as a process of its own: its exit code and output."""
+        from airflow_mlops import settings
+        from airflow_mlops.hooks.runtime import RuntimeHook
+
         try:
             runtime = RuntimeHook("drift")
             proc = await asyncio.create_subprocess_exec(
@@ -403,14 +430,7 @@ class DriftEventTrigger(BaseEventTrigger):
                 proc.kill()
                 await asyncio.shield(proc.wait())
             raise
-        if proc.returncode != 0:
-            text = output.decode(errors="replace")
-            said = [line for line in text.splitlines() if "drift_detect: error:" in line]
-            raise _Untestable(
-                f"the drift check failed (exit code {proc.returncode}): "
-                + ("\n".join(said) if said else text[-2000:].strip())
-            )
-        return json.loads((out / REPORT_FILE).read_text())
+        return int(proc.returncode or 0), output.decode(errors="replace")
 
     def _record(self, window_id: str, summary: dict[str, Any]) -> None:
         """``window.json`` in the window's folder: what was tested, or why it was not, for the MLOps page."""
@@ -540,6 +560,8 @@ class DriftEventTrigger(BaseEventTrigger):
             first = 0
         settings = [self.numeric_features, self.categorical_features, self.window_rows, self.p_val]
         settings += [self.correction, self.mmd, self.max_rows, self.event_time_column, self.reference_path]
+        if self.min_effect_size is not None:  # only then: the ids of windows seen before it stay
+            settings.append(self.min_effect_size)
         key = json.dumps([start.get("after"), int(start.get("skip") or 0), version, settings], default=str)
         return f"{first}-{hashlib.sha256(key.encode()).hexdigest()[:12]}-v{version}"
 
@@ -745,6 +767,9 @@ class DriftEventTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._status = await asyncio.to_thread(self._load_status)
         self._said = None
+        if not self.mmd:
+            # the drift worker imports alibi-detect now, not when the first window waits for it
+            self._warm_up = asyncio.ensure_future(asyncio.to_thread(_start_drift_worker))
         while True:
             try:
                 outcome = await self._step()
@@ -762,6 +787,17 @@ class DriftEventTrigger(BaseEventTrigger):
                 yield TriggerEvent(outcome)
             elif not outcome:
                 await asyncio.sleep(self.poll_interval)
+
+
+def _start_drift_worker() -> None:
+    from airflow_mlops.drift_worker import DriftWorker
+
+    try:
+        DriftWorker().ensure()
+    except Exception:  # the first check starts it (or runs on its own) and says what is wrong
+        logging.getLogger(__name__).warning(
+            "The drift worker could not be started ahead of the first window", exc_info=True
+        )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -137,7 +137,8 @@ def _operator(volume: Path, **kwargs):
 
 def test_the_check_runs_as_a_job_on_the_shared_volume_and_announces_drift(cluster, flights):
     context = _context()
-    result = _operator(flights).execute(context)
+    # with an effect size for dependent data: summer against winter moves temp far past it
+    result = _operator(flights, min_effect_size=0.7).execute(context)
 
     # what the pod wrote on the shared volume is what the task returns and announces
     report = json.loads(Path(result["report"]).read_text())
@@ -166,6 +167,8 @@ def test_the_check_runs_as_a_job_on_the_shared_volume_and_announces_drift(cluste
     assert job["metadata"]["annotations"]["airflow-mlops.io/task-id"] == "detect_drift"
     config = json.loads(created[0].body["data"]["config.json"])
     assert config["current"] == str(flights / "tables" / "window.parquet") and config["max_rows"] == 2000
+    assert config["min_effect_size"] == 0.7 and report["min_effect_size"] == 0.7
+    assert report["features"]["temp"]["effect_size"] >= 0.7
     polls = [r for r in cluster.calls("GET") if r.path.startswith(f"{JOBS}/{job['metadata']['name']}")]
     assert len(polls) >= 2  # it waited while the pod ran
 
@@ -196,6 +199,8 @@ def test_paths_off_the_shared_volume_are_refused_before_anything_is_created(clus
     assert cluster.calls("POST") == []
     with pytest.raises(ValueError, match="shared_volume_claim"):
         _operator(flights, shared_volume_claim=None)
+    with pytest.raises(ValueError, match=r"min_effect_size must be in \[0, 1\)"):
+        _operator(flights, min_effect_size=-0.5)
 
 
 def test_deferred_check_a_retry_reattaches_and_execute_complete_reads_the_report(cluster, flights):

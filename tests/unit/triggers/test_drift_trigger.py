@@ -55,7 +55,10 @@ def deployment(tmp_path, monkeypatch, flights):
     reference = tmp_path / "reference.parquet"
     flights["reference"].to_parquet(reference, index=False)
     deploy("d", str(reference))
-    return SeldonHook.inference_log_dir("d")
+    yield SeldonHook.inference_log_dir("d")
+    from airflow_mlops.drift_worker import DriftWorker
+
+    DriftWorker(tmp_path / "data").stop()  # the watcher's drift worker, if it started one
 
 
 def deploy(name: str, reference: str | None) -> None:
@@ -161,10 +164,25 @@ def watch_reports(log_dir: Path) -> list[dict]:
 
 
 def test_serializes_exactly_its_arguments():
-    t = trigger(cooldown_seconds=60)
+    t = trigger(cooldown_seconds=60, min_effect_size=0.7)
     path, kwargs = t.serialize()
     assert path == "airflow_mlops.triggers.drift.DriftEventTrigger"
+    assert kwargs["min_effect_size"] == 0.7
     assert type(t)(**kwargs).serialize() == (path, kwargs)
+
+
+def test_min_effect_size_reaches_the_check_and_names_its_windows_apart(deployment, flights):
+    """The runtime gets the setting (its report says so), and a window tested with it has an id
+    of its own: a watcher changed to use it does not take the plain test's records as its own."""
+    log_requests(deployment, flights["january"], WINDOW)
+    assert asyncio.run(run_until(trigger(min_effect_size=0.7), lambda _: settled(deployment, 1))) == []
+    (report,) = watch_reports(deployment)
+    assert report["min_effect_size"] == 0.7 and report["is_drift"] is False
+    (config,) = deployment.parent.parent.parent.glob("drift/watchers/d/*/config.json")
+    assert json.loads(config.read_text())["min_effect_size"] == 0.7
+    start = {"after": None, "skip": 0}
+    df = pd.DataFrame({"x": [1.0]})
+    assert trigger()._window_id(df, start, "1") != trigger(min_effect_size=0.7)._window_id(df, start, "1")
 
 
 def test_same_distribution_traffic_fires_nothing_drifted_traffic_fires_once(deployment, flights):
@@ -319,6 +337,8 @@ def test_settings_the_runtime_would_refuse_fail_when_the_dag_is_parsed():
         trigger(correction="holm")
     with pytest.raises(ValueError, match="p_val"):
         trigger(p_val=5)
+    with pytest.raises(ValueError, match=r"min_effect_size must be in \[0, 1\)"):
+        trigger(min_effect_size=1.5)
 
 
 def test_a_deployment_name_with_no_local_deployment_is_reported_and_watched_for(deployment, flights, logs):
