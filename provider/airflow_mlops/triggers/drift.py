@@ -790,6 +790,11 @@ class DriftEventTrigger(BaseEventTrigger):
 
 
 def _start_drift_worker() -> None:
+    """Make the first window as fast as the next: the drift worker started, and what this
+    process needs to cut and write a window (pandas, pyarrow) imported, off the event loop."""
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
     from airflow_mlops.drift_worker import DriftWorker
 
     try:
