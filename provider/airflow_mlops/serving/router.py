@@ -817,10 +817,16 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog is 5: 16 clients connecting at once overflowed it and some
+    # got their connection reset (bench/serve.py --concurrency 16)
+    request_queue_size = 128
+
+
 def serve(state_path: str, host: str, port: int, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
     router = Router(state_path, max_request_bytes=max_request_bytes)
-    server = ThreadingHTTPServer((host, port), make_handler(router))
-    server.daemon_threads = True
+    server = _Server((host, port), make_handler(router))
 
     def stop(signum: int, frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -13,6 +13,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -57,8 +58,11 @@ class _CutOff(BaseHTTPRequestHandler):
 def servers():
     started = []
 
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # as a model server's (gunicorn: 2048), not socketserver's 5
+
     def start(handler) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = Server(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
@@ -108,3 +112,44 @@ def test_with_no_other_replica_a_cut_off_answer_is_503_with_retry_after(tmp_path
     with pytest.raises(RequestError) as raised:
         router.predict(BODY)
     assert raised.value.status == 503 and raised.value.headers.get("Retry-After"), vars(raised.value)
+
+
+def test_a_burst_of_new_connections_is_accepted_not_reset(tmp_path, servers, alive):
+    """100 clients connecting at once, while the router's accept loop is busy (here: not started
+    yet): with socketserver's default backlog of 5 most were dropped or reset (bench/serve.py
+    at 16 clients saw 'Connection reset by peer'); every one must get its answer."""
+    from airflow_mlops.serving import router as router_module
+
+    router = _router(tmp_path, [alive(servers(_Whole))])
+    server = router_module._Server(("127.0.0.1", 0), router_module.make_handler(router))
+    port = server.server_address[1]
+    clients = 100
+    barrier = threading.Barrier(clients + 1)
+    answers: list[bytes | str] = []
+
+    def client() -> None:
+        barrier.wait()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(
+                    b"POST /api/v1.0/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + BODY
+                )
+                answers.append(sock.recv(64))
+        except OSError as err:
+            answers.append(repr(err))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    time.sleep(0.5)  # every client is connecting before the first accept
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed = [a for a in answers if not (isinstance(a, bytes) and a.startswith(b"HTTP/1.1 200"))]
+    assert len(answers) == clients and failed == [], failed[:3]
