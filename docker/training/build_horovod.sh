@@ -16,11 +16,19 @@
 # CMAKE_POLICY_VERSION_MINIMUM=3.5.
 #
 # Builds CPU collectives via Gloo, no MPI/TensorFlow/MXNet. For a GPU build
-# export HOROVOD_GPU_OPERATIONS=NCCL (needs CUDA + NCCL dev files) beforehand.
+# export HOROVOD_GPU_OPERATIONS=NCCL (needs CUDA + NCCL dev files) beforehand
+# (and HOROVOD_BUILD_CUDA_CC_LIST, HOROVOD_NCCL_*: see bench/gpu/run.sh). A GPU
+# build also opens the driver library as libcuda.so.1 (what every driver
+# install has) instead of the unversioned libcuda.so of CUDA dev packages.
+# Python >= 3.12 has no distutils: the two places that import it (python
+# include dir in horovod/torch/CMakeLists.txt, find_executable in
+# horovod/runner/js_run.py) are switched to sysconfig / shutil.which there.
 #
 # Tools: uses "$PYTHON -m pip" (download + wheel) when that env has pip;
 # otherwise uv ("uv tool run pip download" + "uv build --no-build-isolation").
-# Optional env: HOROVOD_BUILD_JOBS (default: nproc), HOROVOD_BUILDER=pip|uv.
+# Optional env: HOROVOD_BUILD_JOBS (default: nproc), HOROVOD_BUILDER=pip|uv,
+# HOROVOD_SDIST=path/to/horovod-0.28.1.tar.gz (use that sdist, no download:
+# for machines without network).
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
@@ -69,16 +77,22 @@ log "builder: $builder"
 work=$(mktemp -d "${TMPDIR:-/tmp}/build_horovod.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# --- download the sdist -------------------------------------------------------
-log "downloading horovod==$HOROVOD_VERSION sdist"
-dl_args=(download --no-deps --no-binary :all: --dest "$work/sdist" "horovod==$HOROVOD_VERSION")
-if [[ $builder == pip ]]; then
-    "$PYTHON" -m pip "${dl_args[@]}"
+# --- download the sdist (or take HOROVOD_SDIST) ---------------------------------
+if [[ -n ${HOROVOD_SDIST:-} ]]; then
+    [[ -f $HOROVOD_SDIST ]] || die "HOROVOD_SDIST is not a file: $HOROVOD_SDIST"
+    sdist=$HOROVOD_SDIST
+    log "using sdist $sdist (HOROVOD_SDIST, no download)"
 else
-    uv tool run --quiet --from pip pip "${dl_args[@]}"
+    log "downloading horovod==$HOROVOD_VERSION sdist"
+    dl_args=(download --no-deps --no-binary :all: --dest "$work/sdist" "horovod==$HOROVOD_VERSION")
+    if [[ $builder == pip ]]; then
+        "$PYTHON" -m pip "${dl_args[@]}"
+    else
+        uv tool run --quiet --from pip pip "${dl_args[@]}"
+    fi
+    sdist="$work/sdist/horovod-$HOROVOD_VERSION.tar.gz"
+    [[ -f $sdist ]] || die "sdist not found after download: $(ls "$work/sdist")"
 fi
-sdist="$work/sdist/horovod-$HOROVOD_VERSION.tar.gz"
-[[ -f $sdist ]] || die "sdist not found after download: $(ls "$work/sdist")"
 tar -xzf "$sdist" -C "$work"
 src="$work/horovod-$HOROVOD_VERSION"
 [[ -f $src/setup.py ]] || die "unexpected sdist layout in $sdist"
@@ -92,6 +106,38 @@ for f in CMakeLists.txt horovod/torch/CMakeLists.txt; do
     if grep -q 'CMAKE_CXX_STANDARD 14' "$src/$f"; then die "C++14 still set in $f"; fi
     log "patched $f: CMAKE_CXX_STANDARD 14 -> 17"
 done
+
+# patch once: fail loudly if a pattern is missing (another sdist), never patch blindly
+patch_once() {  # FILE FROM TO
+    grep -qF "$2" "$src/$1" || die "patch pattern '$2' not found in $1"
+    python_replace "$src/$1" "$2" "$3"
+    if grep -qF "$2" "$src/$1"; then die "patch failed for $1"; fi
+    log "patched $1: $2 -> $3"
+}
+python_replace() {
+    "$PYTHON" - "$@" <<'EOF'
+import sys
+path, old, new = sys.argv[1:]
+text = open(path).read()
+open(path, "w").write(text.replace(old, new))
+EOF
+}
+
+# --- Python >= 3.12: no distutils -------------------------------------------------
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then
+    patch_once horovod/torch/CMakeLists.txt \
+        'from distutils.sysconfig import get_python_inc; print(get_python_inc())' \
+        "import sysconfig; print(sysconfig.get_paths()['include'])"
+    patch_once horovod/runner/js_run.py \
+        'from distutils.spawn import find_executable' \
+        'from shutil import which as find_executable'
+fi
+
+# --- GPU build: the driver library by its soname ------------------------------------
+if [[ -n ${HOROVOD_GPU_OPERATIONS:-} ]]; then
+    patch_once horovod/torch/cuda_util.cc \
+        'dlopen("libcuda.so", RTLD_LAZY)' 'dlopen("libcuda.so.1", RTLD_LAZY)'
+fi
 
 # --- build ------------------------------------------------------------------------
 jobs=${HOROVOD_BUILD_JOBS:-$(nproc)}
