@@ -101,6 +101,7 @@ def test_operator_and_watcher_build_the_same_drift_config(tmp_path, monkeypatch)
         "correction",
         "mmd",
         "max_rows",
+        "min_effect_size",
         "seed",
         "output",
         "plot",

@@ -43,7 +43,7 @@ def log_rows(log_dir: Path, n: int, seq: int, corrupt: bool = False) -> Path:
         return path
     pd.DataFrame(
         {
-            "request_id": [f"r{i // 10}" for i in range(n)],
+            "request_id": [f"r{seq}-{i // 10}" for i in range(n)],  # each file its own requests
             "row": [i % 10 for i in range(n)],
             "ts": now.floor("ms"),
             "model_version": "1",
