@@ -660,7 +660,8 @@ class Supervisor:
         last_exit = f"hung ({hung}); killed" if hung else _how(proc.returncode)
         why = f"HUNG ({hung}): killed" if hung else f"DIED ({last_exit})"
         ran = time.monotonic() - self.started_at[name]
-        _kill_group_now(proc.pid)  # what it left behind: its log server holds a port
+        _kill_group_now(proc.pid)  # what it left behind (its log server holds a port), or all of a hung one
+        proc.wait()  # reaped (a hung one was alive until now)
         (self.records / f"{name}.json").unlink(missing_ok=True)
         self.procs[name] = None
         state = self.state[name]
@@ -714,9 +715,8 @@ class Supervisor:
                 self.still[name] = None  # the DB does not answer: judge nothing, start over after
                 continue
             # its own row only: one started before this process is a dead predecessor's
-            started = time.time() - (now - self.started_at[name])
             row = newest.get(job_type)
-            beat = row[1] if row and row[0] >= started - 5 else None
+            beat = row[1] if row and row[0] >= self.state[name]["started_at"] - 5 else None
             last = self.still[name]
             if last is None or last[0] != beat:
                 self.still[name] = (beat, now)
@@ -727,9 +727,7 @@ class Supervisor:
                 f"its {job_type} heartbeat has not moved for {now - last[1]:.0f}s "
                 f"(last {time.time() - beat:.0f}s ago) while the metadata DB answered"
             )  # fmt: skip
-            _kill_group_now(proc.pid)
-            proc.wait()
-            self._died(name, proc, hung=said)
+            self._died(name, proc, hung=said)  # kills its group first
 
     def _stop_all(self) -> None:
         running = {name: proc for name, proc in self.procs.items() if proc is not None}

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -56,14 +55,16 @@ class DriftWorker:
         idle_exit: float = 1800.0,
         max_requests: int = 500,
     ) -> None:
-        if data_dir is None:
-            from airflow_mlops import settings
+        from airflow_mlops import settings
 
-            data_dir = settings.data_dir()
+        data_dir = settings.data_dir() if data_dir is None else data_dir
         self.home = Path(data_dir) / "drift" / "worker"
         self.runtimes_dir = runtimes_dir
         self.idle_exit, self.max_requests = idle_exit, max_requests
-        digest = hashlib.sha256(f"{Path(data_dir).resolve()}|{runtimes_dir}".encode()).hexdigest()[:16]
+        # one worker per data dir and drift runtime: keyed by the folders themselves, so a caller
+        # naming the configured runtimes dir finds the worker of one that relies on the default
+        runtimes = Path(runtimes_dir or settings.runtimes_dir()).resolve()
+        digest = hashlib.sha256(f"{Path(data_dir).resolve()}|{runtimes}".encode()).hexdigest()[:16]
         self.socket_path = os.path.join(tempfile.gettempdir(), f"mlops-drift-{os.getuid()}-{digest}.sock")
 
     @property
@@ -204,26 +205,22 @@ class DriftWorker:
 
     @staticmethod
     def _kill(pid: int) -> bool:
+        from airflow_mlops.serving.state import stop_group
+
         if not _is_worker(pid):
             return False  # gone, or the pid now belongs to another program
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _is_worker(pid):
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        return True
+        return stop_group(pid, grace=10.0)  # its session's group: SIGTERM, then SIGKILL
 
 
 def _is_worker(pid: int) -> bool:
     """``pid`` is a live drift worker (its command line names the script), not a reused pid."""
+    from airflow_mlops.serving.state import pid_alive
+
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return b"drift_worker.py" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return b"drift_worker.py" in cmdline and pid_alive(pid)
 
 
 def failure_said(output: str) -> str:
