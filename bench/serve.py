@@ -46,8 +46,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,34 @@ def build_model(model_dir: Path, n_rows: int):
 class Target:
     name: str
     new_client: Callable[[], tuple[Callable[[int], float], Callable[[], None]]]
+    #: the server side's processes (each with its descendants), for its CPU per request
+    server_pids: list[int] = field(default_factory=list)
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of ``roots`` and all their descendants, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in cpu:
+            continue
+        seen.add(pid)
+        total += cpu[pid]
+        todo.extend(child for child, ppid in parent.items() if ppid == pid)
+    return total
 
 
 def in_process_target(model_dir: Path, rows) -> Target:
@@ -309,6 +338,7 @@ def measure_target(
         t.start()
     ready.wait()
     load = os.getloadavg()[0]
+    server_cpu, own_cpu = tree_cpu_seconds(target.server_pids), time.process_time()
     start = time.perf_counter()
     deadline[0] = start + duration
     go.wait()
@@ -320,6 +350,8 @@ def measure_target(
     if not samples:
         raise BenchError(f"{target.name} at concurrency {concurrency}: no request completed")
     elapsed = max(finished) - start  # requests in flight at the deadline are waited for and counted
+    server_cpu = tree_cpu_seconds(target.server_pids) - server_cpu
+    own_cpu = time.process_time() - own_cpu
     p50, p99 = _percentiles(samples)
     return {
         "target": target.name,
@@ -328,6 +360,9 @@ def measure_target(
         "p50_ms": round(p50, 3),
         "p99_ms": round(p99, 3),
         "req_per_s": round(len(samples) / elapsed, 1),
+        # CPU per request (ms): the server's processes; the bench process (clients, or the model)
+        "server_cpu_ms": round(server_cpu * 1000 / len(samples), 3) if target.server_pids else None,
+        "client_cpu_ms": round(own_cpu * 1000 / len(samples), 3),
         "load_avg_1min": round(load, 2),
     }
 
@@ -349,6 +384,80 @@ def measure_seldon(
 
 
 # <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
+
+
+def measure_switch(
+    hook: Any,
+    name: str,
+    model_dir: Path,
+    endpoint: str,
+    rows,
+    concurrency: int,
+    duration: float,
+    workers: int,
+) -> dict[str, Any]:
+    """
+    ``concurrency`` clients through the router while a blue/green switch moves the traffic from
+    the serving version to a new one (version ``2``, the same model) halfway through, as
+    ``SeldonDeployOperator`` does it: every request's outcome is counted, none may fail, and the
+    answers must come from both versions (the switch happened under load).
+    """
+    import requests
+    from airflow_mlops.hooks.seldon import PREDICT_PATH, seldon_payload
+    from airflow_mlops.serving.state import tracked_alive
+
+    url = f"{endpoint}{PREDICT_PATH}"
+    bodies = [json.dumps(seldon_payload(rows.iloc[[i]])).encode() for i in range(len(rows))]
+    new = hook.start_local(name, str(model_dir), "2", workers=workers)  # started (and ready) first
+    old = hook.state(name).main
+    stop = threading.Event()
+    answered: list[Counter] = [Counter() for _ in range(concurrency)]
+    failed: list[list[str]] = [[] for _ in range(concurrency)]
+
+    def client(k: int) -> None:
+        session, i = requests.Session(), k
+        session.trust_env = False
+        while not stop.is_set():
+            try:
+                response = session.post(url, data=bodies[i % len(bodies)], timeout=30,
+                                        headers={"Content-Type": "application/json"})  # fmt: skip
+                if response.status_code == 200:
+                    answered[k][response.headers.get("X-Mlops-Model-Version")] += 1
+                else:
+                    failed[k].append(f"{response.status_code} {response.text[:200]}")
+            except requests.RequestException as err:
+                failed[k].append(repr(err))
+            i += concurrency
+        session.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(duration / 2)
+    t0 = time.perf_counter()
+    hook.switch(name, new)  # returns once the old server is drained and stopped
+    switch_s = time.perf_counter() - t0
+    time.sleep(duration / 2)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    by_version = sum(answered, Counter())
+    failures = [f for per in failed for f in per]
+    if set(by_version) != {"1", "2"}:
+        raise BenchError(
+            f"the switch under load did not move the traffic: answers by version {dict(by_version)}"
+        )
+    if old and tracked_alive(old):
+        raise BenchError(f"the old server (pid {old.get('pid')}) still runs after the switch")
+    return {
+        "target": "router during a blue/green switch",
+        "concurrency": concurrency,
+        "requests": sum(by_version.values()),
+        "failed": len(failures),
+        "first_failures": failures[:3],
+        "by_version": dict(by_version),
+        "switch_s": round(switch_s, 2),
+    }
 
 
 # -- the MLServer environment and server ---------------------------------------------------------
@@ -509,9 +618,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return "–" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
     head = ["target", "clients", "p50 ms", "p99 ms", "req/s", "p50 ÷ in-proc", "req/s ÷ in-proc",
-            "p50 ÷ MLServer", "req/s ÷ MLServer", "requests"]  # fmt: skip
+            "p50 ÷ MLServer", "req/s ÷ MLServer", "server CPU ms/req", "bench CPU ms/req",
+            "requests"]  # fmt: skip
     keys = ["target", "concurrency", "p50_ms", "p99_ms", "req_per_s", "p50_vs_inproc", "req_s_vs_inproc",
-            "p50_vs_mlserver", "req_s_vs_mlserver", "requests"]  # fmt: skip
+            "p50_vs_mlserver", "req_s_vs_mlserver", "server_cpu_ms", "client_cpu_ms", "requests"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: r["concurrency"]):
         lines.append("| " + " | ".join(fmt(r.get(k)) for k in keys) + " |")
@@ -535,6 +645,19 @@ def main() -> None:
         type=int,
         default=1,
         help="model servers behind the router (SeldonDeployOperator(replicas=N)); the direct row: the first",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gunicorn workers per model server (SeldonDeployOperator(workers=N); default: its default)",
+    )
+    parser.add_argument(
+        "--switch",
+        type=int,
+        default=4,
+        metavar="CLIENTS",
+        help="then a blue/green switch through the router under this many clients (0: skip)",
     )
     parser.add_argument(
         "--mlserver-workers",
@@ -575,10 +698,11 @@ def main() -> None:
     )
     versions["control_plane"] = env_versions(Path(sys.executable), ["mlflow", "pandas", "numpy", "requests"])
 
-    seldon_state = hook = mlserver = None
+    seldon_state = hook = mlserver = switch = None
     results: list[dict[str, Any]] = []
     try:
         from airflow_mlops.hooks.seldon import SeldonHook
+        from airflow_mlops.serving.state import DEFAULT_WORKERS
 
         model_dir = work / "model"
         rows, accuracy = build_model(model_dir, args.rows)
@@ -587,7 +711,10 @@ def main() -> None:
         if mlserver_bin is not None:  # starts in the background while Seldon starts
             mlserver = MLServerProcess(mlserver_bin, model_dir, work, args.mlserver_workers)
         hook = SeldonHook(runtimes_dir=str(runtimes))
-        seldon_state = hook.start_local("flights-delay-bench", str(model_dir), "1", replicas=args.replicas)
+        workers = DEFAULT_WORKERS if args.workers is None else args.workers
+        seldon_state = hook.start_local(
+            "flights-delay-bench", str(model_dir), "1", replicas=args.replicas, workers=workers
+        )
         # the deployment as clients reach it: the router on the stable address, in front of the server
         router = hook.ensure_router("flights-delay-bench")
         hook.switch("flights-delay-bench", seldon_state)
@@ -596,9 +723,12 @@ def main() -> None:
             (SELDON_ROUTED, router["endpoint"]),
         ]
         targets += [seldon_target(endpoint, rows, name) for name, endpoint in seldon_endpoints]
+        servers = [r["pid"] for r in seldon_state.get("replicas") or [seldon_state]]
+        targets[-2].server_pids, targets[-1].server_pids = servers, [router["pid"], *servers]
         if mlserver is not None:
             mlserver.wait_ready()
             targets.append(mlserver_target(mlserver.endpoint, rows))
+            targets[-1].server_pids = [mlserver.proc.pid]
 
         # the same model everywhere: compare each target's predictions with the in-process ones
         reference = targets[0].new_client()[0]
@@ -622,6 +752,12 @@ def main() -> None:
                     print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
                 median = statistics.median_low(r["req_per_s"] for r in rounds)
                 results.append(next(r for r in rounds if r["req_per_s"] == median))
+        if args.switch:
+            switch = measure_switch(
+                hook, "flights-delay-bench", model_dir, router["endpoint"], rows, args.switch,
+                args.duration, workers,
+            )  # fmt: skip
+            print(json.dumps(switch), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         sys.exit("interrupted: servers stopped")
     except BenchError as err:
@@ -646,6 +782,8 @@ def main() -> None:
         "load_avg_after": [round(v, 2) for v in load_after],
         "mlserver_parallel_workers": None if args.skip_mlserver else args.mlserver_workers,
         "replicas": args.replicas,
+        "workers": workers,
+        "switch": switch,
         "versions": versions,
     }
     print(markdown(results))
@@ -655,6 +793,13 @@ def main() -> None:
         print(f"MLServer parallel_workers={args.mlserver_workers} (0: inference in the server process)")
     before, after = summary["load_avg_before"], summary["load_avg_after"]
     print(f"load average (1/5/15 min) before {before}, after {after}; {os.cpu_count()} CPUs")
+    print(f"model servers: {args.replicas} replica(s) x {workers} gunicorn worker(s)")
+    if switch:
+        print(
+            f"blue/green switch through the router under {switch['concurrency']} clients: "
+            f"{switch['requests']} requests answered ({switch['by_version']} by version), "
+            f"{switch['failed']} failed; the switch took {switch['switch_s']} s (drain included)"
+        )
     print("versions: " + json.dumps(versions))
     if args.json:
         args.json.write_text(json.dumps({"rows": results, "summary": summary}, indent=2))

@@ -595,3 +595,45 @@ def test_inference_log_failure_does_not_fail_predictions(models: dict, tmp_path:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q", "-s"]))
+
+
+METRICS_UPDATES = r"""
+import json, os
+from multiprocessing import managers
+from seldon_core.metrics import SeldonMetrics
+import seldon_serve
+
+calls = []
+call = managers.BaseProxy._callmethod
+managers.BaseProxy._callmethod = lambda self, name, *a, **k: (calls.append(name), call(self, name, *a, **k))[1]
+
+def round_trips(metrics, custom):
+    calls.clear()
+    metrics.update(custom, "predict")
+    return len(calls)
+
+out = {}
+plain = SeldonMetrics()
+out["plain_empty"] = round_trips(plain, [])
+seldon_serve.skip_empty_metrics_updates()
+seldon_serve.skip_empty_metrics_updates()  # idempotent: one wrapper, not two
+patched = SeldonMetrics()
+out["patched_empty"] = round_trips(patched, [])
+out["patched_entries"] = len(dict(patched.data))
+out["patched_counter"] = round_trips(patched, [{"type": "COUNTER", "key": "rows", "value": 3}])
+patched.update([{"type": "COUNTER", "key": "rows", "value": 2}], "predict")
+out["counted"] = [v["value"] for v in dict(patched.data)[os.getpid()].values()]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_an_empty_metrics_update_costs_no_round_trip_and_real_metrics_still_count() -> None:
+    """seldon-core calls ``SeldonMetrics.update`` on every request, with no metrics unless the
+    model reports some: six round trips to its multiprocessing manager for nothing. The
+    launcher skips those calls; a model's own metrics are recorded as before."""
+    result = _run_serving_python(METRICS_UPDATES, cwd=RUNTIMES_SRC)
+    assert result["plain_empty"] >= 4  # what seldon-core does unpatched (lock, get, lock, set)
+    assert result["patched_empty"] == 0
+    assert result["patched_entries"] == 0
+    assert result["patched_counter"] == result["plain_empty"]
+    assert result["counted"] == [5]

@@ -29,6 +29,7 @@ from airflow.sdk import BaseHook
 from airflow_mlops import settings
 from airflow_mlops.exceptions import DeploymentError
 from airflow_mlops.serving.state import (
+    DEFAULT_WORKERS,
     EMPTY,
     CorruptState,
     DeploymentState,
@@ -253,18 +254,27 @@ class SeldonHook(BaseHook):
 
     # -- local model servers -----------------------------------------------------------------
     def start_local(
-        self, name: str, model_dir: str, version: str, ready_timeout: float = 180, replicas: int = 1
+        self,
+        name: str,
+        model_dir: str,
+        version: str,
+        ready_timeout: float = 180,
+        replicas: int = 1,
+        workers: int = DEFAULT_WORKERS,
     ) -> ServerRecord:
         """
-        Start ``replicas`` model servers for ``model_dir``, each on a new port, and wait until all
-        answer. :return: the first one's record, with ``replicas`` (all of them) when more than one.
+        Start ``replicas`` model servers for ``model_dir``, each on a new port with ``workers``
+        gunicorn worker processes, and wait until all answer.
+        :return: the first one's record, with ``replicas`` (all of them) when more than one.
         """
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
         started: list[tuple[ServerRecord, Any]] = []
         try:
             for _ in range(replicas):
-                started.append(self._spawn_server(name, model_dir, version))
+                started.append(self._spawn_server(name, model_dir, version, workers))
             for record, proc in started:
                 self._await_server(record, proc, name, version, ready_timeout)
         except BaseException:
@@ -277,7 +287,9 @@ class SeldonHook(BaseHook):
             first["replicas"] = records
         return first  # type: ignore[return-value]
 
-    def _spawn_server(self, name: str, model_dir: str, version: str) -> tuple[ServerRecord, Any]:
+    def _spawn_server(
+        self, name: str, model_dir: str, version: str, workers: int = DEFAULT_WORKERS
+    ) -> tuple[ServerRecord, Any]:
         """Start one model server on new ports; record how to start it again (the supervisor does)."""
         from airflow_mlops.hooks.runtime import RuntimeHook
 
@@ -311,7 +323,7 @@ class SeldonHook(BaseHook):
             "--grpc-port",
             str(free_port(host)),
             "--workers",
-            "1",
+            str(workers),
         ]
         full_env = runtime.environ(env)
         env_set = {**env, "PATH": full_env["PATH"], "PYTHONUNBUFFERED": "1"}
@@ -328,6 +340,7 @@ class SeldonHook(BaseHook):
             model_dir=str(model_dir),
             log=str(log_path),
             started_at=time.time(),
+            workers=workers,
             argv=[str(a) for a in args],
             cwd=str(workdir),
             env_keys=sorted(set(full_env) - set(env_set)),

@@ -15,6 +15,7 @@ from airflow.providers.common.compat.sdk import conf
 from airflow_mlops.exceptions import DeploymentError
 from airflow_mlops.links.seldon import SeldonEndpointLink
 from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.serving.state import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,8 +38,14 @@ def input_example(model_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(data["data"], columns=data["columns"])
 
 
-def replicas_count(replicas: Any) -> int:
-    """``replicas`` as a whole number >= 1 (a rendered template may be a string of one).
+_COUNTS = {
+    "replicas": "the number of model servers of the version",
+    "workers": "the number of gunicorn worker processes per model server",
+}
+
+
+def replicas_count(replicas: Any, what: str = "replicas") -> int:
+    """``replicas`` (or ``workers``) as a whole number >= 1 (a rendered template may be a string of one).
 
     :raises ValueError: anything else.
     """
@@ -46,9 +53,7 @@ def replicas_count(replicas: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"replicas is the number of model servers of the version, a whole number >= 1; got {replicas!r}."
-        )
+        raise ValueError(f"{what} is {_COUNTS[what]}, a whole number >= 1; got {replicas!r}.")
     return value
 
 
@@ -125,6 +130,7 @@ class _SeldonOperator(MlopsBaseOperator):
             "shadow_version": (state.shadow or {}).get("version"),
             "pid": main.get("pid"),
             "replicas": len(replicas_of(main)) if main else 0,
+            "workers": main.get("workers", 1) if main else 0,
             "supervisor_pid": (state.supervisor or {}).get("pid"),
             "changed": changed,
             **extra,
@@ -230,6 +236,11 @@ class SeldonDeployOperator(_SeldonOperator):
         the live ones and retries a prediction whose connection failed on another one, so one
         crash costs no request (the deployment's supervisor restarts the dead one on its port).
         Kubernetes mode: the predictor's ``replicas`` (pods) in the SeldonDeployment.
+    :param workers: local mode: gunicorn worker processes per model server (an int >= 1,
+        templated; default 2). Each loads the model and answers one request at a time, so two
+        serve concurrent clients side by side on two cores (bench/README.md, Serving); use 1 for a
+        model too big to hold twice, more on a machine with more cores. Kubernetes mode scales
+        with ``replicas`` (pods) instead.
     :param container_resources: Kubernetes mode: requests/limits of the model server's container
         (``{"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": 1}}``).
     :param image: Kubernetes mode: serving image (default: the prepackaged ``MLFLOW_SERVER``).
@@ -249,6 +260,7 @@ class SeldonDeployOperator(_SeldonOperator):
         "model_uri",
         "reference_path",
         "replicas",
+        "workers",
     )
 
     def __init__(
@@ -264,6 +276,7 @@ class SeldonDeployOperator(_SeldonOperator):
         reference_path: str | None = None,
         feature_lookup: Any = None,
         replicas: int = 1,
+        workers: int = DEFAULT_WORKERS,
         container_resources: dict[str, Any] | None = None,
         image: str | None = None,
         ready_timeout: float = 180,
@@ -283,6 +296,8 @@ class SeldonDeployOperator(_SeldonOperator):
             raise ValueError("A shadow takes a copy of all requests: leave traffic at 100 with shadow=True.")
         if not isinstance(replicas, str):  # a template is checked once rendered
             replicas_count(replicas)
+        if not isinstance(workers, str):
+            replicas_count(workers, "workers")
         self.model_name = model_name
         self.alias = alias
         self.version = version
@@ -295,6 +310,7 @@ class SeldonDeployOperator(_SeldonOperator):
             feature_lookup.to_dict() if hasattr(feature_lookup, "to_dict") else feature_lookup
         )
         self.replicas = replicas
+        self.workers = workers
         self.container_resources = container_resources
         self.image = image
         self.ready_timeout = ready_timeout
@@ -365,12 +381,14 @@ class SeldonDeployOperator(_SeldonOperator):
         from airflow_mlops.serving.state import replicas_of
 
         serving = {"replace": [state.main], "canary": [state.canary], "shadow": [state.shadow]}[self.strategy]
+        workers = replicas_count(self.workers, "workers")
         if self.strategy == "replace" and state.canary:
             return False  # a canary is still taking traffic: replacing means removing it
         return any(
             p
             and str(p.get("version")) == version
             and len(replicas_of(p)) == replicas_count(self.replicas)
+            and all(r.get("workers", 1) == workers for r in replicas_of(p))
             and all(self.seldon.is_healthy(r) for r in replicas_of(p))
             for p in serving
         )
@@ -440,7 +458,12 @@ class SeldonDeployOperator(_SeldonOperator):
             with self._registry_calls():
                 model_dir = self._model_dir(version)
             self._pending = new = seldon.start_local(
-                name, str(model_dir), version, self.ready_timeout, replicas=replicas
+                name,
+                str(model_dir),
+                version,
+                self.ready_timeout,
+                replicas=replicas,
+                workers=replicas_count(self.workers, "workers"),
             )
             self._smoke_test(new, model_dir, version)
             if self.feature_lookup is not None and seldon.state(name):

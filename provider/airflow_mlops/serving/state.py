@@ -61,6 +61,10 @@ PROCESSES = "processes"
 PROCESS_RECORD = "state.json"
 #: main versions kept in ``history`` (what a rollback can go back to)
 HISTORY_LENGTH = 10
+#: gunicorn worker processes per local model server: two serve requests side by side (each
+#: loads the model), which put the stable address ahead of MLServer's default at 4 clients
+#: (bench/README.md, Serving); one request at a time per worker (sync workers)
+DEFAULT_WORKERS = 2
 
 
 class CorruptState(ValueError):
@@ -96,6 +100,7 @@ class ServerRecord(ProcessRecord, total=False):
     version: str
     model_dir: str
     started_at: float
+    workers: int  # gunicorn worker processes (absent in records written before: 1)
 
 
 class Predictor(ServerRecord, total=False):

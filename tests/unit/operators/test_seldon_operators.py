@@ -152,6 +152,54 @@ def test_redeploying_the_serving_version_changes_nothing(env, name):
     assert again["pid"] == first["pid"] and again["endpoint"] == first["endpoint"]
 
 
+def _worker_pids(server: dict) -> list[int]:
+    """The gunicorn workers of a model server: its arbiter's children that hold the listening
+    socket of its HTTP port (the metrics server and seldon's manager process do not)."""
+    port = f"{server['port']:04X}"
+    inodes = {
+        line.split()[9]
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for line in Path(table).read_text().splitlines()[1:]
+        if line.split()[1].endswith(f":{port}") and line.split()[3] == "0A"  # LISTEN
+    }
+    arbiter = server["pid"]
+    children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
+    holding = []
+    for pid in children:
+        fds = Path(f"/proc/{pid}/fd")
+        links = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            holding.append(int(pid))
+    return holding
+
+
+def test_workers_sets_the_model_server_processes_and_a_change_redeploys(env, name):
+    from airflow_mlops.serving.state import DEFAULT_WORKERS
+
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    first = deploy(env, name, "1")  # the default
+    assert first["workers"] == DEFAULT_WORKERS == 2
+    assert len(_worker_pids(SeldonHook().state(name).main)) == 2
+    # each worker answers: more concurrent requests than workers, every one served by the version
+    with requests.Session() as session:
+        answers = [session.post(first["predict_url"], json=request_body(), timeout=30) for _ in range(20)]
+    assert {a.status_code for a in answers} == {200}
+
+    single = deploy(env, name, "1", workers=1)  # same version, other worker count: a new server
+    assert single["changed"] is True and single["pid"] != first["pid"]
+    assert single["workers"] == 1 and len(_worker_pids(SeldonHook().state(name).main)) == 1
+    assert deploy(env, name, "1", workers="1")["changed"] is False  # a rendered template
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 1.5])
+def test_a_bad_workers_count_is_refused_naming_it(workers):
+    from airflow_mlops.operators.deploy import SeldonDeployOperator
+
+    with pytest.raises(ValueError, match=r"workers is the number of gunicorn worker processes"):
+        SeldonDeployOperator(task_id="d", deployment_name="x", model_uri="/m", workers=workers)
+
+
 def _logged_rows(name: str, settle_s: float = 2.5) -> int:
     """Rows in the deployment's inference log once the model server's writer has flushed (1 s)."""
     from airflow_mlops import inference_log
