@@ -174,9 +174,8 @@ def _worker_pids(server: dict) -> list[int]:
 
 
 def test_workers_sets_the_model_server_processes_and_a_change_redeploys(env, name):
-    from airflow_mlops.serving.state import DEFAULT_WORKERS
-
     from airflow_mlops.hooks.seldon import SeldonHook
+    from airflow_mlops.serving.state import DEFAULT_WORKERS
 
     first = deploy(env, name, "1")  # the default
     assert first["workers"] == DEFAULT_WORKERS == 2
