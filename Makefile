@@ -11,12 +11,13 @@ VENV := $(ROOT)/.venv
 RUNTIMES := $(ROOT)/.runtimes
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv runtimes browser demo stop test lint lock clean
+.PHONY: help setup venv runtimes browser images demo stop test lint lock clean
 
 help:
 	@echo "make demo   set up everything, run the pipeline end to end, leave Airflow and MLflow UIs up"
 	@echo "make stop   stop what make demo started"
 	@echo "make test   set up everything and run the test suite"
+	@echo "make images build the runtime images with podman (serving, drift), cached by input hash"
 	@echo "make lint   ruff"
 	@echo "make lock   re-resolve docker/airflow/requirements.txt from requirements.in"
 
@@ -50,7 +51,14 @@ demo: setup
 stop:
 	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python scripts/stack.py stop; fi
 
+# the runtime images (podman, root; see scripts/images.sh): built when their inputs changed
+images: $(UV)
+	bash scripts/images.sh
+
+# tests/containers runs the images; without podman and root, images says so and they are skipped
 test: setup browser
+	@if [ "$$(id -u)" = 0 ] || command -v podman >/dev/null; then $(MAKE) --no-print-directory images; \
+	else echo "make test: not root and no podman: the runtime images are not built, tests/containers is skipped"; fi
 	$(VENV)/bin/ruff check provider dags tests bench scripts
 	MLOPS_RUNTIMES_DIR=$(RUNTIMES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
