@@ -2,7 +2,7 @@
 # make images: build the runtime images with podman, each tagged by the hash of its inputs and
 # rebuilt only when those change.
 #
-#   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else "serving drift")
+#   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else "serving drift training")
 #   scripts/images.sh --tag NAME      print the image NAME's current tag (nothing is built)
 #   scripts/images.sh --env           print `export CONTAINERS_CONF=...` for podman by hand
 #
@@ -21,7 +21,8 @@
 # .runtimes/containers/): the shell's hard nofile limit as the default ulimit (podman otherwise
 # asks for more than the sandbox allows), runc (crun fails on mixed cgroups), cgroupfs, file
 # events. Builds mount uv, its cache and $PIP_FIND_LINKS' folders (docker/install_requirements.sh),
-# so packages the local runtimes already downloaded are not fetched again.
+# so packages the local runtimes already downloaded are not fetched again, and the horovod wheel
+# cache of scripts/runtime_env.sh (the training image reuses a CPU wheel built for its Python/torch).
 #
 # Needs root (podman, debootstrap); installs Debian's podman, buildah, debootstrap and runc with
 # apt-get when missing.
@@ -147,6 +148,8 @@ build() {
             mkdir -p "$cache"
             args+=(-v "$UV:/opt/build/uv:ro" -v "$cache:/opt/build/uv-cache")
         fi
+        local wheels=${MLOPS_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-provider-mlops/wheels}
+        [[ -d $wheels ]] && args+=(-v "$wheels:/opt/build/horovod-wheels:ro")
         log "building $tag"
         local started=$SECONDS
         (cd "$ROOT" && podman build "${args[@]}" . > "$STATE/build-$name.log" 2>&1) \
@@ -168,7 +171,7 @@ main() {
             BASE_ID=$(podman image inspect --format '{{.Id}}' "localhost/airflow-mlops-base:$(base_tag)")
             image_tag "$2"
             return ;;
-        "") read -r -a names <<< "${MLOPS_IMAGES:-serving drift}" ;;
+        "") read -r -a names <<< "${MLOPS_IMAGES:-serving drift training}" ;;
         *) names=("$@") ;;
     esac
     ensure_tools
