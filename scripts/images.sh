@@ -2,7 +2,7 @@
 # make images: build the runtime images with podman, each tagged by the hash of its inputs and
 # rebuilt only when those change.
 #
-#   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else "serving drift training")
+#   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else all four)
 #   scripts/images.sh --tag NAME      print the image NAME's current tag (nothing is built)
 #   scripts/images.sh --env           print `export CONTAINERS_CONF=...` for podman by hand
 #
@@ -119,10 +119,13 @@ ensure_base() {
 }
 
 inputs_of() {
-    # what an image is built from: its Dockerfile, the install script, its folder, the runtimes
-    local name=$1
-    (cd "$ROOT" && find "docker/$name" docker/install_requirements.sh provider/airflow_mlops/runtimes \
-        -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum)
+    # what an image is built from: its Dockerfile and every path its COPY lines name
+    local name=$1 dockerfile=docker/$name/Dockerfile
+    local sources
+    sources=$(awk '/^COPY/ { for (i = 2; i < NF; i++) if ($i !~ /^--/) print $i }' "$ROOT/$dockerfile")
+    # shellcheck disable=SC2086
+    (cd "$ROOT" && find "$dockerfile" $sources -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+        | LC_ALL=C sort | xargs sha256sum)
 }
 
 image_tag() {
@@ -171,7 +174,7 @@ main() {
             BASE_ID=$(podman image inspect --format '{{.Id}}' "localhost/airflow-mlops-base:$(base_tag)")
             image_tag "$2"
             return ;;
-        "") read -r -a names <<< "${MLOPS_IMAGES:-serving drift training}" ;;
+        "") read -r -a names <<< "${MLOPS_IMAGES:-serving drift training airflow}" ;;
         *) names=("$@") ;;
     esac
     ensure_tools

@@ -170,3 +170,32 @@ def test_horovodrun_np2_trains_the_example_model_inside_the_training_image(tmp_p
     assert runtime["horovod"] == "0.28.1" and runtime["horovod_gloo"] is True
     assert runtime["python_path"] == "/opt/mlops/venv/bin/python"
     assert list((work / "mlruns").glob("*/models/*")), "no model logged to the MLflow store"
+
+
+PARSE_DAGS = """
+import json
+from pathlib import Path
+from airflow.dag_processing.dagbag import BundleDagBag
+from airflow.providers_manager import ProvidersManager
+
+dags = Path("/opt/airflow/dags")
+bag = BundleDagBag(str(dags), bundle_path=dags)  # the folder on sys.path, as the dag processor has it
+print(json.dumps({
+    "dags": sorted(bag.dag_ids),
+    "errors": {k: v[-500:] for k, v in bag.import_errors.items()},
+    "provider": ProvidersManager().providers.get("airflow-provider-mlops") is not None,
+}))
+"""
+
+
+def test_the_airflow_image_carries_the_provider_and_parses_the_example_dags():
+    """The control-plane image: Airflow with the provider registered, and the example DAGs it
+    ships parse without an import error (as its dag processor would parse them)."""
+    run = podman("run", "--rm", "-e", "AIRFLOW__CORE__LOAD_EXAMPLES=False", image("airflow"),
+                 "python", "-c", PARSE_DAGS, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {}
+    assert result["provider"] is True
+    expected = {"flights_delay_pipeline", "flights_delay_retrain", "flights_delay_rollback"}
+    assert expected <= set(result["dags"])
