@@ -17,7 +17,7 @@ help:
 	@echo "make demo   set up everything, run the pipeline end to end, leave Airflow and MLflow UIs up"
 	@echo "make stop   stop what make demo started"
 	@echo "make test   set up everything and run the test suite"
-	@echo "make images build the runtime images with podman (serving, drift), cached by input hash"
+	@echo "make images build the images with podman (serving, drift, training, airflow), cached by input hash"
 	@echo "make lint   ruff"
 	@echo "make lock   re-resolve docker/airflow/requirements.txt from requirements.in"
 

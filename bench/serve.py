@@ -240,11 +240,18 @@ def http_target(name: str, url: str, bodies: list[bytes], parse: Callable[[Any],
     return Target(name, new_client)
 
 
+def seldon_bodies(rows) -> list[bytes]:
+    """One Seldon message per request row, encoded once."""
+    from airflow_mlops.hooks.seldon import seldon_payload
+
+    return [json.dumps(seldon_payload(rows.iloc[[i]])).encode() for i in range(len(rows))]
+
+
 def seldon_target(endpoint: str, rows, name: str = SELDON) -> Target:
     """Seldon protocol: ``{"data": {"names": [...], "ndarray": [[...]]}}`` to ``/api/v1.0/predictions``."""
-    from airflow_mlops.hooks.seldon import PREDICT_PATH, seldon_payload
+    from airflow_mlops.hooks.seldon import PREDICT_PATH
 
-    bodies = [json.dumps(seldon_payload(rows.iloc[[i]])).encode() for i in range(len(rows))]
+    bodies = seldon_bodies(rows)
 
     def parse(body: dict) -> float:
         values = body["data"]["ndarray"]
@@ -403,11 +410,11 @@ def measure_switch(
     answers must come from both versions (the switch happened under load).
     """
     import requests
-    from airflow_mlops.hooks.seldon import PREDICT_PATH, seldon_payload
+    from airflow_mlops.hooks.seldon import PREDICT_PATH
     from airflow_mlops.serving.state import tracked_alive
 
     url = f"{endpoint}{PREDICT_PATH}"
-    bodies = [json.dumps(seldon_payload(rows.iloc[[i]])).encode() for i in range(len(rows))]
+    bodies = seldon_bodies(rows)
     new = hook.start_local(name, str(model_dir), "2", workers=workers)  # started (and ready) first
     old = hook.state(name).main
     stop = threading.Event()

@@ -2,6 +2,7 @@
 # Build a horovod 0.28.1 wheel against the torch installed in a given Python env.
 #
 #   build_horovod.sh PYTHON WHEEL_DIR
+#   build_horovod.sh --cache-key PYTHON     print the wheel cache folder name (py311-torch2.13.0)
 #
 # PYTHON     python executable of an env that already has torch and the build
 #            deps (cmake, setuptools, wheel, packaging, pyyaml, cffi) installed,
@@ -35,6 +36,13 @@ HOROVOD_VERSION=0.28.1
 
 log() { echo "[build_horovod] $*"; }
 die() { echo "[build_horovod] ERROR: $*" >&2; exit 1; }
+
+# --cache-key PYTHON: the name of the wheel cache folder for PYTHON's interpreter and torch
+# (post_install.sh and the training image look for a built wheel under it)
+if [[ ${1:-} == --cache-key ]]; then
+    [[ $# -eq 2 ]] || die "usage: $0 --cache-key PYTHON"
+    exec "$2" -c 'import sys, torch; print("py%d%d-torch%s" % (sys.version_info[0], sys.version_info[1], torch.__version__.split("+")[0]))'
+fi
 
 [[ $# -eq 2 ]] || die "usage: $0 PYTHON WHEEL_DIR"
 PYTHON=$1

@@ -13,7 +13,7 @@ DEST=$1
 PY="$DEST/bin/python"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-key=$("$PY" -c 'import sys, torch; print("py%d%d-torch%s" % (sys.version_info[0], sys.version_info[1], torch.__version__.split("+")[0]))')
+key=$(bash "$HERE/build_horovod.sh" --cache-key "$PY")
 cache="${MLOPS_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-provider-mlops/wheels}/$key"
 
 bash "$HERE/build_horovod.sh" "$PY" "$cache"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -58,12 +57,6 @@ def image(name: str) -> str:
     return tag
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def writable(path: Path) -> Path:
     """A folder the image's non-root user (seldon 1000, mlops 50000) can write to."""
     path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +75,9 @@ def test_the_serving_image_answers_a_seldon_prediction_on_loopback(tmp_path):
     rows = holdout_frame()[FEATURES].head(5).astype("float64")
     expected = mlflow.pyfunc.load_model(str(model_dir)).predict(rows)
 
-    port, name = free_port(), f"mlops-serving-test-{uuid.uuid4().hex[:8]}"
+    from airflow_mlops.hooks.seldon import free_port
+
+    port, name = free_port("127.0.0.1"), f"mlops-serving-test-{uuid.uuid4().hex[:8]}"
     podman(
         "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:9000",
         "-v", f"{model_dir}:/mnt/models:ro", "-v", f"{log_dir}:/var/log/inference",
