@@ -5,6 +5,9 @@
 #   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else all four)
 #   scripts/images.sh --tag NAME      print the image NAME's current tag (nothing is built)
 #   scripts/images.sh --env           print `export CONTAINERS_CONF=...` for podman by hand
+#   scripts/images.sh --api           start podman's Docker-compatible API on a socket (unless it
+#                                     answers already) and print `export DOCKER_HOST=unix://...`:
+#                                     what mode="docker" operators talk to (docs/runtimes.md)
 #
 # Images: localhost/airflow-mlops-<NAME>:<hash> (and :latest, the name the Kubernetes manifests
 # use) from docker/<NAME>/Dockerfile, the same requirements files the local runtimes use.
@@ -162,9 +165,32 @@ build() {
     podman tag "$tag" "localhost/airflow-mlops-$name:latest"
 }
 
+api_answers() { curl -sf --max-time 2 --unix-socket "$1" http://podman/_ping >/dev/null 2>&1; }
+
+start_api() {
+    local sock=$STATE/podman.sock
+    if ! api_answers "$sock"; then
+        rm -f "$sock"
+        # --time=0: no idle exit; setsid: it outlives the shell that started it
+        setsid podman system service --time=0 "unix://$sock" >> "$STATE/api.log" 2>&1 < /dev/null &
+        local waited=0
+        until api_answers "$sock"; do
+            ((waited++ < 100)) || { log "podman's API did not answer on $sock: see $STATE/api.log"; exit 1; }
+            sleep 0.1
+        done
+        log "podman API listening on $sock"
+    fi
+    echo "export DOCKER_HOST=unix://$sock"
+}
+
 main() {
     local names=()
     case "${1:-}" in
+        --api)
+            ensure_tools
+            containers_conf
+            start_api
+            return ;;
         --env)
             containers_conf
             echo "export CONTAINERS_CONF=$CONTAINERS_CONF"

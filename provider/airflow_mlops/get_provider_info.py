@@ -199,6 +199,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "flights_delay_rollback",
                         "default": "",
                     },
+                    "docker_url": {
+                        "description": 'Docker Engine API that mode="docker" operators run their '
+                        "runtime's image through (Docker's, or podman's `podman system service` socket). "
+                        "Empty: $DOCKER_HOST, else unix:///var/run/docker.sock.",
+                        "version_added": "0.3.0",
+                        "type": "string",
+                        "example": "unix:///run/podman/podman.sock",
+                        "default": "",
+                    },
                     "runtimes_dir": {
                         "description": "Folder holding the training, serving and drift virtual "
                         "environments (one sub-folder each) used in local mode.",

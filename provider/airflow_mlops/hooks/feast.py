@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -55,6 +57,59 @@ def chunk_interval(
         pieces.append((a, b))
         a = b
     return pieces
+
+
+class _HeldLock:
+    """A registry's lock within this process: threads queue on ``thread_lock``; ``depth`` re-enters."""
+
+    def __init__(self) -> None:
+        self.thread_lock = threading.RLock()
+        self.depth = 0
+
+
+#: the registry store the hook configures for local registry files (see hooks/feast_registry.py)
+ATOMIC_REGISTRY_STORE = "airflow_mlops.hooks.feast_registry.AtomicFileRegistryStore"
+_registry_locks: dict[str, _HeldLock] = {}
+
+
+def is_local_registry(registry_path: str) -> bool:
+    """A registry file on this host's file system (not ``s3://``, ``gs://``, a SQL registry...)."""
+    return "://" not in registry_path or registry_path.startswith("file://")
+
+
+@contextlib.contextmanager
+def registry_lock(registry_path: str) -> Iterator[None]:
+    """
+    Hold the exclusive lock of a local registry file (``<registry>.lock``, ``flock``).
+
+    Feast changes the file registry by read-modify-write of the whole file, from the copy the
+    process read earlier: two tasks materializing at once would each put back a registry without
+    the other's change (its materialization record, the watermark). Writers take this lock,
+    re-read the file and then change it. Re-entrant within a process; a no-op for remote
+    registries, whose stores Feast owns.
+    """
+    if not is_local_registry(registry_path):
+        yield
+        return
+    import fcntl
+
+    path = Path(registry_path.removeprefix("file://"))
+    held = _registry_locks.setdefault(str(path), _HeldLock())
+    with held.thread_lock:
+        held.depth += 1
+        try:
+            if held.depth > 1:
+                yield
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_name(path.name + ".lock"), "a") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        finally:
+            held.depth -= 1
 
 
 def _interval_end(feast_end: datetime) -> datetime:
@@ -194,9 +249,12 @@ class FeastHook(BaseHook):
         online = self.online_store_config()
         if online["type"] == "sqlite":
             Path(online["path"]).parent.mkdir(parents=True, exist_ok=True)
+        registry: Any = self.registry_path
+        if is_local_registry(registry):
+            registry = {"path": registry, "registry_store_type": ATOMIC_REGISTRY_STORE}
         return feast.RepoConfig(
             project=self.project,
-            registry=self.registry_path,
+            registry=registry,
             provider="local",
             online_store=online,
             offline_store={"type": "file"},
@@ -215,7 +273,30 @@ class FeastHook(BaseHook):
         # (Feast's ``serve_features_while_materializing``; set on the registry object, which
         # honours it, because RegistryConfig warns that the option targets SQL registries).
         store.registry.serve_features_while_materializing = True
+        self._lock_registry_changes(store.registry)
         return store
+
+    def _lock_registry_changes(self, registry: Any) -> None:
+        """
+        Make the changes a materialization commits (state, interval) locked read-modify-writes.
+
+        Other tasks change the same file meanwhile; without a fresh read under the lock, this
+        store would write back its cached copy and undo theirs (:func:`registry_lock`).
+        """
+        if not is_local_registry(self.registry_path):
+            return
+        for name in ("apply_feature_view", "apply_materialization"):
+            change = getattr(registry, name)
+            signature = inspect.signature(change)
+
+            def locked(*args: Any, _change=change, _signature=signature, **kwargs: Any):
+                if not _signature.bind(*args, **kwargs).arguments.get("commit", True):
+                    return _change(*args, **kwargs)  # part of a batch the caller commits
+                with registry_lock(self.registry_path):
+                    registry.refresh(self.project)
+                    return _change(*args, **kwargs)
+
+            setattr(registry, name, locked)
 
     @contextlib.contextmanager
     def _in_repo(self):
@@ -240,7 +321,7 @@ class FeastHook(BaseHook):
         """
         from feast.repo_operations import apply_total
 
-        with self._in_repo():
+        with self._in_repo(), registry_lock(self.registry_path):
             apply_total(self.repo_config, self.repo_path, skip_source_validation=False)
         # a fresh store sees what apply just wrote to the registry
         self.__dict__.pop("store", None)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
@@ -235,6 +236,22 @@ class MlflowHook(BaseHook):
         return found.experiment_id
 
     # -- the run tree: one parent run per DAG run, one nested run per task ------------------------
+
+    def local_artifact_root(self, experiment: str) -> str | None:
+        """
+        The folder on this host the experiment's artifacts are written to, when its artifact
+        location is a local path (a server started with a local ``--default-artifact-root``):
+        a client writes there directly, so a container logging to the experiment mounts it.
+        None for object stores and proxied (``mlflow-artifacts:``) locations.
+        """
+        found = self.client.get_experiment_by_name(experiment)
+        location = found.artifact_location if found is not None else ""
+        if location.startswith("file://"):
+            location = location.removeprefix("file://")
+        if not location.startswith("/"):
+            return None
+        Path(location).mkdir(parents=True, exist_ok=True)
+        return location
 
     def dag_run_parent(self, experiment_id: str, task: TaskRef) -> str:
         """

@@ -21,6 +21,7 @@ from airflow_mlops.drift_config import (
     drift_config,
     write_config,
 )
+from airflow_mlops.hooks.runtime import check_mode, runtime_hook
 from airflow_mlops.links.drift import DriftReportLink, drift_report_url
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin
@@ -77,16 +78,19 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         as is, except by the instances of a mapped task, which each write in ``map_index=<n>/`` below it.
     :param runtimes_dir: where the ``drift`` runtime environment lives (local mode; default: config).
     :param seldon_conn_id: the ``seldon`` connection used to score through ``endpoint``.
-    :param mode: ``local`` (default: a subprocess of the drift runtime environment) or
-        ``kubernetes`` (a ``batch/v1`` Job running the ``docker/drift/`` image; see docs/monitoring.md
-        "Kubernetes mode"). The parameters below apply to Kubernetes mode only.
+    :param mode: ``local`` (default: a subprocess of the drift runtime environment), ``docker``
+        (the ``docker/drift/`` image on this worker through the Docker API; docs/runtimes.md
+        "Execution modes") or ``kubernetes`` (a ``batch/v1`` Job running that image; see
+        docs/monitoring.md "Kubernetes mode").
+    :param image: the drift image built from ``docker/drift/Dockerfile`` (templated); Docker mode
+        defaults to ``localhost/airflow-mlops-drift:latest`` (``make images``). The parameters
+        below apply to Kubernetes mode only.
     :param shared_volume_claim: PersistentVolumeClaim the pod mounts at ``shared_volume_path``; the
         reference, the window and ``report_dir`` must lie under that path, which Airflow's workers
         mount too (a ReadWriteMany volume).
     :param shared_volume_path: where both sides mount the volume; defaults to ``[mlops] data_dir``.
     :param kubernetes_conn_id: the cncf-kubernetes ``kubernetes`` connection.
     :param namespace: namespace of the job; None takes the connection's, else ``default`` (templated).
-    :param image: the drift image built from ``docker/drift/Dockerfile`` (templated).
     :param container_resources: requests/limits of the pod, default ``{"cpu": "1", "memory": "2Gi"}``
         (templated).
     :param deferrable: wait for the job in the triggerer instead of a worker slot.
@@ -144,8 +148,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         check_settings(correction, p_val, max_rows, min_effect_size)
-        if mode not in ("local", "kubernetes"):
-            raise ValueError(f"mode must be 'local' or 'kubernetes', got {mode!r}")
+        check_mode(mode)
         if mode == "kubernetes" and not shared_volume_claim:
             raise ValueError(
                 "mode='kubernetes' needs shared_volume_claim: the PersistentVolumeClaim holding the "
@@ -278,17 +281,25 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if self.mode == "kubernetes":
             return self._execute_kubernetes(context)
-        from airflow_mlops import settings
         from airflow_mlops.drift_worker import DriftWorker, failure_said
-        from airflow_mlops.hooks.runtime import RuntimeCommandError, RuntimeHook
+        from airflow_mlops.hooks.runtime import RuntimeCommandError
 
-        config_path = write_config(self._config(context))
-        self._runtime = runtime = RuntimeHook("drift", self.runtimes_dir)
+        config = self._config(context)
+        config_path = write_config(config)
+        self._runtime = runtime = runtime_hook(
+            "drift",
+            self.mode,
+            context["ti"],
+            runtimes_dir=self.runtimes_dir,
+            image=self.image,
+            mounts=[config_path.parent],
+            read_only_mounts=[config["reference"], config["current"]],
+        )
         # a drift worker the watcher keeps running answers at once; a task never starts one
         worker = DriftWorker(runtimes_dir=self.runtimes_dir)
-        answer = None if self.mmd else worker.check(config_path, start=False)
+        answer = None if self.mmd or self.mode != "local" else worker.check(config_path, start=False)
         if answer is None:
-            runtime.run([runtime.python, str(settings.runtime_script("drift_detect")), str(config_path)])
+            runtime.run([runtime.python, runtime.script("drift_detect"), str(config_path)])
         else:
             code, output = answer
             for line in output.splitlines():

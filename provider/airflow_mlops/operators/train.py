@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf
 
+from airflow_mlops.hooks.runtime import check_mode, runtime_hook
 from airflow_mlops.links.mlflow import MlflowParentRunLink, MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin, map_index
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlops.hooks.kubernetes import KubernetesJobHook
-    from airflow_mlops.hooks.runtime import RuntimeHook
+    from airflow_mlops.hooks.runtime import CommandRunner
 
 
 def _checkpoint(ti: Any) -> dict[str, str]:
@@ -28,6 +29,11 @@ def _checkpoint(ti: Any) -> dict[str, str]:
     from airflow_mlops.training import checkpoint_key
 
     return {"key": checkpoint_key(ti.dag_id, ti.run_id, ti.task_id, map_index(ti))}
+
+
+def _input_paths(inputs: dict[str, Any]) -> list[str]:
+    """The values of ``inputs`` that are existing files or folders (a container mounts them)."""
+    return [v for v in inputs.values() if isinstance(v, str) and v.startswith("/") and Path(v).exists()]
 
 
 def _local_env(mlflow_hook: Any) -> dict[str, str]:
@@ -63,12 +69,15 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     :param runtimes_dir: where the ``training`` runtime environment lives (default: config).
     :param execution_timeout: as for any operator; the job is killed when it is exceeded.
     :param seed: random seed handed to the training script.
-    :param mode: ``local`` (default: ``horovodrun`` subprocess in the training runtime) or
-        ``kubernetes`` (one pod per rank on a cluster, see docs/training.md "Kubernetes mode").
+    :param mode: ``local`` (default: ``horovodrun`` subprocess in the training runtime),
+        ``docker`` (``horovodrun`` in the training image on this worker, through the Docker API:
+        docs/runtimes.md "Execution modes") or ``kubernetes`` (one pod per rank on a cluster, see
+        docs/training.md "Kubernetes mode").
+    :param image: the training image built from ``docker/training/Dockerfile`` (templated);
+        Docker mode defaults to ``localhost/airflow-mlops-training:latest`` (``make images``).
         The parameters below apply to Kubernetes mode only.
     :param kubernetes_conn_id: the cncf-kubernetes ``kubernetes`` connection.
     :param namespace: namespace of the job; None takes the connection's, else ``default`` (templated).
-    :param image: the training image built from ``docker/training/Dockerfile`` (templated).
     :param container_resources: requests/limits of each rank's pod, e.g. ``{"cpu": "2", "memory":
         "4Gi", "gpu": 1}``; ``gpu`` becomes ``nvidia.com/gpu`` (templated). Not ``resources``:
         that is ``BaseOperator``'s own argument (executor resources), as in ``KubernetesPodOperator``.
@@ -127,8 +136,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         super().__init__(**kwargs)
         if num_proc < 1:
             raise ValueError(f"num_proc must be at least 1, got {num_proc}")
-        if mode not in ("local", "kubernetes"):
-            raise ValueError(f"mode must be 'local' or 'kubernetes', got {mode!r}")
+        check_mode(mode)
         if kind not in ("MPIJob", "IndexedJob"):
             raise ValueError(f"kind must be 'MPIJob' or 'IndexedJob', got {kind!r}")
         if poll_interval <= 0:
@@ -154,7 +162,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         self.mlflow_secret_name = mlflow_secret_name
         self.service_account = service_account
         self.image_pull_policy = image_pull_policy
-        self._runtime: RuntimeHook | None = None
+        self._runtime: CommandRunner | None = None
 
     def _run_tags(self, context: Context) -> dict[str, str]:
         ti = context["ti"]
@@ -182,12 +190,11 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if self.mode == "kubernetes":
             return self._execute_kubernetes(context)
-        return self._execute_local(context)
+        return self._execute_here(context)
 
-    def _execute_local(self, context: Context) -> dict[str, Any]:
-        from airflow_mlops import settings
+    def _execute_here(self, context: Context) -> dict[str, Any]:
+        """Local and Docker mode: ``horovodrun`` on this worker, in the runtime's venv or image."""
         from airflow_mlops.hooks.mlflow import MlflowHook
-        from airflow_mlops.hooks.runtime import RuntimeHook
 
         script = Path(self.training_script)
         if not script.is_file():
@@ -196,7 +203,16 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         experiment = self.experiment_name or mlflow_hook.default_experiment or context["dag"].dag_id
         # the DAG run's parent run: rank 0's run is nested in it
         parent = self._parent_run(context, mlflow_hook, experiment)
-        self._runtime = runtime = RuntimeHook("training", self.runtimes_dir)
+        self._runtime = runtime = runtime_hook(
+            "training",
+            self.mode,
+            context["ti"],
+            runtimes_dir=self.runtimes_dir,
+            image=self.image,
+            # rank 0 writes the model (and checkpoints) straight into a local artifact root
+            mounts=[p for p in [mlflow_hook.local_artifact_root(experiment)] if p],
+            read_only_mounts=[script.resolve().parent, *_input_paths(self.inputs)],
+        )
         with (
             mlflow_hook.parent_running(parent),
             tempfile.TemporaryDirectory(prefix="horovod-") as work,
@@ -216,7 +232,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
                     "-H",
                     f"localhost:{self.num_proc}",
                     runtime.python,
-                    str(settings.runtime_script("horovod_entry")),
+                    runtime.script("horovod_entry"),
                     str(config_path),
                 ],
                 env=_local_env(mlflow_hook),
@@ -243,7 +259,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     def _local_config(
         self, context: Context, script: Path, experiment: str, result_path: Path, parent_run_id: str
     ) -> dict[str, Any]:
-        """``config.json`` of ``horovod_entry.py`` in local mode."""
+        """``config.json`` of ``horovod_entry.py`` in local and Docker mode."""
         from airflow_mlops.runtimes.run_tree import task_run_name
 
         ti = context["ti"]

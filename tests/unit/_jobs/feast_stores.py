@@ -222,6 +222,84 @@ def while_materializing(conn_id: str, sources: dict) -> dict:
     return out
 
 
+def concurrent_writers(conn_id: str) -> dict:
+    """
+    Two tasks materialize different views of one registry file at once while a third reads it.
+
+    Each writer is a forked process with hooks of its own (as two Celery or standalone task
+    processes are), materializing three days in two-hour chunks: one registry write per chunk
+    and state change. The reader parses the file in a loop, as the freshness trigger does.
+    """
+    import multiprocessing
+    import threading
+
+    from airflow_mlops.hooks.feast import FeastHook, read_last_materialized_end
+
+    ctx = multiprocessing.get_context("fork")  # feast is imported already: no 20 s per writer
+    start, end, chunk = day(0), day(3), timedelta(hours=2)
+    views = ["weather_hourly", "carrier_daily"]
+    results = ctx.Queue()
+
+    def write(view: str) -> None:
+        import dask
+
+        # dask's thread pool does not survive a fork (its queue waits for threads that are gone)
+        dask.config.set(scheduler="synchronous")
+        try:
+            FeastHook(feast_conn_id=conn_id).materialize(start, end, [view], chunk=chunk, log=lambda *a: None)
+            results.put((view, "ok"))
+        except BaseException as err:  # noqa: BLE001 - reported to the test
+            results.put((view, f"{type(err).__name__}: {err}"))
+
+    stop, reader_out = threading.Event(), {"reads": 0, "errors": []}
+
+    def read() -> None:
+        hook = FeastHook(feast_conn_id=conn_id)
+        while not stop.is_set():
+            try:
+                read_last_materialized_end(hook.registry_path, hook.project, "weather_hourly")
+                reader_out["reads"] += 1
+            except BaseException as err:  # noqa: BLE001 - reported to the test
+                reader_out["errors"].append(f"{type(err).__name__}: {err}")
+
+    writers = [ctx.Process(target=write, args=(v,)) for v in views]
+    for p in writers:
+        p.start()
+    reader = threading.Thread(target=read)  # after the forks: a child never inherits its locks
+    reader.start()
+    for p in writers:
+        p.join(300)
+    stop.set()
+    reader.join(60)
+    alive = [p.pid for p in writers if p.is_alive()]
+    for p in writers:
+        p.kill()
+    out: dict = {
+        "results": dict(results.get(timeout=10) for _ in range(len(views) - len(alive))),
+        "alive": alive,
+        "reader": {
+            "reads": reader_out["reads"],
+            "errors": reader_out["errors"][:5],
+            "error_count": len(reader_out["errors"]),
+        },
+    }
+    hook = FeastHook(feast_conn_id=conn_id)
+    out["intervals"] = {
+        v: [[a.isoformat(), b.isoformat()] for a, b in hook.feature_view(v).materialization_intervals]
+        for v in views
+    }
+    out["chunks"] = [[a.isoformat(), b.isoformat()] for a, b in chunk_pieces(start, end, chunk)]
+    out["states"] = {v: hook.feature_view(v).state.name for v in views}
+    return out
+
+
+def chunk_pieces(start: datetime, end: datetime, chunk: timedelta) -> list[tuple[datetime, datetime]]:
+    """The ``[a, b - 1 µs]`` ranges a chunked materialization records in the registry."""
+    from airflow_mlops.hooks.feast import TICK, chunk_interval
+
+    return [(a, b - TICK) for a, b in chunk_interval(start, end, chunk)]
+
+
 def sensor_pokes(conn_id: str) -> dict:
     from airflow_mlops.sensors.feast import FeastFeatureFreshnessSensor
 
@@ -330,6 +408,7 @@ def store_checks(kind: str, work: Path, sources: dict, result: dict) -> None:
     out["trigger"] = trigger_events(hook)
     if kind == "sqlite":
         result["while_materializing"] = while_materializing(conn_id, sources)
+        result["concurrent_writers"] = concurrent_writers(conn_id)
     if kind == "redis":
         out["redis_cleanup"] = clean_redis(hook, project)
 

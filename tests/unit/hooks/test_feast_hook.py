@@ -228,3 +228,22 @@ def test_reads_keep_serving_while_another_task_materializes(job):
     assert all(same(row[f], expected[f]) for f in WEATHER), (row, expected)
     # the online store keeps answering with what was last materialized
     assert w["online"] == job["sqlite"]["overlap_online"]
+
+
+def test_concurrent_materializations_lose_no_registry_update(job):
+    """
+    Two tasks materializing different views of one file registry at once, and a reader polling
+    it: Feast rewrites the whole file for every change, in place; a reader could parse half a
+    file and a writer could overwrite the other's change with its stale copy.
+    """
+    c = job["concurrent_writers"]
+    reader = c["reader"]
+    assert not c["alive"], "a writer did not finish"
+    assert c["results"] == {"weather_hourly": "ok", "carrier_daily": "ok"}
+    assert reader["reads"] > 0 and reader["error_count"] == 0, reader
+    for view, intervals in c["intervals"].items():
+        missing = [piece for piece in c["chunks"] if piece not in intervals]
+        assert not missing, (
+            f"{view}: {len(missing)} of {len(c['chunks'])} chunk records lost, e.g. {missing[:3]}"
+        )
+    assert c["states"] == {"weather_hourly": "AVAILABLE_ONLINE", "carrier_daily": "AVAILABLE_ONLINE"}
