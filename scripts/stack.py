@@ -86,6 +86,10 @@ class Stack:
     #: the supervisor calls it hung and restarts it (Airflow's own health check says "unhealthy"
     #: after 30 s; the official Helm chart's liveness probe restarts after about 5 minutes)
     hung_after: float = 120.0
+    #: ``[mlops] execution_mode`` of the stack (and the seldon connection's mode): None keeps the
+    #: default, ``local``; ``docker`` runs training, serving and drift in the runtime images
+    #: (needs ``make images`` and ``DOCKER_HOST``, docs/runtimes.md)
+    execution_mode: str | None = None
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -157,7 +161,11 @@ class Stack:
                 "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "mlflow", "host": self.mlflow_url}),
                 "AIRFLOW_CONN_FEAST_DEFAULT": json.dumps({"conn_type": "feast", "extra": feast_extra}),
                 "AIRFLOW_CONN_SELDON_DEFAULT": json.dumps(
-                    {"conn_type": "seldon", "host": "127.0.0.1", "extra": {"mode": "local"}}
+                    {
+                        "conn_type": "seldon",
+                        "host": "127.0.0.1",
+                        "extra": {"mode": self.execution_mode or "local"},
+                    }
                 ),
                 "MLOPS_DATA_DIR": str(self.data_dir),
                 # OpenLineage (apache-airflow-providers-openlineage): every task's and DAG run's
@@ -174,6 +182,8 @@ class Stack:
         )
         if self.database_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url
+        if self.execution_mode:
+            env["AIRFLOW__MLOPS__EXECUTION_MODE"] = self.execution_mode
         return env
 
     # -- processes -------------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def _connection_types() -> list[dict[str, Any]]:
             "conn-fields": {
                 "mode": _string_field(
                     "Mode",
-                    "local (microservice on this machine) or kubernetes",
-                    enum=["local", "kubernetes", None],
+                    "local (model servers on this machine, in the serving runtime), docker (on this "
+                    "machine, in the serving image) or kubernetes; empty: [mlops] execution_mode",
+                    enum=["local", "docker", "kubernetes", None],
                     default="local",
                 ),
                 "namespace": _string_field("Kubernetes namespace", default="default"),
@@ -198,6 +199,15 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "flights_delay_rollback",
                         "default": "",
+                    },
+                    "execution_mode": {
+                        "description": "Where training, serving and drift run when an operator (or the "
+                        "seldon connection) names no mode: local (the runtime environments), docker (the "
+                        "runtime images through the Docker API) or kubernetes.",
+                        "version_added": "0.3.0",
+                        "type": "string",
+                        "example": "docker",
+                        "default": "local",
                     },
                     "docker_url": {
                         "description": 'Docker Engine API that mode="docker" operators run their '

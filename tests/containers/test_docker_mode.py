@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = REPO / "scripts" / "images.sh"
 sys.path.insert(0, str(REPO / "tests" / "support"))
 import horovod_task  # noqa: E402
 from horovod_task import failure, finish, start_operator  # noqa: E402
@@ -41,19 +40,6 @@ client = horovod_task.client
 inputs = horovod_task.inputs
 mlflow_boot = horovod_task.mlflow_boot
 mlflow_url = horovod_task.mlflow_url
-
-
-@pytest.fixture(scope="module")
-def docker_host() -> str:
-    out = subprocess.run(["bash", str(IMAGES), "--api"], capture_output=True, text=True, check=True).stdout
-    return out.strip().split("=", 1)[1]
-
-
-@pytest.fixture(scope="module")
-def docker(docker_host):
-    import docker as docker_py
-
-    return docker_py.DockerClient(base_url=docker_host)
 
 
 def task_container(task_id: str, runtime: str) -> str:
@@ -89,7 +75,7 @@ def test_training_runs_in_the_training_image_and_logs_the_model(
     )
     result = finish(proc, log)
     output = log.read_text()
-    assert f"Container {name} of an earlier try is still there" in output
+    assert f"container_run: removed the leftover container {name}" in output
     assert f"Running in the training container {name} (localhost/airflow-mlops-training:latest)" in output
     assert "/opt/mlops/venv/bin/horovodrun --gloo -np 2" in output
     assert result["num_proc"] == 2 and result["metrics"]["holdout_roc_auc"] > 0.6, result

@@ -19,19 +19,19 @@ from its last checkpoint. ``on_kill`` stops and removes it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
-from airflow.sdk import BaseHook
-
 from airflow_mlops._imports import require
+from airflow_mlops.container_run import image_environ
 from airflow_mlops.exceptions import MlopsError
-from airflow_mlops.hooks.runtime import CommandRunner, Launched, runtime_environ
+from airflow_mlops.hooks.runtime import RuntimeHook, runtime_environ
 
 #: where the images keep the runtime (docker/<runtime>/Dockerfile)
 IMAGE_VENV = "/opt/mlops/venv"
@@ -39,14 +39,6 @@ IMAGE_RUNTIMES = "/opt/mlops/runtimes"
 #: the default image of a runtime: what ``make images`` tags
 DEFAULT_IMAGE = "localhost/airflow-mlops-{runtime}:latest"
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
-#: names of the worker's environment that are paths or settings of the host, not of the image
-_HOST_ONLY = frozenset(
-    {
-        "PATH", "HOME", "USER", "LOGNAME", "LD_LIBRARY_PATH", "TMPDIR", "TEMP", "TMP",
-        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PYTHONPYCACHEPREFIX",
-        "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR",
-    }
-)  # fmt: skip
 LABEL = "io.github.airflow-mlops.task"
 
 
@@ -75,8 +67,7 @@ def container_environ(
     (:func:`runtime_environ`) without the host's paths, ``HOME=/tmp`` (the worker's uid has no
     home in the image), then ``extra``.
     """
-    env = {k: v for k, v in runtime_environ(runtime, passthrough=passthrough).items() if k not in _HOST_ONLY}
-    env["HOME"] = "/tmp"
+    env = image_environ(runtime_environ(runtime, passthrough=passthrough))
     env.update(extra or {})
     return env
 
@@ -108,12 +99,15 @@ def bind_mounts(
     return {str(path): {"bind": str(path), "mode": mode} for path, mode in sorted(kept.items())}
 
 
-class ContainerRuntimeHook(CommandRunner, BaseHook):
+class ContainerRuntimeHook(RuntimeHook):
     """
     Run a runtime's programs in its image, streaming their output to the task log.
 
-    The interface of :class:`~airflow_mlops.hooks.runtime.RuntimeHook` (``bin``, ``python``,
-    ``script``, ``run``, ``terminate``), so an operator builds one command for both modes.
+    A :class:`~airflow_mlops.hooks.runtime.RuntimeHook` whose processes run in a container: the
+    same ``bin``, ``python``, ``script``, ``start``, ``run`` and ``terminate``, so an operator
+    builds one command for both modes. The process this host runs is
+    :mod:`airflow_mlops.container_run` (the container, attached): stopping it (``on_kill``, a
+    timeout, the serving supervisor) stops and removes the container.
 
     :param runtime: ``training``, ``serving`` or ``drift``.
     :param name: the container's name (:func:`container_name`).
@@ -124,6 +118,8 @@ class ContainerRuntimeHook(CommandRunner, BaseHook):
     """
 
     hook_name = "MLOps container runtime"
+    #: what a process record keeps to start :meth:`start`'s process again (serving supervisor)
+    recorded_environ = ("DOCKER_HOST", "HOME", "PYTHONUNBUFFERED")
 
     def __init__(
         self,
@@ -134,27 +130,32 @@ class ContainerRuntimeHook(CommandRunner, BaseHook):
         read_only_mounts: Iterable[str | os.PathLike[str]] = (),
         url: str | None = None,
     ) -> None:
-        super().__init__()
-        self.runtime = runtime
+        super().__init__(runtime)
         self.name = name
         self.image = image or DEFAULT_IMAGE.format(runtime=runtime)
         self.mounts = list(mounts)
         self.read_only_mounts = list(read_only_mounts)
         self.url = url
-        self._container = None
+
+    @property
+    def place(self) -> str:
+        return f"the {self.runtime} container {self.name}"
+
+    @cached_property
+    def api_url(self) -> str:
+        return self.url or docker_url()
 
     @cached_property
     def client(self):
         """A docker-py client of the Engine API (cached); a clear error when nothing answers there."""
         docker = require("docker", "docker")
-        url = self.url or docker_url()
         try:
-            client = docker.DockerClient(base_url=url, timeout=120)
+            client = docker.DockerClient(base_url=self.api_url, timeout=120)
             client.ping()
         except docker.errors.DockerException as err:
             raise MlopsError(
-                f"No Docker Engine API answers at {url} ({err}). Start Docker, or podman's API "
-                "(`podman system service --time=0 unix:///run/podman/podman.sock`), and set "
+                f"No Docker Engine API answers at {self.api_url} ({err}). Start Docker, or podman's "
+                "API (`podman system service --time=0 unix:///run/podman/podman.sock`), and set "
                 "[mlops] docker_url (or DOCKER_HOST) to its socket."
             ) from err
         return client
@@ -169,24 +170,8 @@ class ContainerRuntimeHook(CommandRunner, BaseHook):
     def script(self, name: str) -> str:
         return f"{IMAGE_RUNTIMES}/{name}.py"
 
-    def remove_leftover(self) -> bool:
-        """Remove a container of this name (an earlier try's, its worker gone); True if there was one."""
-        docker = require("docker", "docker")
-        try:
-            old = self.client.containers.get(self.name)
-        except docker.errors.NotFound:
-            return False
-        self.log.warning(
-            "Container %s of an earlier try is still there (%s): removing it and starting afresh.",
-            self.name,
-            old.status,
-        )
-        old.remove(force=True)
-        return True
-
-    def _launch(
-        self, args: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, passthrough: Iterable[str]
-    ) -> Launched:
+    def check_image(self) -> None:
+        """Fail naming ``make images`` when the image is not there (or naming the API when it is down)."""
         docker = require("docker", "docker")
         try:
             self.client.images.get(self.image)
@@ -195,8 +180,40 @@ class ContainerRuntimeHook(CommandRunner, BaseHook):
                 f"Image {self.image} of the {self.runtime} runtime is not there: build it with "
                 "`make images` (or docker build -f docker/<runtime>/Dockerfile), or pass image=."
             ) from err
-        self.remove_leftover()
+
+    def environ(
+        self, extra: Mapping[str, str] | None = None, passthrough: Iterable[str] = ()
+    ) -> dict[str, str]:
+        """The container's environment (:func:`container_environ`) and ``DOCKER_HOST`` for the API."""
+        return {**container_environ(self.runtime, extra, passthrough), "DOCKER_HOST": self.api_url}
+
+    def start(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdout=subprocess.PIPE,
+        passthrough: Iterable[str] = (),
+    ) -> subprocess.Popen:
+        """
+        Start ``args`` in the image: :mod:`airflow_mlops.container_run` in its own session (so
+        the container outlives this task process when it should, a server), removing a container
+        of the same name an earlier try left behind.
+        """
+        self.check_image()
         volumes = bind_mounts([*self.mounts, *([cwd] if cwd else [])], self.read_only_mounts)
+        argv = [
+            sys.executable,
+            "-m",
+            "airflow_mlops.container_run",
+            "--name",
+            self.name,
+            "--image",
+            self.image,
+        ]
+        argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--label", f"{LABEL}={self.name}"]
+        argv += [f"--volume={host}:{v['bind']}:{v['mode']}" for host, v in volumes.items()]
+        argv += [*(["--workdir", cwd] if cwd else []), "--", *map(str, args)]
         self.log.info(
             "Running in the %s container %s (%s): %s; mounted: %s",
             self.runtime,
@@ -205,69 +222,12 @@ class ContainerRuntimeHook(CommandRunner, BaseHook):
             " ".join(map(str, args)),
             ", ".join(f"{p} ({v['mode']})" for p, v in volumes.items()) or "nothing",
         )
-        self._container = container = self.client.containers.run(
-            self.image,
-            # the program replaces the image's entrypoint (docker-py drops an empty one)
-            entrypoint=[str(args[0])],
-            command=[str(a) for a in args[1:]],
-            name=self.name,
-            environment=container_environ(self.runtime, env, passthrough),
-            volumes=volumes,
-            working_dir=cwd,
-            network_mode="host",
-            user=f"{os.getuid()}:{os.getgid()}",
-            labels={LABEL: self.name},
-            detach=True,
+        return subprocess.Popen(
+            argv,
+            env=self.environ(env, passthrough),
+            cwd=cwd,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
-
-        def wait() -> int:
-            return int(container.wait()["StatusCode"])
-
-        def running() -> bool:
-            try:
-                container.reload()
-            except docker.errors.NotFound:
-                return False
-            return container.status in ("created", "running", "restarting")
-
-        return Launched(
-            lines=_lines(container.logs(stream=True, follow=True)),
-            wait=wait,
-            running=running,
-            where=f"{Path(str(args[0])).name} in the {self.runtime} container {self.name}",
-        )
-
-    def run(self, *args, **kwargs) -> list[str]:
-        try:
-            return super().run(*args, **kwargs)
-        finally:
-            self._remove()
-
-    def _remove(self) -> None:
-        container, self._container = self._container, None
-        if container is not None:
-            docker = require("docker", "docker")
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-
-    def terminate(self, grace: float = 10.0) -> None:
-        """Stop the container (SIGTERM, then SIGKILL after ``grace`` seconds); used by ``on_kill``."""
-        container = self._container
-        if container is None:
-            return
-        docker = require("docker", "docker")
-        # ``run`` sees the log stream end and removes the container
-        with contextlib.suppress(docker.errors.NotFound):
-            container.stop(timeout=int(grace))
-
-
-def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Whole text lines out of a container's log stream (chunks may split or join lines)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.decode("utf-8", "replace").rstrip("\r")
-    if pending:
-        yield pending.decode("utf-8", "replace")

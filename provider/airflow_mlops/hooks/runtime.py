@@ -13,14 +13,13 @@ process that failed — a Horovod rank before the launcher — leads the failure
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -112,87 +111,7 @@ class RuntimeCommandError(MlopsError):
     """A command in a runtime environment exited with a non-zero status."""
 
 
-@dataclass
-class Launched:
-    """A started command: its output lines as they come, how to wait for its status, whether it runs."""
-
-    lines: Iterable[str]
-    wait: Callable[[], int]
-    running: Callable[[], bool]
-    where: str  # "horovodrun in the training runtime": the subject of error messages
-
-
-class CommandRunner:
-    """
-    ``run`` for a hook that starts a runtime's commands somewhere (a local process, a container).
-
-    Subclasses implement ``_launch`` and ``terminate``; the output goes to the task log line by
-    line and a failure is explained from it (:class:`OutputScanner`) the same way everywhere.
-    """
-
-    log: logging.Logger
-
-    def _launch(
-        self, args: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, passthrough: Iterable[str]
-    ) -> Launched:
-        raise NotImplementedError
-
-    def terminate(self, grace: float = 10.0) -> None:
-        raise NotImplementedError
-
-    def run(
-        self,
-        args: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        log_prefix: str = "",
-        passthrough: Iterable[str] = (),
-    ) -> list[str]:
-        """
-        Run ``args`` to completion, each output line going to the task log as it comes.
-
-        :param env: variables for the command, on top of the allow-listed part of ours.
-        :param timeout: seconds after which the command and its children are stopped.
-        :param passthrough: more names (or ``PREFIX_``es) of ours the command needs.
-        :return: the last 200 output lines.
-        :raises RuntimeCommandError: on a non-zero exit or a timeout; its message leads with the
-            Python exception that ended the failed process (:class:`OutputScanner`).
-        """
-        launched = self._launch(args, env, cwd, passthrough)
-        scanner = OutputScanner(Path(str(args[0])).name)
-        # output may stop while the command hangs: a timer, not the read loop, enforces the timeout
-        timed_out = threading.Event()
-
-        def expire() -> None:
-            timed_out.set()
-            self.terminate()
-
-        watchdog = threading.Timer(timeout, expire) if timeout else None
-        if watchdog:
-            watchdog.daemon = True
-            watchdog.start()
-        try:
-            for line in launched.lines:
-                scanner.feed(line)
-                self.log.info("%s%s", log_prefix, line)
-            code = launched.wait()
-        finally:
-            if watchdog:
-                watchdog.cancel()
-            if launched.running():
-                self.terminate()
-        where = launched.where
-        if timed_out.is_set():
-            raise RuntimeCommandError(
-                f"{where} did not finish within {timeout:.0f}s and was stopped.\n" + scanner.explain(where)
-            )
-        if code != 0:
-            raise RuntimeCommandError(scanner.explain(f"{where} exited with status {code}", lead=True))
-        return scanner.tail
-
-
-class RuntimeHook(CommandRunner, BaseHook):
+class RuntimeHook(BaseHook):
     """
     Locate a runtime environment and run its programs, streaming their output to the task log.
 
@@ -233,6 +152,9 @@ class RuntimeHook(CommandRunner, BaseHook):
         """
         return runtime_environ(self.runtime, self.env_dir / "bin", extra, passthrough)
 
+    #: what a process record keeps to start :meth:`start`'s process again (serving supervisor)
+    recorded_environ = ("PATH", "PYTHONUNBUFFERED")
+
     def start(
         self,
         args: Sequence[str],
@@ -262,17 +184,64 @@ class RuntimeHook(CommandRunner, BaseHook):
         """Path of the entry script ``runtimes/<name>.py`` as this runtime's processes see it."""
         return str(settings.runtime_script(name))
 
-    def _launch(
-        self, args: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, passthrough: Iterable[str]
-    ) -> Launched:
+    @property
+    def place(self) -> str:
+        """Where the commands run, for messages: ``the training runtime``."""
+        return f"the {self.runtime} runtime"
+
+    def run(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        log_prefix: str = "",
+        passthrough: Iterable[str] = (),
+    ) -> list[str]:
+        """
+        Run ``args`` to completion, each output line going to the task log as it comes.
+
+        :param env: variables for the command, on top of the allow-listed part of ours.
+        :param timeout: seconds after which the command and its children are stopped.
+        :param passthrough: more names (or ``PREFIX_``es) of ours the command needs.
+        :return: the last 200 output lines.
+        :raises RuntimeCommandError: on a non-zero exit or a timeout; its message leads with the
+            Python exception that ended the failed process (:class:`OutputScanner`).
+        """
         self._proc = proc = self.start(args, env=env, cwd=cwd, passthrough=passthrough)
+        program = Path(str(args[0])).name
+        scanner = OutputScanner(program)
+        # output may stop while the command hangs: a timer, not the read loop, enforces the timeout
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            self.terminate()
+
+        watchdog = threading.Timer(timeout, expire) if timeout else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
         assert proc.stdout is not None
-        return Launched(
-            lines=(line.rstrip("\n") for line in proc.stdout),
-            wait=proc.wait,
-            running=lambda: proc.poll() is None,
-            where=f"{Path(str(args[0])).name} in the {self.runtime} runtime",
-        )
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                scanner.feed(line)
+                self.log.info("%s%s", log_prefix, line)
+            code = proc.wait()
+        finally:
+            if watchdog:
+                watchdog.cancel()
+            if proc.poll() is None:
+                self.terminate()
+        where = f"{program} in {self.place}"
+        if timed_out.is_set():
+            raise RuntimeCommandError(
+                f"{where} did not finish within {timeout:.0f}s and was stopped.\n" + scanner.explain(where)
+            )
+        if code != 0:
+            raise RuntimeCommandError(scanner.explain(f"{where} exited with status {code}", lead=True))
+        return scanner.tail
 
     def terminate(self, grace: float = 10.0) -> None:
         """Stop the running command and every process it started (used by ``on_kill``)."""
@@ -301,6 +270,13 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def default_mode() -> str:
+    """``[mlops] execution_mode`` (``local`` when unset): the mode of operators that name none."""
+    from airflow.configuration import conf
+
+    return check_mode((conf.get("mlops", "execution_mode", fallback="") or "local").strip().lower())
+
+
 def runtime_hook(
     runtime: str,
     mode: str,
@@ -310,7 +286,7 @@ def runtime_hook(
     image: str | None = None,
     mounts: Iterable[str | os.PathLike[str]] = (),
     read_only_mounts: Iterable[str | os.PathLike[str]] = (),
-) -> CommandRunner:
+) -> RuntimeHook:
     """
     The hook that runs ``runtime``'s commands in ``mode`` (``local`` or ``docker``), for task
     instance ``ti``: a :class:`RuntimeHook` or a

@@ -50,6 +50,8 @@ from airflow_mlops.serving.state import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from airflow_mlops.hooks.runtime import RuntimeHook
+
 __all__ = ["PREDICT_PATH", "SeldonHook", "pid_alive", "router_environ", "seldon_payload", "tracked_alive"]
 
 PREDICT_PATH = "/api/v1.0/predictions"
@@ -175,9 +177,38 @@ class SeldonHook(BaseHook):
             return None
 
     @property
-    def mode(self) -> str:
+    def execution_mode(self) -> str:
+        """``local``, ``docker`` or ``kubernetes``: the connection's ``mode``, else the config's.
+
+        The config's is ``[mlops] execution_mode`` (``local`` when unset).
+        """
+        from airflow_mlops.hooks.runtime import check_mode, default_mode
+
         extras = self.connection.extra_dejson if self.connection else {}
-        return (extras.get("mode") or "local").lower()
+        return check_mode((extras.get("mode") or default_mode()).lower())
+
+    @property
+    def mode(self) -> str:
+        """
+        Where deployments live: ``kubernetes`` (SeldonDeployments), or ``local`` — on this host,
+        behind a router, their model servers in the serving runtime or (``docker`` execution
+        mode) in the serving image.
+        """
+        return "kubernetes" if self.execution_mode == "kubernetes" else "local"
+
+    def server_runtime(self, name: str, version: str, port: int, mounts: list[str]) -> RuntimeHook:
+        """The runtime a model server of ``name`` (``version``, on ``port``) runs in: venv or image."""
+        from airflow_mlops.hooks.runtime import runtime_hook
+
+        if self.execution_mode != "docker":
+            return runtime_hook("serving", "local", runtimes_dir=self.runtimes_dir)
+        from airflow_mlops.hooks.docker import ContainerRuntimeHook, container_name
+
+        # one container per server; the supervisor's restart (same port) replaces a leftover
+        cname = container_name("serving", name, f"v{version}", f"v{version}-port-{port}")
+        log_dir = self.store(name).inference_log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)  # mounted: the server journals into it
+        return ContainerRuntimeHook("serving", cname, mounts=[log_dir], read_only_mounts=mounts)
 
     @property
     def bind_host(self) -> str:
@@ -291,12 +322,10 @@ class SeldonHook(BaseHook):
         self, name: str, model_dir: str, version: str, workers: int = DEFAULT_WORKERS
     ) -> tuple[ServerRecord, Any]:
         """Start one model server on new ports; record how to start it again (the supervisor does)."""
-        from airflow_mlops.hooks.runtime import RuntimeHook
-
-        runtime = RuntimeHook("serving", self.runtimes_dir)
         store = self.store(name)
         host = self.bind_host
         http_port, metrics_port = free_port(host), free_port(host)
+        runtime = self.server_runtime(name, version, http_port, [model_dir])
         workdir = store.process_dir(version, http_port)
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "server.log"
@@ -310,7 +339,7 @@ class SeldonHook(BaseHook):
         }
         args = [
             runtime.python,
-            str(settings.runtime_script("seldon_serve")),
+            runtime.script("seldon_serve"),
             "--host",
             host,
             "seldon_model.MlflowModel",
@@ -326,7 +355,7 @@ class SeldonHook(BaseHook):
             str(workers),
         ]
         full_env = runtime.environ(env)
-        env_set = {**env, "PATH": full_env["PATH"], "PYTHONUNBUFFERED": "1"}
+        env_set = {**env, **{k: full_env[k] for k in runtime.recorded_environ if k in full_env}}
         with open(log_path, "ab") as log_file:
             # its own session: the server outlives this task process (and its process group)
             proc = runtime.start(args, env=env, cwd=str(workdir), stdout=log_file)
@@ -341,7 +370,9 @@ class SeldonHook(BaseHook):
             log=str(log_path),
             started_at=time.time(),
             workers=workers,
-            argv=[str(a) for a in args],
+            runtime=self.execution_mode,
+            # what runs: the server, or (docker mode) the process that runs its container
+            argv=[str(a) for a in proc.args],
             cwd=str(workdir),
             env_keys=sorted(set(full_env) - set(env_set)),
             env_set=env_set,
@@ -689,13 +720,19 @@ class SeldonHook(BaseHook):
         does not answer fails the test (a stopped one is only reported).
         """
         if self.mode == "local":
+            from airflow_mlops.hooks.docker import ContainerRuntimeHook
             from airflow_mlops.hooks.runtime import RuntimeHook
 
             try:
-                python = RuntimeHook("serving", self.runtimes_dir).python
+                if self.execution_mode == "docker":
+                    image = ContainerRuntimeHook("serving", "test-connection")
+                    image.check_image()
+                    found = f"image {image.image} through {image.api_url}"
+                else:
+                    found = RuntimeHook("serving", self.runtimes_dir).python
             except Exception as err:
                 return False, str(err)
-            checks = [f"serving runtime found ({python})"]
+            checks = [f"serving runtime found ({found})"]
             host = self.bind_host
             try:
                 free_port(host)

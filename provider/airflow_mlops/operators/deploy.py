@@ -131,6 +131,8 @@ class _SeldonOperator(MlopsBaseOperator):
             "pid": main.get("pid"),
             "replicas": len(replicas_of(main)) if main else 0,
             "workers": main.get("workers", 1) if main else 0,
+            # where the model servers run: the serving runtime or (docker) the serving image
+            "runtime": main.get("runtime", "local") if main else None,
             "supervisor_pid": (state.supervisor or {}).get("pid"),
             "changed": changed,
             **extra,
@@ -389,6 +391,7 @@ class SeldonDeployOperator(_SeldonOperator):
             and str(p.get("version")) == version
             and len(replicas_of(p)) == replicas_count(self.replicas)
             and all(r.get("workers", 1) == workers for r in replicas_of(p))
+            and all(r.get("runtime", "local") == self.seldon.execution_mode for r in replicas_of(p))
             and all(self.seldon.is_healthy(r) for r in replicas_of(p))
             for p in serving
         )

@@ -21,7 +21,7 @@ from airflow_mlops.drift_config import (
     drift_config,
     write_config,
 )
-from airflow_mlops.hooks.runtime import check_mode, runtime_hook
+from airflow_mlops.hooks.runtime import check_mode, default_mode, runtime_hook
 from airflow_mlops.links.drift import DriftReportLink, drift_report_url
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin
@@ -78,10 +78,10 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         as is, except by the instances of a mapped task, which each write in ``map_index=<n>/`` below it.
     :param runtimes_dir: where the ``drift`` runtime environment lives (local mode; default: config).
     :param seldon_conn_id: the ``seldon`` connection used to score through ``endpoint``.
-    :param mode: ``local`` (default: a subprocess of the drift runtime environment), ``docker``
+    :param mode: ``local`` (a subprocess of the drift runtime environment), ``docker``
         (the ``docker/drift/`` image on this worker through the Docker API; docs/runtimes.md
         "Execution modes") or ``kubernetes`` (a ``batch/v1`` Job running that image; see
-        docs/monitoring.md "Kubernetes mode").
+        docs/monitoring.md "Kubernetes mode"). Default: ``[mlops] execution_mode`` (``local``).
     :param image: the drift image built from ``docker/drift/Dockerfile`` (templated); Docker mode
         defaults to ``localhost/airflow-mlops-drift:latest`` (``make images``). The parameters
         below apply to Kubernetes mode only.
@@ -133,7 +133,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         report_dir: str | None = None,
         runtimes_dir: str | None = None,
         seldon_conn_id: str = "seldon_default",
-        mode: str = "local",
+        mode: str | None = None,
         shared_volume_claim: str | None = None,
         shared_volume_path: str | None = None,
         kubernetes_conn_id: str = "kubernetes_default",
@@ -148,7 +148,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         check_settings(correction, p_val, max_rows, min_effect_size)
-        check_mode(mode)
+        mode = check_mode(mode or default_mode())
         if mode == "kubernetes" and not shared_volume_claim:
             raise ValueError(
                 "mode='kubernetes' needs shared_volume_claim: the PersistentVolumeClaim holding the "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf
 
-from airflow_mlops.hooks.runtime import check_mode, runtime_hook
+from airflow_mlops.hooks.runtime import check_mode, default_mode, runtime_hook
 from airflow_mlops.links.mlflow import MlflowParentRunLink, MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.operators.kubernetes_job import KubernetesJobMixin, map_index
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlops.hooks.kubernetes import KubernetesJobHook
-    from airflow_mlops.hooks.runtime import CommandRunner
+    from airflow_mlops.hooks.runtime import RuntimeHook
 
 
 def _checkpoint(ti: Any) -> dict[str, str]:
@@ -69,10 +69,10 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
     :param runtimes_dir: where the ``training`` runtime environment lives (default: config).
     :param execution_timeout: as for any operator; the job is killed when it is exceeded.
     :param seed: random seed handed to the training script.
-    :param mode: ``local`` (default: ``horovodrun`` subprocess in the training runtime),
+    :param mode: ``local`` (``horovodrun`` subprocess in the training runtime),
         ``docker`` (``horovodrun`` in the training image on this worker, through the Docker API:
         docs/runtimes.md "Execution modes") or ``kubernetes`` (one pod per rank on a cluster, see
-        docs/training.md "Kubernetes mode").
+        docs/training.md "Kubernetes mode"). Default: ``[mlops] execution_mode`` (``local``).
     :param image: the training image built from ``docker/training/Dockerfile`` (templated);
         Docker mode defaults to ``localhost/airflow-mlops-training:latest`` (``make images``).
         The parameters below apply to Kubernetes mode only.
@@ -119,7 +119,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         mlflow_conn_id: str = "mlflow_default",
         runtimes_dir: str | None = None,
         seed: int = 0,
-        mode: str = "local",
+        mode: str | None = None,
         kubernetes_conn_id: str = "kubernetes_default",
         namespace: str | None = None,
         image: str | None = None,
@@ -136,7 +136,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         super().__init__(**kwargs)
         if num_proc < 1:
             raise ValueError(f"num_proc must be at least 1, got {num_proc}")
-        check_mode(mode)
+        mode = check_mode(mode or default_mode())
         if kind not in ("MPIJob", "IndexedJob"):
             raise ValueError(f"kind must be 'MPIJob' or 'IndexedJob', got {kind!r}")
         if poll_interval <= 0:
@@ -162,7 +162,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         self.mlflow_secret_name = mlflow_secret_name
         self.service_account = service_account
         self.image_pull_policy = image_pull_policy
-        self._runtime: CommandRunner | None = None
+        self._runtime: RuntimeHook | None = None
 
     def _run_tags(self, context: Context) -> dict[str, str]:
         ti = context["ti"]

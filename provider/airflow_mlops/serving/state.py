@@ -101,6 +101,7 @@ class ServerRecord(ProcessRecord, total=False):
     model_dir: str
     started_at: float
     workers: int  # gunicorn worker processes (absent in records written before: 1)
+    runtime: str  # "local" (the serving runtime) or "docker" (the serving image); absent: local
 
 
 class Predictor(ServerRecord, total=False):
