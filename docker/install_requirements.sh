@@ -8,9 +8,12 @@ req=$1
 if [ -x /opt/build/uv ]; then
     links=""
     for dir in ${PIP_FIND_LINKS:-}; do links="$links --find-links $dir"; done
+    # --compile-bytecode: uv does not write .pyc by default (pip does); without them every
+    # container start compiles what it imports again (~4 s of alibi-detect's imports) and cannot
+    # keep the result (PYTHONDONTWRITEBYTECODE, a read-only venv for the runtime user)
     # shellcheck disable=SC2086
     UV_CACHE_DIR=/opt/build/uv-cache UV_LINK_MODE=copy \
-        /opt/build/uv pip install --python "$VIRTUAL_ENV/bin/python" $links -r "$req"
+        /opt/build/uv pip install --compile-bytecode --python "$VIRTUAL_ENV/bin/python" $links -r "$req"
 else
     extra=""
     if [ -n "${TORCH_INDEX_URL:-}" ]; then extra="--extra-index-url $TORCH_INDEX_URL"; fi

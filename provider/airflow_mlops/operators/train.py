@@ -215,7 +215,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         )
         with (
             mlflow_hook.parent_running(parent),
-            tempfile.TemporaryDirectory(prefix="horovod-") as work,
+            tempfile.TemporaryDirectory(prefix="horovod-", dir=self._work_root()) as work,
             # rank 0 logs to MLflow all along: a server gone mid-training is named as the cause
             # (the retry resumes from the last checkpoint)
             mlflow_hook.unreachable_as_error(f"{self.task_id} (train)", naming_server=True),
@@ -255,6 +255,20 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         )
         self.log.info("MLflow run: %s", url)
         return result
+
+    def _work_root(self) -> str | None:
+        """
+        Where the run's work folder goes: the system's temporary folder, or in Docker mode the
+        data dir's ``tmp/`` — a path the Docker daemon sees too when the worker itself runs in a
+        container with the data dir mounted at the same path (its own ``/tmp`` is not the host's).
+        """
+        if self.mode != "docker":
+            return None
+        from airflow_mlops import settings
+
+        root = settings.data_dir() / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        return str(root)
 
     def _local_config(
         self, context: Context, script: Path, experiment: str, result_path: Path, parent_run_id: str
