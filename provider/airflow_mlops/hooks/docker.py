@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
@@ -187,18 +186,11 @@ class ContainerRuntimeHook(RuntimeHook):
         """The container's environment (:func:`container_environ`) and ``DOCKER_HOST`` for the API."""
         return {**container_environ(self.runtime, extra, passthrough), "DOCKER_HOST": self.api_url}
 
-    def start(
-        self,
-        args: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        stdout=subprocess.PIPE,
-        passthrough: Iterable[str] = (),
-    ) -> subprocess.Popen:
+    def command(self, args: Sequence[str], cwd: str | None = None) -> list[str]:
         """
-        Start ``args`` in the image: :mod:`airflow_mlops.container_run` in its own session (so
-        the container outlives this task process when it should, a server), removing a container
-        of the same name an earlier try left behind.
+        :mod:`airflow_mlops.container_run` running ``args`` in the image, attached (``start``
+        runs it in its own session: the container outlives the task process when it should, a
+        server); it removes a container of the same name an earlier try left behind.
         """
         self.check_image()
         volumes = bind_mounts([*self.mounts, *([cwd] if cwd else [])], self.read_only_mounts)
@@ -222,12 +214,4 @@ class ContainerRuntimeHook(RuntimeHook):
             " ".join(map(str, args)),
             ", ".join(f"{p} ({v['mode']})" for p, v in volumes.items()) or "nothing",
         )
-        return subprocess.Popen(
-            argv,
-            env=self.environ(env, passthrough),
-            cwd=cwd,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        return argv

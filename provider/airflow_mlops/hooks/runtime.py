@@ -169,9 +169,8 @@ class RuntimeHook(BaseHook):
         :param env: variables for the command, on top of the allow-listed part of ours.
         :param passthrough: more names (or ``PREFIX_``es) of ours the command needs.
         """
-        self.log.info("Running in the %s runtime: %s", self.runtime, " ".join(map(str, args)))
         return subprocess.Popen(
-            [str(a) for a in args],
+            self.command(args, cwd),
             env=self.environ(env, passthrough),
             cwd=cwd,
             stdout=stdout,
@@ -179,6 +178,11 @@ class RuntimeHook(BaseHook):
             text=True,
             start_new_session=True,
         )
+
+    def command(self, args: Sequence[str], cwd: str | None = None) -> list[str]:
+        """The command line this host runs for ``args`` (logged): here, ``args`` themselves."""
+        self.log.info("Running in the %s runtime: %s", self.runtime, " ".join(map(str, args)))
+        return [str(a) for a in args]
 
     def script(self, name: str) -> str:
         """Path of the entry script ``runtimes/<name>.py`` as this runtime's processes see it."""
