@@ -278,7 +278,11 @@ def default_mode() -> str:
     """``[mlops] execution_mode`` (``local`` when unset): the mode of operators that name none."""
     from airflow.configuration import conf
 
-    return check_mode((conf.get("mlops", "execution_mode", fallback="") or "local").strip().lower())
+    configured = (conf.get("mlops", "execution_mode", fallback="") or "local").strip().lower()
+    try:
+        return check_mode(configured)
+    except ValueError as err:
+        raise ValueError(f"[mlops] execution_mode (AIRFLOW__MLOPS__EXECUTION_MODE): {err}") from None
 
 
 def runtime_hook(

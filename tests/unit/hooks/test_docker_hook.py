@@ -89,6 +89,20 @@ def test_the_hook_names_the_image_paths_of_the_runtime():
     assert hook.script("horovod_entry") == "/opt/mlops/runtimes/horovod_entry.py"
 
 
+def test_the_configured_mode_is_the_default_and_a_bad_one_names_the_option(monkeypatch):
+    from airflow_mlops.operators.drift import DriftDetectOperator
+
+    args = {"reference_path": "r", "current_path": "c", "numeric_features": ["x"]}
+    monkeypatch.setenv("AIRFLOW__MLOPS__EXECUTION_MODE", "docker")
+    assert DriftDetectOperator(task_id="a", **args).mode == "docker"
+    assert DriftDetectOperator(task_id="b", mode="local", **args).mode == "local"  # the task's own wins
+    monkeypatch.setenv("AIRFLOW__MLOPS__EXECUTION_MODE", "Podman")
+    with pytest.raises(ValueError, match=r"\[mlops\] execution_mode .*got 'podman'"):
+        DriftDetectOperator(task_id="c", **args)
+    monkeypatch.delenv("AIRFLOW__MLOPS__EXECUTION_MODE")
+    assert DriftDetectOperator(task_id="d", **args).mode == "local"
+
+
 def test_modes_are_checked_by_name():
     assert EXECUTION_MODES == ("local", "docker", "kubernetes")
     assert check_mode("docker") == "docker"
@@ -117,3 +131,31 @@ def test_operators_take_docker_mode_and_refuse_an_unknown_one(operator):
     assert cls(task_id="t", mode="docker", **args).mode == "docker"
     with pytest.raises(ValueError, match="mode must be one of"):
         cls(task_id="t2", mode="compose", **args)
+
+
+@pytest.mark.parametrize(
+    ("connection_mode", "configured", "execution", "deployments"),
+    [
+        ("docker", None, "docker", "local"),
+        (None, "docker", "docker", "local"),
+        ("local", "docker", "local", "local"),  # the connection's own wins
+        (None, None, "local", "local"),
+        ("kubernetes", "docker", "kubernetes", "kubernetes"),
+    ],
+)
+def test_the_seldon_connection_mode_and_the_switch(
+    monkeypatch, connection_mode, configured, execution, deployments
+):
+    import json
+
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    extra = {"mode": connection_mode} if connection_mode else {}
+    monkeypatch.setenv("AIRFLOW_CONN_SELDON_X", json.dumps({"conn_type": "seldon", "extra": extra}))
+    if configured:
+        monkeypatch.setenv("AIRFLOW__MLOPS__EXECUTION_MODE", configured)
+    else:
+        monkeypatch.delenv("AIRFLOW__MLOPS__EXECUTION_MODE", raising=False)
+    hook = SeldonHook("seldon_x")
+    # where the model servers run / where deployments live (the router and its state: this host)
+    assert (hook.execution_mode, hook.mode) == (execution, deployments)
