@@ -34,6 +34,8 @@ HOST_ONLY = frozenset(
         "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", "DOCKER_HOST",
     }
 )  # fmt: skip
+#: Docker's own socket: the API when neither ``[mlops] docker_url`` nor ``DOCKER_HOST`` names one
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 #: seconds a stopped container gets between SIGTERM and SIGKILL (less than the 10 s a process
 #: group gets from whoever stops this process)
 STOP_GRACE = 5
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import docker
 
-    client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+    client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL)
     with contextlib.suppress(docker.errors.NotFound):
         client.containers.get(args.name).remove(force=True)
         print(f"container_run: removed the leftover container {args.name}", flush=True)

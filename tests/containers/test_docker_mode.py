@@ -29,7 +29,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 import horovod_task  # noqa: E402
-from horovod_task import failure, finish, start_operator  # noqa: E402
+from horovod_task import failure, finish, start_operator, task_environ  # noqa: E402
 
 pytestmark = pytest.mark.containers
 
@@ -139,15 +139,7 @@ print("RESULT " + json.dumps(result, default=str), flush=True)
 
 
 def run_drift(tmp_path: Path, docker_host: str, **operator) -> tuple[subprocess.Popen, Path]:
-    home = tmp_path / "airflow-home"
-    home.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__UNIT_TEST_MODE="True",
-        PYTHONUNBUFFERED="1",
-        **worker_env(docker_host, tmp_path / "data"),
-    )
+    env = task_environ(tmp_path / "airflow-home", **worker_env(docker_host, tmp_path / "data"))
     log = tmp_path / "drift.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -105,6 +105,24 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, mlflow_boot: tuple) -> dict
     return {"train": str(out / "train.parquet"), "holdout": str(out / "holdout.parquet")}
 
 
+def task_environ(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of an operator's task process: an Airflow home of its own under ``home``,
+    none of this process's Airflow or MLflow settings, the runtimes of this checkout, then ``extra``."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="True",
+        AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES_DIR),
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
 def start_operator(
     tmp: Path,
     mlflow_url: str,
@@ -117,20 +135,11 @@ def start_operator(
 
     :param worker_env: more variables of the (Airflow worker's) environment the task runs in.
     """
-    home = tmp / f"airflow-home-{task_id}-{try_number}"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="True",
-        AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES_DIR),
+    env = task_environ(
+        tmp / f"airflow-home-{task_id}-{try_number}",
         AIRFLOW_CONN_MLFLOW_DEFAULT=json.dumps({"conn_type": "mlflow", "host": mlflow_url}),
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
+        **(worker_env or {}),
     )
-    env.update(worker_env or {})
     args = {
         "dag_id": "it_training",
         "run_id": "manual__2026-01-01",

@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
+from airflow_mlops import settings
 from airflow_mlops._imports import require
-from airflow_mlops.container_run import image_environ
+from airflow_mlops.container_run import DEFAULT_DOCKER_URL, image_environ
 from airflow_mlops.exceptions import MlopsError
 from airflow_mlops.hooks.runtime import RuntimeHook, runtime_environ
 
@@ -37,15 +38,12 @@ IMAGE_VENV = "/opt/mlops/venv"
 IMAGE_RUNTIMES = "/opt/mlops/runtimes"
 #: the default image of a runtime: what ``make images`` tags
 DEFAULT_IMAGE = "localhost/airflow-mlops-{runtime}:latest"
-DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 LABEL = "io.github.airflow-mlops.task"
 
 
 def docker_url() -> str:
     """The Docker Engine API: ``[mlops] docker_url``, else ``DOCKER_HOST``, else Docker's socket."""
-    from airflow.configuration import conf
-
-    return conf.get("mlops", "docker_url", fallback="") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
+    return settings._conf("docker_url") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
 
 
 def container_name(runtime: str, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:

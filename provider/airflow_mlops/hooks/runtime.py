@@ -276,9 +276,7 @@ def check_mode(mode: str) -> str:
 
 def default_mode() -> str:
     """``[mlops] execution_mode`` (``local`` when unset): the mode of operators that name none."""
-    from airflow.configuration import conf
-
-    configured = (conf.get("mlops", "execution_mode", fallback="") or "local").strip().lower()
+    configured = (settings._conf("execution_mode") or "local").strip().lower()
     try:
         return check_mode(configured)
     except ValueError as err:
@@ -306,14 +304,9 @@ def runtime_hook(
     if mode != "docker":
         raise ValueError(f"{runtime} commands run in mode 'local' or 'docker' here, not {mode!r}")
     from airflow_mlops.hooks.docker import ContainerRuntimeHook, container_name
+    from airflow_mlops.task_outputs import map_index
 
-    name = container_name(
-        runtime,
-        ti.dag_id,
-        ti.run_id,
-        ti.task_id,
-        getattr(ti, "map_index", -1),  # type: ignore[attr-defined]
-    )
+    name = container_name(runtime, ti.dag_id, ti.run_id, ti.task_id, map_index(ti))  # type: ignore[attr-defined]
     return ContainerRuntimeHook(
         runtime,
         name,

@@ -203,14 +203,16 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         experiment = self.experiment_name or mlflow_hook.default_experiment or context["dag"].dag_id
         # the DAG run's parent run: rank 0's run is nested in it
         parent = self._parent_run(context, mlflow_hook, experiment)
+        # rank 0 writes the model (and checkpoints) straight into a local artifact root: a
+        # container mounts it (local mode mounts nothing, so it makes no MLflow call for it)
+        artifact_root = mlflow_hook.local_artifact_root(experiment) if self.mode == "docker" else None
         self._runtime = runtime = runtime_hook(
             "training",
             self.mode,
             context["ti"],
             runtimes_dir=self.runtimes_dir,
             image=self.image,
-            # rank 0 writes the model (and checkpoints) straight into a local artifact root
-            mounts=[p for p in [mlflow_hook.local_artifact_root(experiment)] if p],
+            mounts=[artifact_root] if artifact_root else [],
             read_only_mounts=[script.resolve().parent, *_input_paths(self.inputs)],
         )
         with (
