@@ -11,13 +11,15 @@ VENV := $(ROOT)/.venv
 RUNTIMES := $(ROOT)/.runtimes
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv runtimes browser images demo stop test lint lock clean
+.PHONY: help setup venv runtimes browser images demo stop compose compose-down test lint lock clean
 
 help:
 	@echo "make demo   set up everything, run the pipeline end to end, leave Airflow and MLflow UIs up"
 	@echo "make stop   stop what make demo started"
 	@echo "make test   set up everything and run the test suite"
-	@echo "make images build the images with podman (serving, drift, training, airflow), cached by input hash"
+	@echo "make images build the images with podman (serving, drift, training, airflow, postgres, redis), cached by input hash"
+	@echo "make compose        the production-like stack in containers (docker/compose.yaml): Celery, PostgreSQL, Redis, MLflow"
+	@echo "make compose-down   stop it (its data is kept in .compose/)"
 	@echo "make lint   ruff"
 	@echo "make lock   re-resolve docker/airflow/requirements.txt from requirements.in"
 
@@ -54,6 +56,13 @@ stop:
 # the runtime images (podman, root; see scripts/images.sh): built when their inputs changed
 images: $(UV)
 	bash scripts/images.sh
+
+# docker/compose.yaml: Airflow's components, PostgreSQL, Redis and MLflow in containers (docs/deployment.md)
+compose: $(UV)
+	bash scripts/compose.sh up
+
+compose-down:
+	bash scripts/compose.sh down
 
 # tests/containers runs the images; without podman and root, images says so and they are skipped
 test: setup browser

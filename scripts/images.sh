@@ -2,7 +2,7 @@
 # make images: build the runtime images with podman, each tagged by the hash of its inputs and
 # rebuilt only when those change.
 #
-#   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else all four)
+#   scripts/images.sh [NAME ...]      build (default: $MLOPS_IMAGES, else all six)
 #   scripts/images.sh --tag NAME      print the image NAME's current tag (nothing is built)
 #   scripts/images.sh --env           print `export CONTAINERS_CONF=...` for podman by hand
 #   scripts/images.sh --api           start podman's Docker-compatible API on a socket (unless it
@@ -200,7 +200,7 @@ main() {
             BASE_ID=$(podman image inspect --format '{{.Id}}' "localhost/airflow-mlops-base:$(base_tag)")
             image_tag "$2"
             return ;;
-        "") read -r -a names <<< "${MLOPS_IMAGES:-serving drift training airflow}" ;;
+        "") read -r -a names <<< "${MLOPS_IMAGES:-serving drift training airflow postgres redis}" ;;
         *) names=("$@") ;;
     esac
     ensure_tools

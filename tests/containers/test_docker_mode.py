@@ -7,7 +7,10 @@ Engine API — podman's (``scripts/images.sh --api``), the API Docker's clients 
   earlier try left behind is replaced; the task's container is gone afterwards;
 * ``on_kill`` (SIGTERM to the task, as Airflow's task runner sends it) stops and removes the container;
 * ``DriftDetectOperator(mode="docker")``: the drift image flags January vs July 2013 weather and the
-  report lands in the task's folder of the data dir.
+  report lands in the task's folder of the data dir;
+* the drift watcher (``DriftEventTrigger``) with ``[mlops] execution_mode = docker`` and no drift
+  runtime on the host (a containerised triggerer): each window is checked in a drift-image
+  container, drifted July traffic fires the event.
 
 The operators run in control-plane subprocesses with a task-instance stand-in
 (``tests/support/horovod_task.py``), each in an Airflow home of its own.
@@ -191,3 +194,33 @@ def test_a_missing_image_is_named_with_the_command_that_builds_it(tmp_path, dock
     )
     err = failure(proc, log)
     assert "localhost/airflow-mlops-drift:no-such-tag" in err["message"] and "make images" in err["message"]
+
+
+def test_the_drift_watcher_checks_its_windows_in_drift_image_containers(
+    tmp_path, monkeypatch, docker, docker_host
+):
+    import asyncio
+
+    sys.path.insert(0, str(REPO / "tests" / "unit" / "triggers"))
+    from test_drift_trigger import WINDOW, deploy, flight_samples, log_requests, run_until, trigger
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AIRFLOW__MLOPS__EXECUTION_MODE", "docker")
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    # no drift runtime on this "host": only the image can run the check
+    monkeypatch.setenv("AIRFLOW__MLOPS__RUNTIMES_DIR", str(tmp_path / "no-runtimes"))
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    flights = flight_samples()
+    reference = tmp_path / "reference.parquet"
+    flights["reference"].to_parquet(reference, index=False)
+    deploy("d", str(reference))
+    log_requests(SeldonHook.inference_log_dir("d"), flights["july"], WINDOW)
+
+    (event,) = asyncio.run(run_until(trigger(), lambda found: found, seconds=600))
+    assert event["is_drift"] is True and "temp" in event["drifted_features"], event
+    report = json.loads(Path(event["report"]).read_text())
+    assert report["is_drift"] is True and Path(event["report"]).stat().st_uid == os.getuid()
+    # the drift worker (local mode's) was never started, and the window's container is gone
+    assert not (tmp_path / "data" / "drift" / "worker" / "worker.json").exists()
+    assert not [c.name for c in docker.containers.list(all=True) if c.name.startswith("mlops-drift-watch-d")]

@@ -379,6 +379,7 @@ class DriftEventTrigger(BaseEventTrigger):
         :raises _Untestable: with the check's own message when it fails.
         """
         from airflow_mlops.drift_worker import DriftWorker, failure_said
+        from airflow_mlops.hooks.runtime import RuntimeHook
 
         out = self.watch_dir / window_id
         out.mkdir(parents=True, exist_ok=True)
@@ -396,39 +397,63 @@ class DriftEventTrigger(BaseEventTrigger):
             min_effect_size=self.min_effect_size,
         )
         config_path = write_config(config)
-        # the long-lived worker first: alibi-detect imported once, not once per window
-        answer = None if self.mmd else await asyncio.to_thread(DriftWorker().check, config_path)
+        runtime = await asyncio.to_thread(self._check_runtime, window_id, config_path, reference)
+        # the long-lived worker first: alibi-detect imported once, not once per window (local mode)
+        local = type(runtime) is RuntimeHook
+        answer = await asyncio.to_thread(DriftWorker().check, config_path) if local and not self.mmd else None
         if answer is not None:
             code, text = answer
         else:
-            code, text = await self._test_in_a_process(config_path)
+            code, text = await self._test_in_a_process(runtime, config_path)
         if code != 0:
             raise _Untestable(f"the drift check failed (exit code {code}): {failure_said(text)}")
         return json.loads((out / REPORT_FILE).read_text())
 
-    async def _test_in_a_process(self, config_path: Path) -> tuple[int, str]:
-        """``drift_detect.py`` as a process of its own: its exit code and output."""
+    def _check_runtime(self, window_id: str, config_path: Path, reference: str):
+        """
+        Where a window's check runs: the drift runtime (local mode), or, with ``[mlops]
+        execution_mode = docker``, a container of the drift image per window (the triggerer of a
+        containerised Airflow has no drift runtime of its own).
+        """
         from airflow_mlops import settings
-        from airflow_mlops.hooks.runtime import RuntimeHook
+        from airflow_mlops.hooks.runtime import RuntimeHook, default_mode
 
         try:
-            runtime = RuntimeHook("drift")
+            mode = default_mode()
+        except ValueError as err:
+            raise _Untestable(str(err)) from None
+        if mode != "docker":
+            return RuntimeHook("drift")
+        from airflow_mlops.hooks.docker import ContainerRuntimeHook, container_name
+
+        name = container_name("drift", f"watch-{self.deployment_name}", window_id, "check")
+        mounts = [settings.data_dir(), config_path.parent]
+        return ContainerRuntimeHook("drift", name, mounts=mounts, read_only_mounts=[reference])
+
+    async def _test_in_a_process(self, runtime, config_path: Path) -> tuple[int, str]:
+        """``drift_detect.py`` as a process of its own (or its container): exit code and output."""
+        try:
+            args = [runtime.python, runtime.script("drift_detect"), str(config_path)]
+            argv = await asyncio.to_thread(runtime.command, args)
             proc = await asyncio.create_subprocess_exec(
-                runtime.python,
-                str(settings.runtime_script("drift_detect")),
-                str(config_path),
+                *argv,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=runtime.environ(),
             )
-        except Exception as err:  # no drift runtime here, or it cannot start
+        except Exception as err:  # no drift runtime (or image, or Docker API) here, or it cannot start
             raise _Untestable(f"the drift runtime could not run: {type(err).__name__}: {err}") from err
         try:
             output, _ = await proc.communicate()
         except asyncio.CancelledError:  # the triggerer stops the watch: the check stops with it
             if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
+                # SIGTERM first: a container's runner stops and removes its container on it
+                proc.terminate()
+                try:
+                    await asyncio.shield(asyncio.wait_for(proc.wait(), 15))
+                except TimeoutError:
+                    proc.kill()
+                    await asyncio.shield(proc.wait())
             raise
         return int(proc.returncode or 0), output.decode(errors="replace")
 
@@ -767,7 +792,7 @@ class DriftEventTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._status = await asyncio.to_thread(self._load_status)
         self._said = None
-        if not self.mmd:
+        if not self.mmd and await asyncio.to_thread(_local_mode):
             # the drift worker imports alibi-detect now, not when the first window waits for it
             self._warm_up = asyncio.ensure_future(asyncio.to_thread(_start_drift_worker))
         while True:
@@ -787,6 +812,16 @@ class DriftEventTrigger(BaseEventTrigger):
                 yield TriggerEvent(outcome)
             elif not outcome:
                 await asyncio.sleep(self.poll_interval)
+
+
+def _local_mode() -> bool:
+    """The checks run in the drift runtime here (not in containers); a bad mode: its window says."""
+    from airflow_mlops.hooks.runtime import default_mode
+
+    try:
+        return default_mode() == "local"
+    except ValueError:
+        return False
 
 
 def _start_drift_worker() -> None:
