@@ -11,13 +11,14 @@ VENV := $(ROOT)/.venv
 RUNTIMES := $(ROOT)/.runtimes
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv runtimes browser images demo stop compose compose-down test lint lock clean
+.PHONY: help setup venv runtimes browser images demo stop stack-celery stop-celery compose compose-down test lint lock clean
 
 help:
 	@echo "make demo   set up everything, run the pipeline end to end, leave Airflow and MLflow UIs up"
 	@echo "make stop   stop what make demo started"
 	@echo "make test   set up everything and run the test suite"
 	@echo "make images build the images with podman (serving, drift, training, airflow, postgres, redis), cached by input hash"
+	@echo "make stack-celery   CeleryExecutor on PostgreSQL + Redis, two workers, as local processes (make stop-celery)"
 	@echo "make compose        the production-like stack in containers (docker/compose.yaml): Celery, PostgreSQL, Redis, MLflow"
 	@echo "make compose-down   stop it (its data is kept in .compose/)"
 	@echo "make lint   ruff"
@@ -56,6 +57,14 @@ stop:
 # the runtime images (podman, root; see scripts/images.sh): built when their inputs changed
 images: $(UV)
 	bash scripts/images.sh
+
+# the CeleryExecutor topology as local processes: PostgreSQL (the machine's, 127.0.0.1:5432) and
+# Redis (127.0.0.1:6379), two Celery workers (docs/deployment.md)
+stack-celery: setup
+	$(VENV)/bin/python scripts/stack.py celery
+
+stop-celery:
+	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python scripts/stack.py stop-celery; fi
 
 # docker/compose.yaml: Airflow's components, PostgreSQL, Redis and MLflow in containers (docs/deployment.md)
 compose: $(UV)

@@ -3,12 +3,13 @@
 #
 #   scripts/compose.sh up       build what is missing, start the stack, wait for Airflow, print
 #                               where to look (the images: scripts/images.sh, cached by input hash)
-#   scripts/compose.sh down     stop and remove the stack's containers (its folder and database
-#                               volumes are kept; `down --volumes` deletes the volumes too)
+#   scripts/compose.sh down     stop the local model deployments, then stop and remove the
+#                               stack's containers (its folder is kept: `rm -rf .compose` after
+#                               `down` starts over, databases and secrets included)
 #   scripts/compose.sh ARGS...  any other compose command: ps, logs -f airflow-worker, ...
 #
-# The stack's folder is $MLOPS_COMPOSE_DIR (default .compose/ in the checkout): data dir, task
-# logs, MLflow artifacts, and secrets.env (the stack's passwords and keys, generated on the first
+# The stack's folder is $MLOPS_COMPOSE_DIR (default .compose/ in the checkout): PostgreSQL's and
+# Redis' data, the data dir, task logs, MLflow artifacts, and secrets.env (the stack's passwords and keys, generated on the first
 # `up`, mode 600). The compose tool is `docker compose` where Docker's compose plugin is installed
 # (MLOPS_COMPOSE_TOOL=docker|podman chooses), else podman-compose (PyPI, pinned, installed into
 # .tools/compose with uv: Debian bookworm's own is too old for `network_mode: host`).

@@ -16,6 +16,8 @@ Kubernetes instead (docs/reliability.md).
     python scripts/stack.py demo     # start, run the pipeline, print what to look at
     python scripts/stack.py stop     # stop what demo started (servers and model deployments)
     python scripts/stack.py status   # the supervised components: pid, restarts, last exit
+    python scripts/stack.py celery   # make stack-celery: CeleryExecutor, PostgreSQL, Redis, 2 workers
+    python scripts/stack.py stop-celery
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ class Stack:
     #: default, ``local``; ``docker`` runs training, serving and drift in the runtime images
     #: (needs ``make images`` and ``DOCKER_HOST``, docs/runtimes.md)
     execution_mode: str | None = None
+    #: ``LocalExecutor`` (what ``airflow standalone`` runs: tasks are children of the scheduler) or
+    #: ``CeleryExecutor``: ``celery_workers`` workers take the tasks from ``broker_url`` (Redis,
+    #: under a key prefix of this stack's own), results in ``database_url`` (PostgreSQL, required)
+    executor: str = "LocalExecutor"
+    celery_workers: int = 2
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    #: MLflow's backend store (``postgresql://...``); None: SQLite under ``home``
+    mlflow_database_url: str | None = None
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -182,9 +192,39 @@ class Stack:
         )
         if self.database_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url
+        if self.executor == "CeleryExecutor":
+            env.update(self._celery_env())
         if self.execution_mode:
             env["AIRFLOW__MLOPS__EXECUTION_MODE"] = self.execution_mode
         return env
+
+    def _celery_env(self) -> dict[str, str]:
+        if not (self.database_url or "").startswith("postgresql"):
+            raise ValueError("CeleryExecutor needs a PostgreSQL database_url (its result backend too)")
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.database_url.replace("+psycopg2", ""),
+            # this stack's keys only: other stacks (and tests) share the Redis server
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{self.broker_prefix}:",
+        }
+
+    @property
+    def broker_prefix(self) -> str:
+        """The prefix of every key this stack's Celery puts in Redis."""
+        import hashlib
+
+        return "mlops-" + hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
+
+    def worker_names(self) -> list[str]:
+        """The Celery workers' names: each is the ``hostname`` of the task instances it runs."""
+        if self.executor != "CeleryExecutor":
+            return []
+        return [f"worker-{n}" for n in range(1, self.celery_workers + 1)]
+
+    def worker_dir(self, name: str) -> Path:
+        """A worker's private working folder (its cwd and TMPDIR)."""
+        return self.home / "workers" / name
 
     # -- processes -------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> int:
@@ -207,6 +247,7 @@ class Stack:
     def start_mlflow(self) -> None:
         store = self.home / "mlflow"
         store.mkdir(parents=True, exist_ok=True)
+        backend = self.mlflow_database_url or f"sqlite:///{store / 'mlflow.db'}"
         self._spawn(
             "mlflow",
             [
@@ -217,7 +258,7 @@ class Stack:
                 "--port",
                 str(self.mlflow_port),
                 "--backend-store-uri",
-                f"sqlite:///{store / 'mlflow.db'}",
+                backend,
                 "--artifacts-destination",
                 str(store / "artifacts"),
                 "--workers",
@@ -236,9 +277,38 @@ class Stack:
             self.password_file.write_text(json.dumps({self.username: secrets.token_urlsafe(12)}))
             self.password_file.chmod(0o600)
         airflow = str(VENV_BIN / "airflow")
+        commands = {name: [airflow, name] for name in COMPONENTS}
+        environ: dict[str, dict[str, str]] = {}
+        cwd: dict[str, str] = {}
+        for name in self.worker_names():
+            folder = self.worker_dir(name)
+            (folder / "tmp").mkdir(parents=True, exist_ok=True)
+            commands[name] = [
+                airflow,
+                "celery",
+                "worker",
+                "--celery-hostname",
+                f"{name}@%h",
+                "--concurrency",
+                "2",
+            ]
+            cwd[name] = str(folder)
+            environ[name] = {
+                "TMPDIR": str(folder / "tmp"),
+                # the name its task instances report as their hostname (all workers share this host)
+                "MLOPS_WORKER_NAME": name,
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.worker_hostname",
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")])
+                ),
+                # each worker's log server on a port of its own
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            }
         spec = {
             "prepare": [[airflow, "db", "migrate"]],
-            "commands": {name: [airflow, name] for name in COMPONENTS},
+            "commands": commands,
+            "environ": environ,
+            "cwd": cwd,
             "job_types": {name: job for name, job in COMPONENTS.items() if job},
             # read-only, for the liveness check of the components that heartbeat a job row
             "database_url": self.database_url or f"sqlite:///{self.airflow_home / 'airflow.db'}",
@@ -455,6 +525,12 @@ class Stack:
         raise TimeoutError(f"no {kind}run of {dag_id} was created within {timeout}s")
 
 
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of a Celery worker of a stack: its name (``MLOPS_WORKER_NAME``),
+    so the task instances say which of the workers on this one host ran them."""
+    return os.environ.get("MLOPS_WORKER_NAME") or socket.getfqdn()
+
+
 def _group_is(record: dict[str, Any]) -> bool:
     """The process group that ``record`` (``pid``, ``pid_start``) names still has a member.
 
@@ -601,6 +677,8 @@ class Supervisor:
         commands: dict[str, list[str]],
         prepare: list[list[str]] | None = None,
         job_types: dict[str, str] | None = None,
+        environ: dict[str, dict[str, str]] | None = None,
+        cwd: dict[str, str] | None = None,
         min_backoff: float = 1.0,
         max_backoff: float = 60.0,
         stable_after: float = 60.0,
@@ -613,6 +691,8 @@ class Supervisor:
         self.commands = commands
         self.prepare = prepare or []
         self.job_types = job_types or {}
+        self.environ = environ or {}
+        self.cwd = cwd or {}
         self.min_backoff, self.max_backoff, self.stable_after = min_backoff, max_backoff, stable_after
         self.grace = grace
         self.procs: dict[str, subprocess.Popen | None] = dict.fromkeys(commands)
@@ -651,7 +731,8 @@ class Supervisor:
                 self.commands[name],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=str(self.home),
+                cwd=self.cwd.get(name, str(self.home)),
+                env={**os.environ, **self.environ.get(name, {})},
                 start_new_session=True,  # its own process group: killed whole when it dies
             )
         self.procs[name] = proc
@@ -794,6 +875,8 @@ def supervise(spec_path: str) -> int:
         commands=spec["commands"],
         prepare=spec.get("prepare"),
         job_types=spec.get("job_types"),
+        environ=spec.get("environ"),
+        cwd=spec.get("cwd"),
         database_url=spec.get("database_url"),
         **{
             k: float(spec[k])
@@ -899,6 +982,43 @@ def _print_summary(stack: Stack, pipeline, months, registered, deployed, drift, 
         print(f"(the example request failed: {err})", flush=True)
 
 
+#: ``make stack-celery``: its folder, and the PostgreSQL server its databases are made on
+CELERY_HOME = REPO / ".mlops-celery"
+POSTGRES_URL = os.environ.get("MLOPS_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def create_database(name: str, server_url: str = POSTGRES_URL) -> str:
+    """Create database ``name`` on the PostgreSQL server unless it exists; its URL (psycopg2)."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True  # CREATE DATABASE runs outside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def celery_stack(home: Path = CELERY_HOME, **kwargs: Any) -> Stack:
+    """The CeleryExecutor topology: metadata DB and MLflow's store in databases of their own on
+    the PostgreSQL server, Redis as the broker, two Celery workers (docs/deployment.md)."""
+    database = create_database("airflow_mlops_celery")
+    mlflow = create_database("airflow_mlops_celery_mlflow")
+    return Stack(
+        home=home,
+        executor="CeleryExecutor",
+        database_url=database.replace("postgresql://", "postgresql+psycopg2://", 1),
+        mlflow_database_url=mlflow,
+        **kwargs,
+    )
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "demo"
     if command == "demo":
@@ -908,6 +1028,18 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "start":
         Stack().start()
+        return 0
+    if command == "celery":
+        stack = celery_stack()
+        stack.start()
+        _log(
+            f"CeleryExecutor stack up: Airflow {stack.airflow_url} (user {stack.username}, password in "
+            f"{stack.password_file}), MLflow {stack.mlflow_url}; workers {', '.join(stack.worker_names())} "
+            f"(logs in {stack.home / 'logs'}); stop it with `make stop-celery`"
+        )
+        return 0
+    if command == "stop-celery":
+        Stack(home=CELERY_HOME).stop()
         return 0
     if command == "supervise" and len(argv) > 2:
         return supervise(argv[2])

@@ -1,0 +1,108 @@
+"""The example pipeline on the CeleryExecutor topology (``make stack-celery``): Airflow's metadata
+DB and MLflow's backend store in PostgreSQL databases this test creates on the machine's server,
+Redis as the broker (keys under a prefix of the stack's own), scheduler, dag-processor,
+triggerer and api-server as separate processes, and two Celery workers, each with a working
+folder (cwd, ``TMPDIR``) of its own.
+
+The scheduler runs the pipeline by itself; every task succeeds, and the task instances'
+``hostname`` (each worker's name) shows that both workers ran tasks, among them a task and its
+direct downstream on different workers. The data dir is still one folder of this host (an
+object store for it, and workers with private data folders, are the rest of issue 17).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from stack import POSTGRES_URL, Stack, create_database, free_port  # noqa: E402
+
+PIPELINE = "flights_delay_pipeline"
+
+
+def drop_database(name: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(POSTGRES_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def celery(tmp_path_factory):
+    runtimes = Path(os.environ.get("MLOPS_RUNTIMES_DIR", REPO / ".runtimes")).resolve()
+    if not (runtimes / "training" / "bin" / "python").exists():
+        pytest.skip(f"runtime environments not found under {runtimes}: run `make runtimes`")
+    home = tmp_path_factory.mktemp("celery")
+    dags = home / "dags"
+    dags.mkdir()
+    for part in ("include", "feature_repo"):
+        shutil.copytree(REPO / "dags" / part, dags / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dags" / f"{PIPELINE}.py", dags)
+    names = [f"mlops_test_{uuid.uuid4().hex[:8]}", ""]
+    names[1] = f"{names[0]}_mlflow"
+    database, mlflow = (create_database(name) for name in names)
+    s = Stack(
+        home=home / "stack",
+        airflow_port=free_port(),
+        mlflow_port=free_port(),
+        dags_folder=dags,
+        runtimes_dir=runtimes,
+        executor="CeleryExecutor",
+        database_url=database.replace("postgresql://", "postgresql+psycopg2://", 1),
+        mlflow_database_url=mlflow,
+    )
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=6379, db=0)
+        for key in client.scan_iter(match=f"{s.broker_prefix}:*"):
+            client.delete(key)
+        for name in names:
+            drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def run(celery) -> dict:
+    celery.wait_for_dag(PIPELINE)
+    found = celery.wait_for_new_run(PIPELINE, timeout=300, run_type="scheduled")
+    found["state"] = celery.wait_run(PIPELINE, found["dag_run_id"], timeout=1800)
+    return found
+
+
+def test_the_pipeline_runs_on_two_celery_workers(celery, run):
+    tis = celery.api("GET", f"/dags/{PIPELINE}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+    states = {ti["task_id"]: ti["state"] for ti in tis}
+    assert run["state"] == "success", states
+    assert all(state == "success" for state in states.values()), states
+
+    ran_on = {ti["task_id"]: ti["hostname"] for ti in tis}
+    assert set(ran_on.values()) == set(celery.worker_names()), ran_on
+    tasks = celery.api("GET", f"/dags/{PIPELINE}/tasks")["tasks"]
+    handed_over = [
+        (task["task_id"], downstream)
+        for task in tasks
+        for downstream in task["downstream_task_ids"]
+        if ran_on[task["task_id"]] != ran_on[downstream]
+    ]
+    assert handed_over, f"every task ran on the same worker as its upstream: {ran_on}"
+
+    # neither worker died on the way (the supervisor restarts one that does, and counts it)
+    components = celery.supervisor_state()["components"]
+    assert {name: components[name]["restarts"] for name in celery.worker_names()} == dict.fromkeys(
+        celery.worker_names(), 0
+    )
