@@ -96,6 +96,10 @@ def test_training_runs_in_the_training_image_and_logs_the_model(
 def test_on_kill_stops_and_removes_the_container(tmp_path, mlflow_url, inputs, docker, docker_host):
     task_id = "train_docker_killed"
     name = task_container(task_id, "training")
+    # the name is the same for every run of this test: a container an interrupted run left must
+    # not be taken for this run's
+    for leftover in docker.containers.list(all=True, filters={"name": name}):
+        leftover.remove(force=True)
     proc, log = start_operator(
         tmp_path,
         mlflow_url,

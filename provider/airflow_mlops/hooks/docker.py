@@ -184,6 +184,22 @@ class ContainerRuntimeHook(RuntimeHook):
         """The container's environment (:func:`container_environ`) and ``DOCKER_HOST`` for the API."""
         return {**container_environ(self.runtime, extra, passthrough), "DOCKER_HOST": self.api_url}
 
+    def terminate(self, grace: float = 20.0) -> None:
+        """
+        Stop the runner (on SIGTERM it stops and removes its container), then make sure the
+        container is gone: a runner still waiting on a slow API when ``grace`` ran out was killed
+        before it could remove it.
+        """
+        super().terminate(grace)
+        docker = require("docker", "docker")
+        try:
+            self.client.containers.get(self.name).remove(force=True)
+            self.log.info("Removed the container %s its runner left behind", self.name)
+        except docker.errors.NotFound:
+            pass
+        except Exception as err:  # the API is down: say what is left, do not hide on_kill's cause
+            self.log.warning("Could not remove the container %s: %s", self.name, err)
+
     def command(self, args: Sequence[str], cwd: str | None = None) -> list[str]:
         """
         :mod:`airflow_mlops.container_run` running ``args`` in the image, attached (``start``
