@@ -1005,11 +1005,12 @@ def create_database(name: str, server_url: str = POSTGRES_URL) -> str:
     return f"{base}/{name}"
 
 
-def celery_stack(home: Path = CELERY_HOME, **kwargs: Any) -> Stack:
+def celery_stack(home: Path = CELERY_HOME, database: str = "airflow_mlops_celery", **kwargs: Any) -> Stack:
     """The CeleryExecutor topology: metadata DB and MLflow's store in databases of their own on
-    the PostgreSQL server, Redis as the broker, two Celery workers (docs/deployment.md)."""
-    database = create_database("airflow_mlops_celery")
-    mlflow = create_database("airflow_mlops_celery_mlflow")
+    the PostgreSQL server (``database`` and ``<database>_mlflow``, created unless there), Redis
+    as the broker, two Celery workers (docs/deployment.md)."""
+    mlflow = create_database(f"{database}_mlflow")
+    database = create_database(database)
     return Stack(
         home=home,
         executor="CeleryExecutor",

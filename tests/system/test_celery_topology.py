@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
-from stack import POSTGRES_URL, Stack, create_database, free_port  # noqa: E402
+from stack import POSTGRES_URL, celery_stack, free_port  # noqa: E402
 
 PIPELINE = "flights_delay_pipeline"
 
@@ -49,18 +49,14 @@ def celery(tmp_path_factory):
     for part in ("include", "feature_repo"):
         shutil.copytree(REPO / "dags" / part, dags / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dags" / f"{PIPELINE}.py", dags)
-    names = [f"mlops_test_{uuid.uuid4().hex[:8]}", ""]
-    names[1] = f"{names[0]}_mlflow"
-    database, mlflow = (create_database(name) for name in names)
-    s = Stack(
-        home=home / "stack",
+    database = f"mlops_test_{uuid.uuid4().hex[:8]}"
+    s = celery_stack(
+        home / "stack",
+        database,
         airflow_port=free_port(),
         mlflow_port=free_port(),
         dags_folder=dags,
         runtimes_dir=runtimes,
-        executor="CeleryExecutor",
-        database_url=database.replace("postgresql://", "postgresql+psycopg2://", 1),
-        mlflow_database_url=mlflow,
     )
     try:
         s.start()
@@ -72,7 +68,7 @@ def celery(tmp_path_factory):
         client = redis.Redis(host="127.0.0.1", port=6379, db=0)
         for key in client.scan_iter(match=f"{s.broker_prefix}:*"):
             client.delete(key)
-        for name in names:
+        for name in (database, f"{database}_mlflow"):
             drop_database(name)
 
 

@@ -292,12 +292,14 @@ def runtime_hook(
     image: str | None = None,
     mounts: Iterable[str | os.PathLike[str]] = (),
     read_only_mounts: Iterable[str | os.PathLike[str]] = (),
+    name: str | None = None,
 ) -> RuntimeHook:
     """
     The hook that runs ``runtime``'s commands in ``mode`` (``local`` or ``docker``), for task
     instance ``ti``: a :class:`RuntimeHook` or a
     :class:`~airflow_mlops.hooks.docker.ContainerRuntimeHook` (same interface). ``mounts`` are
     the folders a container needs (the data dir is always mounted); local mode ignores them.
+    ``name``: the container's name for work that is no task instance's (the drift watcher).
     """
     if mode == "local":
         return RuntimeHook(runtime, runtimes_dir)
@@ -306,7 +308,8 @@ def runtime_hook(
     from airflow_mlops.hooks.docker import ContainerRuntimeHook, container_name
     from airflow_mlops.task_outputs import map_index
 
-    name = container_name(runtime, ti.dag_id, ti.run_id, ti.task_id, map_index(ti))  # type: ignore[attr-defined]
+    if name is None:
+        name = container_name(runtime, ti.dag_id, ti.run_id, ti.task_id, map_index(ti))  # type: ignore[attr-defined]
     return ContainerRuntimeHook(
         runtime,
         name,

@@ -379,7 +379,6 @@ class DriftEventTrigger(BaseEventTrigger):
         :raises _Untestable: with the check's own message when it fails.
         """
         from airflow_mlops.drift_worker import DriftWorker, failure_said
-        from airflow_mlops.hooks.runtime import RuntimeHook
 
         out = self.watch_dir / window_id
         out.mkdir(parents=True, exist_ok=True)
@@ -397,38 +396,38 @@ class DriftEventTrigger(BaseEventTrigger):
             min_effect_size=self.min_effect_size,
         )
         config_path = write_config(config)
-        runtime = await asyncio.to_thread(self._check_runtime, window_id, config_path, reference)
+        try:
+            mode = await asyncio.to_thread(_check_mode)
+        except ValueError as err:
+            raise _Untestable(str(err)) from None
         # the long-lived worker first: alibi-detect imported once, not once per window (local mode)
-        local = type(runtime) is RuntimeHook
-        answer = await asyncio.to_thread(DriftWorker().check, config_path) if local and not self.mmd else None
+        local = mode == "local" and not self.mmd
+        answer = await asyncio.to_thread(DriftWorker().check, config_path) if local else None
         if answer is not None:
             code, text = answer
         else:
+            runtime = await asyncio.to_thread(self._check_runtime, mode, window_id, config_path, reference)
             code, text = await self._test_in_a_process(runtime, config_path)
         if code != 0:
             raise _Untestable(f"the drift check failed (exit code {code}): {failure_said(text)}")
         return json.loads((out / REPORT_FILE).read_text())
 
-    def _check_runtime(self, window_id: str, config_path: Path, reference: str):
+    def _check_runtime(self, mode: str, window_id: str, config_path: Path, reference: str):
         """
         Where a window's check runs: the drift runtime (local mode), or, with ``[mlops]
         execution_mode = docker``, a container of the drift image per window (the triggerer of a
         containerised Airflow has no drift runtime of its own).
         """
-        from airflow_mlops import settings
-        from airflow_mlops.hooks.runtime import RuntimeHook, default_mode
+        from airflow_mlops.hooks.docker import container_name
+        from airflow_mlops.hooks.runtime import runtime_hook
 
-        try:
-            mode = default_mode()
-        except ValueError as err:
-            raise _Untestable(str(err)) from None
-        if mode != "docker":
-            return RuntimeHook("drift")
-        from airflow_mlops.hooks.docker import ContainerRuntimeHook, container_name
-
-        name = container_name("drift", f"watch-{self.deployment_name}", window_id, "check")
-        mounts = [settings.data_dir(), config_path.parent]
-        return ContainerRuntimeHook("drift", name, mounts=mounts, read_only_mounts=[reference])
+        return runtime_hook(
+            "drift",
+            mode,
+            name=container_name("drift", f"watch-{self.deployment_name}", window_id, "check"),
+            mounts=[config_path.parent],
+            read_only_mounts=[reference],
+        )
 
     async def _test_in_a_process(self, runtime, config_path: Path) -> tuple[int, str]:
         """``drift_detect.py`` as a process of its own (or its container): exit code and output."""
@@ -814,12 +813,18 @@ class DriftEventTrigger(BaseEventTrigger):
                 await asyncio.sleep(self.poll_interval)
 
 
-def _local_mode() -> bool:
-    """The checks run in the drift runtime here (not in containers); a bad mode: its window says."""
+def _check_mode() -> str:
+    """Where the checks run: ``docker`` (a container per window) with ``[mlops] execution_mode =
+    docker``, else ``local`` (the drift runtime); ValueError naming the option for a bad one."""
     from airflow_mlops.hooks.runtime import default_mode
 
+    return "docker" if default_mode() == "docker" else "local"
+
+
+def _local_mode() -> bool:
+    """The checks run in the drift runtime here (not in containers); a bad mode: its window says."""
     try:
-        return default_mode() == "local"
+        return _check_mode() == "local"
     except ValueError:
         return False
 
