@@ -100,6 +100,13 @@ class Stack:
     broker_url: str = "redis://127.0.0.1:6379/0"
     #: MLflow's backend store (``postgresql://...``); None: SQLite under ``home``
     mlflow_database_url: str | None = None
+    #: an S3 API server on ``s3_port`` (moto's standalone server, in memory: a stand-in for S3 or
+    #: MinIO, which cannot be had here) holding ``[mlops] data_dir`` (``s3://<bucket>/data``,
+    #: through the ``mlops_store`` connection) and MLflow's artifacts (``s3://<bucket>/mlflow``);
+    #: ``data_dir`` below is then each component's ``[mlops] local_data_dir``
+    object_store: bool = False
+    s3_port: int = field(default_factory=free_port)
+    bucket: str = "mlops"
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -114,6 +121,52 @@ class Stack:
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def data_url(self) -> str:
+        """``[mlops] data_dir``: the bucket's ``data/`` with an object store, else :attr:`data_dir`."""
+        return f"s3://{self.bucket}/data" if self.object_store else str(self.data_dir)
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def s3_credentials(self) -> dict[str, str]:
+        """The object store's access key and a secret made once for this stack (moto takes any)."""
+        path = self.home / "s3-credentials.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                json.dumps({"access_key": "mlops-stack", "secret_key": secrets.token_urlsafe(24)})
+            )
+            path.chmod(0o600)
+        return json.loads(path.read_text())
+
+    def s3_client(self):
+        import boto3
+
+        keys = self.s3_credentials()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            aws_access_key_id=keys["access_key"],
+            aws_secret_access_key=keys["secret_key"],
+            region_name="us-east-1",
+        )
+
+    def _object_store_env(self) -> dict[str, str]:
+        keys = self.s3_credentials()
+        connection = {
+            "conn_type": "aws",
+            "login": keys["access_key"],
+            "password": keys["secret_key"],
+            "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"},
+        }
+        return {
+            "AIRFLOW__MLOPS__DATA_CONN_ID": "mlops_store",
+            "AIRFLOW_CONN_MLOPS_STORE": json.dumps(connection),
+            "AIRFLOW__MLOPS__LOCAL_DATA_DIR": str(self.data_dir),
+        }
 
     @property
     def pid_dir(self) -> Path:
@@ -165,7 +218,7 @@ class Stack:
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-                "AIRFLOW__MLOPS__DATA_DIR": str(self.data_dir),
+                "AIRFLOW__MLOPS__DATA_DIR": self.data_url,
                 "AIRFLOW__MLOPS__RUNTIMES_DIR": str(self.runtimes_dir),
                 # no default experiment: a DAG that names none logs into one named after its DAG
                 "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "mlflow", "host": self.mlflow_url}),
@@ -177,7 +230,7 @@ class Stack:
                         "extra": {"mode": self.execution_mode or "local"},
                     }
                 ),
-                "MLOPS_DATA_DIR": str(self.data_dir),
+                "MLOPS_DATA_DIR": self.data_url,
                 # OpenLineage (apache-airflow-providers-openlineage): every task's and DAG run's
                 # events appended to one file; docs/lineage.md
                 "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
@@ -196,6 +249,8 @@ class Stack:
             env.update(self._celery_env())
         if self.execution_mode:
             env["AIRFLOW__MLOPS__EXECUTION_MODE"] = self.execution_mode
+        if self.object_store:
+            env.update(self._object_store_env())
         return env
 
     def _celery_env(self) -> dict[str, str]:
@@ -244,10 +299,41 @@ class Stack:
         _log(f"started {name} (pid {proc.pid}), log {log_path}")
         return proc.pid
 
+    def start_object_store(self) -> None:
+        """moto's S3 API server on 127.0.0.1, and the stack's bucket in it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))}
+        self._spawn("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)], env)
+        client = self.s3_client()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=self.bucket)
+                break
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                break
+            except Exception:  # botocore's EndpointConnectionError: not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                self._check_alive()
+                time.sleep(0.3)
+        _log(f"object store up: {self.s3_url}, bucket {self.bucket} (moto's S3 API server, in memory)")
+
     def start_mlflow(self) -> None:
         store = self.home / "mlflow"
         store.mkdir(parents=True, exist_ok=True)
         backend = self.mlflow_database_url or f"sqlite:///{store / 'mlflow.db'}"
+        artifacts = str(store / "artifacts")
+        env = {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        if self.object_store:
+            # the server alone writes the artifacts (clients go through it: mlflow-artifacts:/)
+            artifacts = f"s3://{self.bucket}/mlflow"
+            keys = self.s3_credentials()
+            env.update(
+                MLFLOW_S3_ENDPOINT_URL=self.s3_url,
+                AWS_ACCESS_KEY_ID=keys["access_key"],
+                AWS_SECRET_ACCESS_KEY=keys["secret_key"],
+                AWS_DEFAULT_REGION="us-east-1",
+            )
         self._spawn(
             "mlflow",
             [
@@ -260,13 +346,14 @@ class Stack:
                 "--backend-store-uri",
                 backend,
                 "--artifacts-destination",
-                str(store / "artifacts"),
+                artifacts,
                 "--workers",
                 "1",
             ],
             # MLflow >= 3.5 also starts a pool of job-runner processes (huey consumers, ~10) for
-            # its GenAI jobs; the ML lifecycle needs none of them, and they cost a core at start
-            {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            # its GenAI jobs (MLFLOW_SERVER_ENABLE_JOB_EXECUTION above); the ML lifecycle needs none
+            # of them, and they cost a core at start
+            env,
         )
 
     def start_airflow(self) -> None:
@@ -367,9 +454,12 @@ class Stack:
                 raise RuntimeError(f"{pid_file.stem} (pid {pid}) exited; end of its log:\n{tail}") from None
 
     def start(self) -> None:
-        for port in (self.airflow_port, self.mlflow_port):
+        ports = (self.airflow_port, self.mlflow_port, *([self.s3_port] if self.object_store else []))
+        for port in ports:
             if port_in_use(port):
                 raise RuntimeError(f"Port {port} on 127.0.0.1 is taken: run `make stop` or free it.")
+        if self.object_store:
+            self.start_object_store()
         self.start_mlflow()
         self.start_airflow()
         self.wait_healthy()
@@ -1008,9 +1098,11 @@ def create_database(name: str, server_url: str = POSTGRES_URL) -> str:
 def celery_stack(home: Path = CELERY_HOME, database: str = "airflow_mlops_celery", **kwargs: Any) -> Stack:
     """The CeleryExecutor topology: metadata DB and MLflow's store in databases of their own on
     the PostgreSQL server (``database`` and ``<database>_mlflow``, created unless there), Redis
-    as the broker, two Celery workers (docs/deployment.md)."""
+    as the broker, two Celery workers, ``[mlops] data_dir`` and MLflow's artifacts in an S3 API
+    server (docs/deployment.md)."""
     mlflow = create_database(f"{database}_mlflow")
     database = create_database(database)
+    kwargs.setdefault("object_store", True)
     return Stack(
         home=home,
         executor="CeleryExecutor",

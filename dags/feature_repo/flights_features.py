@@ -3,8 +3,12 @@
 The offline sources are the ``current/`` folders of the snapshots written by the ingest
 task (``$MLOPS_DATA_DIR/datasets/<dataset>/current/<interval>.parquet``: the latest version
 of each interval, so a re-ingested interval is read once, not once per version; the Feast
-hook sets MLOPS_DATA_DIR to the provider's ``[mlops] data_dir``). Point ``path`` at your own
-Parquet folder or bucket.
+hook sets MLOPS_DATA_DIR to the provider's ``[mlops] data_dir``, a folder or an ``s3://`` URL).
+Point ``path`` at your own Parquet folder or bucket.
+
+For an ``s3://`` data dir the hook also sets the data connection's credentials and endpoint
+as the AWS SDK's variables while Feast reads; ``s3_endpoint_override`` passes the endpoint on
+to Feast's pyarrow reader, which does not read ``AWS_ENDPOINT_URL_S3`` itself (None: AWS).
 """
 
 import os
@@ -14,6 +18,7 @@ from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64
 
 DATA_DIR = os.environ.get("MLOPS_DATA_DIR", "/tmp/airflow-mlops")
+S3_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL_S3") if DATA_DIR.startswith("s3://") else None
 
 airport = Entity(
     name="origin",
@@ -26,6 +31,7 @@ weather_snapshots = FileSource(
     name="weather_snapshots",
     path=os.path.join(DATA_DIR, "datasets", "weather", "current"),
     timestamp_field="time_hour",
+    s3_endpoint_override=S3_ENDPOINT,
 )
 
 weather_hourly = FeatureView(
@@ -55,6 +61,7 @@ carrier_daily_snapshots = FileSource(
     # a day's statistics are known once the day is over: stamped at the next midnight (UTC),
     # so a flight never sees statistics that include itself or later flights of its day
     timestamp_field="event_timestamp",
+    s3_endpoint_override=S3_ENDPOINT,
 )
 
 carrier_daily = FeatureView(

@@ -158,7 +158,7 @@ def pick_months(check_offset_months: int | None = None, **context: Any) -> dict[
 def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
     """Per carrier and day: flights, mean departure delay, share delayed; a Feast source."""
     import pandas as pd
-    from airflow_mlops import settings
+    from airflow_mlops import storage
     from airflow_mlops.datasets import read_table, write_snapshot
 
     df = read_table(flights["path"])  # read_table / write_*: the task's lineage (docs/lineage.md)
@@ -178,7 +178,7 @@ def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
     start, end = (pd.Timestamp(flights[k]).to_pydatetime() for k in ("interval_start", "interval_end"))
     snapshot, _ = write_snapshot(
         stats,
-        settings.data_dir() / "datasets",
+        storage.data_root() / "datasets",  # [mlops] data_dir: a folder or an object store
         "carrier_daily",
         start,
         end,
@@ -190,7 +190,7 @@ def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
 @task(multiple_outputs=True)
 def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) -> dict[str, Any]:
     """Label the flights and join point-in-time weather features from Feast; split a holdout."""
-    from airflow_mlops import settings
+    from airflow_mlops import storage
     from airflow_mlops.datasets import read_table, write_table
     from airflow_mlops.hooks.feast import FeastHook
 
@@ -211,8 +211,7 @@ def build_feature_table(flights: dict[str, Any], holdout_fraction: float = 0.0) 
     features = df[columns].merge(weather, on=["origin", "event_timestamp"], how="left", validate="m:1")
     features = features.merge(carriers, on=["carrier", "event_timestamp"], how="left", validate="m:1")
     features = features.sort_values(["event_timestamp", "origin"], kind="mergesort").reset_index(drop=True)
-    out = settings.data_dir() / "feature_tables" / flights["dataset"] / flights["version"]
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.data_root() / "feature_tables" / flights["dataset"] / flights["version"]
     holdout_mask = features.index.to_series().sample(frac=holdout_fraction, random_state=0).index
     result = {"rows": len(features), "dataset_version": flights["version"]}
     for name, part in (("train", features.drop(holdout_mask)), ("holdout", features.loc[holdout_mask])):

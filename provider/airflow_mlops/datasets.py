@@ -13,6 +13,10 @@ Layout under ``<root>/<dataset>/``::
 Writing the same content twice yields the same version and writes nothing; every file is
 replaced atomically, so readers never see a partial file. ``current/`` holds Parquet files
 only (temporary files start with ``.``, which Parquet dataset readers skip).
+
+``<root>`` is a folder or an object-store URL (``s3://bucket/prefix``, :mod:`airflow_mlops.storage`):
+there a file is written whole by one PUT (no temporary object), ``current/`` is a server-side
+copy, and the paths handed on (``Snapshot.path``, ``manifest``) are URLs.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops import storage
+
 if TYPE_CHECKING:
     import pandas as pd
+
+    from airflow_mlops.storage import StorePath
 
 #: name of the per-interval pointer file naming the version that ``current/`` holds
 CURRENT_POINTER = "CURRENT"
@@ -81,9 +89,9 @@ def _to_key(interval: IntervalLike) -> str:
     return interval_key(to_utc(start), to_utc(end))
 
 
-def current_path(root: str | Path, dataset: str, start: datetime, end: datetime) -> Path:
+def current_path(root: str | Path, dataset: str, start: datetime, end: datetime) -> StorePath:
     """The file of ``current/`` that holds the latest version of ``[start, end)``."""
-    return Path(root) / dataset / "current" / f"{interval_key(start, end)}.parquet"
+    return storage.as_path(root) / dataset / "current" / f"{interval_key(start, end)}.parquet"
 
 
 class DataWriteError(OSError):
@@ -94,12 +102,18 @@ class DataWriteError(OSError):
     callers that catch those keep working.
     """
 
-    def __init__(self, path: Path, err: OSError) -> None:
-        self.path = Path(path)
+    def __init__(self, path: StorePath | str, err: OSError) -> None:
+        self.path = storage.as_path(path) if isinstance(path, str) else path
+        where = storage.location(path)  # an object store's URL without the connection id
         reason = err.strerror or str(err) or type(err).__name__
-        detail = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        detail = f" ({err.filename})" if err.filename and str(err.filename) not in (str(path), where) else ""
         errno_ = err.errno if err.errno is not None else _errno_of(err)
-        if errno_ in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if storage.is_remote(self.path):
+            fix = (
+                "check that the bucket exists and that the connection of [mlops] data_conn_id "
+                f"({storage.data_conn_id()!r}: endpoint, credentials) may write to it, then retry the task"
+            )
+        elif errno_ in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             fix = "free space on that disk (or raise the quota / file-size limit), then retry the task"
         elif errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = (
@@ -115,10 +129,10 @@ class DataWriteError(OSError):
             fix = "check the path and the disk, then retry the task"
         super().__init__(
             errno_,
-            f"Cannot write {path}: {reason}{detail}. Nothing was left half-written and what was there "
+            f"Cannot write {where}: {reason}{detail}. Nothing was left half-written and what was there "
             f"before (the current version) is unchanged; {fix}.",
         )
-        self.filename = str(path)
+        self.filename = where
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
@@ -136,33 +150,51 @@ def _errno_of(err: BaseException) -> int | None:
     return None
 
 
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+def _atomic_write(path: StorePath, write: Callable[[str], Any]) -> None:
     """
-    Write through a temporary file in the same folder so readers never see a partial file.
+    Write through a temporary file in the same folder so readers never see a partial file (in
+    an object store: a local temporary file, then one PUT).
 
     :raises DataWriteError: the folder cannot be made or written, or the disk is full (the
         temporary file is removed, ``path`` keeps what it held).
     """
-    tmp = None
+    remote = storage.is_remote(path)
+    staging = tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the temporary name must not end in .parquet: readers of a folder (Feast's file source,
-        # dask) pick up every *.parquet file, hidden ones included
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"{path.suffix}.tmp")
-        os.close(fd)
+        if remote:
+            # an object store replaces an object whole in one PUT: write a local file, upload it
+            staging = tempfile.mkdtemp(prefix="mlops-put-")
+            tmp = os.path.join(staging, f"part{path.suffix}")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # the temporary name must not end in .parquet: readers of a folder (Feast's file
+            # source, dask) pick up every *.parquet file, hidden ones included
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"{path.suffix}.tmp")
+            os.close(fd)
         write(tmp)
-        os.replace(tmp, path)
+        if remote:
+            storage.upload(tmp, path)
+        else:
+            os.replace(tmp, path)
     except OSError as err:
         if isinstance(err, DataWriteError):
             raise
         raise DataWriteError(path, err) from err
     finally:
-        if tmp is not None and os.path.exists(tmp):
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        elif tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: StorePath, dst: StorePath) -> None:
     """Atomically make ``dst`` hold ``src``: a hardlink (no extra space), or a copy where links fail."""
+    if storage.is_remote(dst):
+        try:
+            storage.copy(src, dst)
+        except OSError as err:
+            raise DataWriteError(dst, err) from err
+        return
     tmp = dst.parent / f".tmp-{uuid.uuid4().hex}{dst.suffix}.tmp"  # not *.parquet: see _atomic_write
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +210,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             tmp.unlink()
 
 
-def _current_version(base: Path, key: str) -> str | None:
+def _current_version(base: StorePath, key: str) -> str | None:
     pointer = base / "manifests" / key / CURRENT_POINTER
     try:
         return pointer.read_text().strip() or None
@@ -186,7 +218,7 @@ def _current_version(base: Path, key: str) -> str | None:
         return None
 
 
-def _set_current(base: Path, key: str, version: str, data_path: Path) -> bool:
+def _set_current(base: StorePath, key: str, version: str, data_path: StorePath) -> bool:
     """Point ``current/<key>.parquet`` at ``version``; returns whether anything changed."""
     view = base / "current" / f"{key}.parquet"
     if _current_version(base, key) == version and view.exists():
@@ -210,7 +242,7 @@ def write_snapshot(
     Store ``df`` as the snapshot of ``dataset`` for ``[start, end)`` and make it the current one.
 
     :param df: the interval's rows.
-    :param root: root folder of the datasets.
+    :param root: root folder (or object-store URL) of the datasets.
     :param dataset: name of the dataset (folder under ``root``).
     :param start: start of the interval (timezone-aware).
     :param end: end of the interval.
@@ -220,15 +252,15 @@ def write_snapshot(
         current again without writing it twice).
     """
     version = content_version(df)
-    base = Path(root) / dataset
+    base = storage.as_path(root) / dataset
     key = interval_key(start, end)
     data_path = base / "data" / key / f"{version}.parquet"
     manifest_path = base / "manifests" / key / f"{version}.json"
     snapshot = Snapshot(
         dataset=dataset,
         version=version,
-        path=str(data_path),
-        manifest=str(manifest_path),
+        path=storage.location(data_path),
+        manifest=storage.location(manifest_path),
         rows=len(df),
         interval_start=start.isoformat(),
         interval_end=end.isoformat(),
@@ -248,7 +280,7 @@ def write_snapshot(
     from airflow_mlops import lineage
 
     # hook-level lineage: a @task that writes a snapshot has the dataset as its output
-    lineage.record_hook_lineage(outputs=[lineage.path_dataset(data_path)])
+    lineage.record_hook_lineage(outputs=[lineage.path_dataset(snapshot.path)])
     return snapshot, written
 
 
@@ -260,12 +292,21 @@ def read_table(path: str | Path, **options: Any) -> pd.DataFrame:
     its dataset (``<root>/<dataset>``), any other file as itself, named as the provider's
     operators name them (:mod:`airflow_mlops.lineage`), so the edges of the lineage graph join.
     """
-    import pandas as pd
-
     from airflow_mlops import lineage
 
-    lineage.record_hook_lineage(inputs=[lineage.path_dataset(path)])
-    return pd.read_parquet(path, **options)
+    lineage.record_hook_lineage(inputs=[lineage.path_dataset(storage.location(path))])
+    return load_parquet(path, **options)
+
+
+def load_parquet(path: str | os.PathLike, **options: Any) -> pd.DataFrame:
+    """``pandas.read_parquet`` of a local file or an object-store URL (through ``[mlops] data_conn_id``)."""
+    import pandas as pd
+
+    source = storage.as_path(path)
+    if storage.is_remote(source):
+        with source.open("rb") as file:
+            return pd.read_parquet(file, **options)
+    return pd.read_parquet(source, **options)
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> str:
@@ -275,15 +316,15 @@ def write_table(df: pd.DataFrame, path: str | Path) -> str:
     """
     from airflow_mlops import lineage
 
-    target = Path(path)
+    target = storage.as_path(path)
     _atomic_write(target, lambda tmp: df.to_parquet(tmp, index=False))
-    lineage.record_hook_lineage(outputs=[lineage.path_dataset(target)])
-    return str(target)
+    lineage.record_hook_lineage(outputs=[lineage.path_dataset(storage.location(target))])
+    return storage.location(target)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest at ``path``, with ``ingested_at`` filled from the file time for old manifests."""
-    path = Path(path)
+    path = storage.as_path(path)
     manifest = json.loads(path.read_text())
     if "ingested_at" not in manifest:
         manifest["ingested_at"] = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
@@ -304,12 +345,15 @@ def list_snapshots(
     :param dataset: name of the dataset.
     :param interval: only this interval (its key, or ``(start, end)``); every interval when None.
     """
-    manifests = Path(root) / dataset / "manifests"
-    folders = [manifests / _to_key(interval)] if interval is not None else sorted(manifests.glob("*"))
+    manifests = storage.as_path(root) / dataset / "manifests"
+    if interval is not None:
+        folders = [manifests / _to_key(interval)]
+    else:
+        folders = sorted(manifests.glob("*"), key=lambda p: p.name)
     found = [
         read_manifest(path)
         for folder in folders
-        for path in sorted(folder.glob("*.json"))
+        for path in sorted(folder.glob("*.json"), key=lambda p: p.name)
         if _VERSION_RE.fullmatch(path.stem)
     ]
     return sorted(found, key=lambda m: (_ingested_at(m), m["version"]))
@@ -329,7 +373,7 @@ def latest_snapshot(
     :param interval: the interval (its key, or ``(start, end)``); the latest interval when None.
     :return: the manifest, or None when nothing was ingested (for that interval).
     """
-    base = Path(root) / dataset
+    base = storage.as_path(root) / dataset
     if interval is not None:
         keys = [_to_key(interval)]
     else:  # keys sort by start, then end
@@ -373,7 +417,8 @@ def version_ingested_at(
         if manifest["version"] == version:
             return _ingested_at(manifest)
     raise FileNotFoundError(
-        f"Version {version!r} of dataset {dataset!r} is not stored under {Path(root) / dataset}; "
+        f"Version {version!r} of dataset {dataset!r} is not stored under "
+        f"{storage.location(storage.as_path(root) / dataset)}; "
         "pass a version that was ingested (the 'version' XCom of the IngestOperator), or 'after' instead."
     )
 

@@ -138,10 +138,10 @@ class Evaluation:
 
 def load_holdout(evaluation: Evaluation, slices: Sequence[str] = ()) -> pd.DataFrame:
     """The held-out rows: features, label and slice columns, read once so every model sees the same data."""
-    import pandas as pd
+    from airflow_mlops.datasets import load_parquet
 
     columns = list(dict.fromkeys([*evaluation.features, evaluation.label, *slices]))
-    df = pd.read_parquet(evaluation.data_path, columns=columns)
+    df = load_parquet(evaluation.data_path, columns=columns)  # a file, or an object-store URL
     if df.empty:
         raise ValueError(f"The held-out file {evaluation.data_path} has no rows: nothing to evaluate on.")
     return df

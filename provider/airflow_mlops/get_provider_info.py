@@ -169,8 +169,29 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     "data_dir": {
                         "description": "Root for dataset snapshots, features, reports and local "
-                        "deployments. Any local path; defaults to $AIRFLOW_HOME/mlops.",
+                        "deployments: a local path (default $AIRFLOW_HOME/mlops) or an object-store "
+                        "URL (s3://bucket/prefix) reached through data_conn_id. With a URL, dataset "
+                        "snapshots and feature tables go to the store (docs/deployment.md says what "
+                        "else does so far); the rest stays in local_data_dir.",
                         "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://ml-bucket/mlops",
+                        "default": "",
+                    },
+                    "data_conn_id": {
+                        "description": "Airflow connection an object-store data_dir is read and "
+                        "written with (Airflow's ObjectStoragePath): an aws connection for s3://, "
+                        "with endpoint_url in its extra for an S3-compatible server.",
+                        "version_added": "0.4.0",
+                        "type": "string",
+                        "example": "aws_default",
+                        "default": "",
+                    },
+                    "local_data_dir": {
+                        "description": "This host's folder when data_dir is an object-store URL "
+                        "(local deployments' processes, drift worker sockets); defaults to "
+                        "$AIRFLOW_HOME/mlops.",
+                        "version_added": "0.4.0",
                         "type": "string",
                         "example": "/var/lib/airflow/mlops",
                         "default": "",

@@ -13,8 +13,19 @@ def _conf(key: str) -> str:
 
 
 def data_dir() -> Path:
-    """Root of snapshots, reports and local deployments: ``[mlops] data_dir`` or ``$AIRFLOW_HOME/mlops``."""
+    """
+    This host's folder: ``[mlops] data_dir``, or ``$AIRFLOW_HOME/mlops``.
+
+    When ``data_dir`` is an object-store URL (``s3://...``, :func:`airflow_mlops.storage.data_root`:
+    where tasks hand each other files), this is ``[mlops] local_data_dir`` instead (default
+    ``$AIRFLOW_HOME/mlops``): the files that belong to one host (the processes of a local
+    deployment, a drift worker's socket) and the outputs not yet moved to the store.
+    """
+    from airflow_mlops.storage import is_url
+
     configured = _conf("data_dir")
+    if configured and is_url(configured):
+        configured = _conf("local_data_dir")
     if configured:
         # absolute: tasks and runtimes run in other working directories
         return Path(configured).expanduser().resolve()

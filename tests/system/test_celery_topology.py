@@ -2,12 +2,15 @@
 DB and MLflow's backend store in PostgreSQL databases this test creates on the machine's server,
 Redis as the broker (keys under a prefix of the stack's own), scheduler, dag-processor,
 triggerer and api-server as separate processes, and two Celery workers, each with a working
-folder (cwd, ``TMPDIR``) of its own.
+folder (cwd, ``TMPDIR``) of its own; ``[mlops] data_dir`` and MLflow's artifacts in a bucket of
+an S3 API server (moto's standalone server: S3's protocol, in memory; not AWS or MinIO).
 
 The scheduler runs the pipeline by itself; every task succeeds, and the task instances'
 ``hostname`` (each worker's name) shows that both workers ran tasks, among them a task and its
-direct downstream on different workers. The data dir is still one folder of this host (an
-object store for it, and workers with private data folders, are the rest of issue 17).
+direct downstream on different workers. Snapshots, feature tables and the model's artifacts are
+in the bucket (listed with boto3), not in the stack's local data folder. What stays in that
+folder, shared by the workers, is what has not moved to the store yet (Feast's registry and
+online store, Data Docs, drift reports, local deployments: the rest of issue 17).
 """
 
 from __future__ import annotations
@@ -102,3 +105,19 @@ def test_the_pipeline_runs_on_two_celery_workers(celery, run):
     assert {name: components[name]["restarts"] for name in celery.worker_names()} == dict.fromkeys(
         celery.worker_names(), 0
     )
+
+
+def test_what_tasks_hand_each_other_is_in_the_bucket(celery, run):
+    assert run["state"] == "success"
+    flights = celery.xcom(PIPELINE, run["dag_run_id"], "ingest_flights")
+    table = celery.xcom(PIPELINE, run["dag_run_id"], "build_training_set")
+    assert flights["path"].startswith(f"s3://{celery.bucket}/data/datasets/flights/data/")
+    assert table["train"].startswith(f"s3://{celery.bucket}/data/feature_tables/flights/")
+    pages = celery.s3_client().get_paginator("list_objects_v2").paginate(Bucket=celery.bucket)
+    keys = {obj["Key"] for page in pages for obj in page.get("Contents", [])}
+    for url in (flights["path"], flights["manifest"], table["train"], table["holdout"]):
+        assert url.removeprefix(f"s3://{celery.bucket}/") in keys
+    # the trained model, logged by a worker through the MLflow server into the bucket
+    assert any(key.startswith("mlflow/") and key.endswith("/MLmodel") for key in keys), sorted(keys)[:20]
+    assert not (celery.data_dir / "datasets").exists()
+    assert not (celery.data_dir / "feature_tables").exists()

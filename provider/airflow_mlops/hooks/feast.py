@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_mlops import settings
+from airflow_mlops import settings, storage
 from airflow_mlops._imports import require
 from airflow_mlops.exceptions import MlopsError
 
@@ -302,11 +302,13 @@ class FeastHook(BaseHook):
     def _in_repo(self):
         """Let the definitions find the provider's data dir and import their sibling modules."""
         cwd = os.getcwd()
-        os.environ.setdefault(DATA_DIR_ENV, str(settings.data_dir()))
+        # a folder, or the object store's URL: the definitions' file sources live there
+        os.environ.setdefault(DATA_DIR_ENV, storage.location(storage.data_root()))
         # feast imports each definitions file as a module named by its path in the repo
         sys.path.insert(0, str(self.repo_path))
         try:
-            yield
+            with storage.aws_environ():  # for sources in an s3:// data dir (endpoint, credentials)
+                yield
         finally:
             os.chdir(cwd)
             sys.path.remove(str(self.repo_path))
@@ -412,7 +414,8 @@ class FeastHook(BaseHook):
         Feast records ``[start, end - 1 µs]`` in the registry's ``materialization_intervals``;
         :meth:`last_materialized_end` reads it back as ``end``.
         """
-        with self._count_online_writes() as written:
+        # Feast reads an s3:// source itself (pyarrow, dask): the data connection as AWS variables
+        with self._count_online_writes() as written, storage.aws_environ():
             self.store.materialize(start_date=start, end_date=end - TICK, feature_views=[feature_view])
         return written[0]
 
@@ -565,7 +568,8 @@ class FeastHook(BaseHook):
         )
         entities = entity_df.drop_duplicates().copy()
         entities["event_timestamp"] = pd.to_datetime(entities["event_timestamp"], utc=True)
-        df = self.store.get_historical_features(entity_df=entities, features=features).to_df()
+        with storage.aws_environ():
+            df = self.store.get_historical_features(entity_df=entities, features=features).to_df()
         if len(df) == len(entities):
             return df
         self.log.warning(

@@ -57,16 +57,17 @@ class ProfiledSuite:
     template_fields: ClassVar[Sequence[str]] = ("reference_path",)
 
     def build(self) -> dict[str, Any]:
-        import pandas as pd
+        from airflow_mlops import storage
+        from airflow_mlops.datasets import load_parquet
 
-        path = Path(self.reference_path)
+        path = storage.as_path(self.reference_path)  # a file, or an object-store URL
         if not path.exists():
             raise FileNotFoundError(
-                f"Reference snapshot {path} for the profiled suite '{self.name}' does not exist; "
-                "point reference_path at a Parquet snapshot of known-good data."
+                f"Reference snapshot {self.reference_path} for the profiled suite '{self.name}' does not "
+                "exist; point reference_path at a Parquet snapshot of known-good data."
             )
         suite = profile_suite(
-            pd.read_parquet(path),
+            load_parquet(path),
             self.name,
             margin=self.margin,
             quantiles=self.quantiles,
@@ -74,7 +75,7 @@ class ProfiledSuite:
             max_categories=self.max_categories,
             ignore_columns=self.ignore_columns,
         )
-        suite["meta"]["reference_path"] = str(path)
+        suite["meta"]["reference_path"] = storage.location(path)
         return suite
 
 

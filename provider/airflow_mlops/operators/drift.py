@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import Asset
 
+from airflow_mlops import storage
 from airflow_mlops.assets import emit_through_aliases
 from airflow_mlops.drift_config import (
     DEFAULT_CORRECTION,
@@ -241,14 +242,13 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
             request[EVENT_TIME] = df[self.event_time_column].astype("int64") // 10**9
         return self._scored(df, request, out_dir / "current_scored.parquet", "rows", log=True)
 
-    def _score_reference(self, out_dir: Path) -> Path:
+    def _score_reference(self, reference: Path, out_dir: Path) -> Path:
         """
         The deployed model's scores on (a sample of ``max_rows``) reference rows, not logged: the
         baseline of the prediction test. A reference that carries ``prediction`` is used as is.
         """
         import pandas as pd
 
-        reference = Path(self.reference_path)
         df = pd.read_parquet(reference)
         if "prediction" in df.columns:
             return reference
@@ -260,10 +260,15 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         """``drift_detect.py``'s config (the window and reference scored first when ``endpoint`` is set)."""
         out_dir = self._report_dir(context)
         out_dir.mkdir(parents=True, exist_ok=True)
-        current, reference = Path(self.current_path), Path(self.reference_path)
+        # an object store's files come down into this instance's folder first: the drift runtime
+        # (and its container) reads local files
+        current, reference = (
+            storage.fetch(path, out_dir / "inputs" / name)
+            for name, path in (("current", self.current_path), ("reference", self.reference_path))
+        )
         if self.endpoint:
             current = self._score_through_endpoint(current, out_dir)
-            reference = self._score_reference(out_dir)
+            reference = self._score_reference(reference, out_dir)
         return drift_config(
             reference=reference,
             current=current,

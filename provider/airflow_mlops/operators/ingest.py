@@ -271,7 +271,7 @@ class IngestOperator(MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_mlops import settings
+        from airflow_mlops import storage
         from airflow_mlops.datasets import snapshot_event_extra, write_snapshot
 
         start, end = resolve_interval(context, self.interval_start, self.interval_end, self.task_id)
@@ -287,7 +287,7 @@ class IngestOperator(MlopsBaseOperator):
             "task_id": self.task_id,
             "source": source,
         }
-        root = self.output_dir or str(settings.data_dir() / "datasets")
+        root = self.output_dir or storage.location(storage.data_root() / "datasets")
         snapshot, written = write_snapshot(df, root, self.dataset, start, end, lineage)
         self.log.info(
             "%s %s version %s: %d rows at %s",
@@ -310,14 +310,14 @@ class IngestOperator(MlopsBaseOperator):
         """
         import os
 
-        from airflow_mlops import lineage, settings
+        from airflow_mlops import lineage, storage
 
         inputs, run_facets, job_facets = self._source_lineage()
         result = self._lineage_result if stage == "complete" else None
         if result:
             outputs = [lineage.snapshot_output(result)]
         else:
-            root = self.output_dir or str(settings.data_dir() / "datasets")
+            root = self.output_dir or storage.location(storage.data_root() / "datasets")
             outputs = [lineage.output_dataset(lineage.path_dataset(os.path.join(root, self.dataset)))]
         return lineage.operator_lineage(inputs, outputs, run_facets, job_facets)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf
 
+from airflow_mlops import storage
 from airflow_mlops.hooks.runtime import check_mode, default_mode, runtime_hook
 from airflow_mlops.links.mlflow import MlflowParentRunLink, MlflowRunLink
 from airflow_mlops.operators.base import MlopsBaseOperator
@@ -222,7 +223,12 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
             # (the retry resumes from the last checkpoint)
             mlflow_hook.unreachable_as_error(f"{self.task_id} (train)", naming_server=True),
         ):
-            config = self._local_config(context, script, experiment, Path(work) / "result.json", parent)
+            # an object store's inputs come down into the work folder: horovod's ranks (and the
+            # training container, which mounts the data dir holding it) read local files
+            inputs = storage.fetch_all(self.inputs, Path(work) / "inputs")
+            config = self._local_config(
+                context, script, inputs, experiment, Path(work) / "result.json", parent
+            )
             config_path = Path(work) / "config.json"
             config_path.write_text(json.dumps(config))
             runtime.run(
@@ -273,7 +279,13 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         return str(root)
 
     def _local_config(
-        self, context: Context, script: Path, experiment: str, result_path: Path, parent_run_id: str
+        self,
+        context: Context,
+        script: Path,
+        inputs: dict[str, Any],
+        experiment: str,
+        result_path: Path,
+        parent_run_id: str,
     ) -> dict[str, Any]:
         """``config.json`` of ``horovod_entry.py`` in local and Docker mode."""
         from airflow_mlops.runtimes.run_tree import task_run_name
@@ -281,7 +293,7 @@ class HorovodTrainOperator(KubernetesJobMixin, MlopsBaseOperator):
         ti = context["ti"]
         return {
             "script": str(script.resolve()),
-            "inputs": self.inputs,
+            "inputs": inputs,
             "hyperparameters": self.hyperparameters,
             "experiment": experiment,
             # a mapped instance (hyperparameter search) gets its own run name and tag

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlops.hooks.great_expectations import ValidationSession
+    from airflow_mlops.storage import StorePath
 
 __all__ = ["GreatExpectationsValidateOperator", "ProfiledSuite", "history_row_counts", "row_count_bounds"]
 
@@ -29,9 +30,11 @@ POLICIES = ("fail", "warn", "skip_downstream")
 SUMMARY_KEY = "validation"
 
 
-def _snapshot_location(data_path: str) -> tuple[Path, str, Path]:
+def _snapshot_location(data_path: str) -> tuple[StorePath, str, StorePath]:
     """``(root, dataset, manifest)`` of a snapshot ``<root>/<dataset>/data/<interval>/<version>.parquet``."""
-    path = Path(data_path)
+    from airflow_mlops import storage
+
+    path = storage.as_path(data_path)
     if len(path.parts) < 4 or path.parent.parent.name != "data":
         raise ValueError(
             f"{data_path} is not a snapshot written by IngestOperator / write_snapshot "
@@ -44,7 +47,7 @@ def _snapshot_location(data_path: str) -> tuple[Path, str, Path]:
 
 
 def history_row_counts(
-    root: Path, dataset: str, before: datetime, window: int = 12, per: timedelta | None = None
+    root: StorePath, dataset: str, before: datetime, window: int = 12, per: timedelta | None = None
 ) -> list[int]:
     """
     Row counts of the ``window`` latest intervals of ``dataset`` that end by ``before``.
@@ -54,14 +57,17 @@ def history_row_counts(
     each count is scaled to an interval of that length (a quarter's rows are not a month's:
     the rate per day is what compares).
     """
-    latest: dict[str, tuple[float, dict[str, Any]]] = {}
-    for manifest in (root / dataset / "manifests").glob("*/*.json"):
-        data = json.loads(manifest.read_text())
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import read_manifest
+
+    latest: dict[str, tuple[datetime, dict[str, Any]]] = {}
+    for manifest in (storage.as_path(root) / dataset / "manifests").glob("*/*.json"):
+        data = read_manifest(manifest)
         end = datetime.fromisoformat(data["interval_end"])
-        mtime = manifest.stat().st_mtime
+        written = datetime.fromisoformat(data["ingested_at"])
         interval = manifest.parent.name
-        if end <= before and (interval not in latest or latest[interval][0] < mtime):
-            latest[interval] = (mtime, data)
+        if end <= before and (interval not in latest or latest[interval][0] < written):
+            latest[interval] = (written, data)
     found = [latest[key][1] for key in sorted(latest)[-window:]]
     if per is None:
         return [m["rows"] for m in found]
@@ -191,11 +197,10 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         self.data_docs = data_docs
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import pandas as pd
-
+        from airflow_mlops.datasets import load_parquet
         from airflow_mlops.hooks.great_expectations import GreatExpectationsHook, load_suite
 
-        df = pd.read_parquet(self.data_path)
+        df = load_parquet(self.data_path)  # a file, or an object-store URL
         notes: list[tuple[int, str]] = []  # logged after the summary line: (level, message)
         spec = self._with_history(load_suite(self.suite), notes)
         out_dir = self._output_dir(context)
@@ -209,7 +214,7 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
             result = session.validate(df, "snapshot", unexpected_rows=self.quarantine)
             if self.quarantine and result["unexpected_rows"]:
                 summary.update(self._quarantine(df, result, context, notes))
-                clean = pd.read_parquet(summary["path"])
+                clean = load_parquet(summary["path"])
                 summary["quarantined_failures"] = result["row_level_failures"]
                 result = session.validate(clean, "clean")
             elif self.quarantine:

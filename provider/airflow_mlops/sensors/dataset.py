@@ -71,9 +71,9 @@ class DatasetVersionSensor(BaseSensorOperator):
     # -- what to look for ------------------------------------------------------------------
 
     def _root(self) -> str:
-        from airflow_mlops import settings
+        from airflow_mlops import storage
 
-        return self.output_dir or str(settings.data_dir() / "datasets")
+        return self.output_dir or storage.location(storage.data_root() / "datasets")
 
     def _interval(self) -> tuple[datetime, datetime] | None:
         from airflow_mlops._time import to_utc

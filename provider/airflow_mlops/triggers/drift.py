@@ -19,6 +19,7 @@ drifted traffic, instead of waiting for a cron check::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -350,6 +351,27 @@ class DriftEventTrigger(BaseEventTrigger):
         return {"window": served, "observed": served}
 
     # -- testing one window -------------------------------------------------------------------
+    def _local_reference(self, reference: str | None) -> str | None:
+        """
+        The reference as a local file: one in an object store is downloaded once per location
+        into the watch folder (versions' training data are written once, never changed).
+        """
+        from airflow_mlops import storage
+
+        if not reference or not storage.is_url(reference):
+            return reference
+        folder = self.watch_dir / "references" / hashlib.sha256(reference.encode()).hexdigest()[:16]
+        cached = folder / storage.as_path(reference).name
+        if cached.exists():
+            return str(cached)
+        try:
+            return str(storage.fetch(reference, folder))
+        except FileNotFoundError as missing:
+            raise _Untestable(
+                f"the reference data {reference} is not in the object store ({missing}): restore it, "
+                "or redeploy the version with a reference_path that exists"
+            ) from None
+
     def _check_testable(self, df, reference: str | None, version: str) -> None:
         """Raise :class:`_Untestable` when the window cannot be tested, before running the check."""
         from airflow_mlops.inference_log import LOG_COLUMNS
@@ -738,6 +760,7 @@ class DriftEventTrigger(BaseEventTrigger):
             "tested_at": now,
         }
         try:
+            reference = await asyncio.to_thread(self._local_reference, reference)
             self._check_testable(df, reference, version)
         except _Untestable as problem:
             # passed, then recorded: a window that cannot be tested must not stop the watch

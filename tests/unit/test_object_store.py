@@ -1,0 +1,325 @@
+"""``[mlops] data_dir`` as an object store: an S3 bucket on moto's S3 API server, reached through an
+Airflow ``aws`` connection (``[mlops] data_conn_id``).
+
+moto (PyPI ``moto[server]``) is an in-memory S3 API server, not AWS or MinIO: what these tests
+prove is that what tasks hand each other goes through the S3 API and the connection, and that
+nothing of it stays on the worker's disk. The bucket is listed with boto3, never with the code
+under test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+
+from s3_server import S3Server  # noqa: E402
+
+RUNTIMES = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve()
+JOB = "object-store-dag-test"
+CONN_ID = "mlops_store"
+JAN = (datetime(2013, 1, 1, tzinfo=UTC), datetime(2013, 2, 1, tzinfo=UTC))
+FEB = (datetime(2013, 2, 1, tzinfo=UTC), datetime(2013, 3, 1, tzinfo=UTC))
+
+_server: S3Server | None = None
+
+
+def s3_server(root: Path) -> S3Server:
+    """One moto server for the module (and its background job), started at first use."""
+    global _server
+    if _server is None:
+        _server = S3Server(root / "moto.log").start()
+    return _server
+
+
+def store_env(server: S3Server, bucket: str, local: Path) -> dict[str, str]:
+    """The configuration that points the provider at ``s3://<bucket>/mlops``."""
+    return {
+        f"AIRFLOW_CONN_{CONN_ID.upper()}": server.connection_uri(),
+        "AIRFLOW__MLOPS__DATA_DIR": f"s3://{bucket}/mlops",
+        "AIRFLOW__MLOPS__DATA_CONN_ID": CONN_ID,
+        "AIRFLOW__MLOPS__LOCAL_DATA_DIR": str(local),
+    }
+
+
+def start_jobs(jobs) -> None:
+    if not (RUNTIMES / "drift" / "bin" / "python").exists():
+        return
+    work = jobs.workdir(JOB)
+    server = s3_server(work)
+    bucket = server.create_bucket("pipeline")
+    jobs.submit(
+        JOB,
+        [jobs.python, jobs.script("object_store_dag_test"), work, work / "result.json"],
+        env=jobs.airflow_env(
+            work / "airflow-home",
+            AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES),
+            AIRFLOW_CONN_FEAST_DEFAULT=json.dumps(
+                {"conn_type": "feast", "extra": {"repo_path": str(REPO / "dags" / "feature_repo")}}
+            ),
+            PYTHONUNBUFFERED="1",
+            **store_env(server, bucket, work / "local"),
+        ),
+        timeout=900,
+    )
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> tuple[S3Server, str, Path]:
+    """A bucket of its own, the provider pointed at it in this process; (server, bucket, local dir)."""
+    server = s3_server(tmp_path)
+    bucket = server.create_bucket(f"t-{uuid.uuid4().hex[:12]}")
+    local = tmp_path / "local"
+    for key, value in store_env(server, bucket, local).items():
+        monkeypatch.setenv(key, value)
+    return server, bucket, local
+
+
+@pytest.fixture(scope="module")
+def january() -> pd.DataFrame:
+    from airflow_mlops.example_data.nycflights13 import load_flights
+
+    return load_flights(*JAN)
+
+
+def _object(server: S3Server, bucket: str, key: str) -> bytes:
+    return server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+# --- the data root and snapshots ---------------------------------------------------------------
+
+
+def test_data_root_is_the_bucket_and_this_hosts_folder_is_local_data_dir(store):
+    from airflow_mlops import settings, storage
+
+    _, bucket, local = store
+    assert storage.location(storage.data_root()) == f"s3://{bucket}/mlops"
+    assert settings.data_dir() == local
+
+
+def test_a_snapshot_is_written_to_the_bucket_and_read_back_whole(store, january):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import read_table, write_snapshot
+
+    server, bucket, local = store
+    snapshot, written = write_snapshot(january, storage.data_root() / "datasets", "flights", *JAN)
+    key = "20130101T000000_20130201T000000"
+    assert written
+    assert snapshot.path == f"s3://{bucket}/mlops/datasets/flights/data/{key}/{snapshot.version}.parquet"
+    assert server.keys(bucket) == [
+        f"mlops/datasets/flights/current/{key}.parquet",
+        f"mlops/datasets/flights/data/{key}/{snapshot.version}.parquet",
+        f"mlops/datasets/flights/manifests/{key}/CURRENT",
+        f"mlops/datasets/flights/manifests/{key}/{snapshot.version}.json",
+    ]
+    expected = pd.read_parquet(io.BytesIO(january.to_parquet(index=False)))  # what Parquet gives back
+    stored = pd.read_parquet(io.BytesIO(_object(server, bucket, snapshot.path.split(f"{bucket}/", 1)[1])))
+    pd.testing.assert_frame_equal(stored, expected)
+    pd.testing.assert_frame_equal(read_table(snapshot.path), expected)
+    manifest = json.loads(
+        _object(server, bucket, f"mlops/datasets/flights/manifests/{key}/{snapshot.version}.json")
+    )
+    assert (manifest["rows"], manifest["path"]) == (len(january), snapshot.path)
+    assert not local.exists()  # nothing went to this host's disk
+
+
+def test_rewriting_the_same_rows_writes_nothing_and_new_rows_become_current(store, january):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import latest_snapshot, list_snapshots, write_snapshot
+
+    server, bucket, _ = store
+    root = storage.location(storage.data_root() / "datasets")
+    first, _ = write_snapshot(january, root, "flights", *JAN)
+    keys = server.keys(bucket)
+    again, written = write_snapshot(january, root, "flights", *JAN)
+    assert (written, again.version, server.keys(bucket)) == (False, first.version, keys)
+
+    changed = january.head(1000)
+    second, written = write_snapshot(changed, root, "flights", *JAN)
+    assert written and second.version != first.version
+    current = _object(
+        server, bucket, "mlops/datasets/flights/current/20130101T000000_20130201T000000.parquet"
+    )
+    assert len(pd.read_parquet(io.BytesIO(current))) == 1000
+    assert latest_snapshot(root, "flights")["version"] == second.version
+    assert [m["version"] for m in list_snapshots(root, "flights")] == [first.version, second.version]
+
+
+def test_a_later_interval_is_the_latest_snapshot(store, january):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import find_new_snapshot, latest_snapshot, write_snapshot
+
+    root = storage.data_root() / "datasets"
+    write_snapshot(january, root, "flights", *JAN)
+    february, _ = write_snapshot(january.head(500), root, "flights", *FEB)
+    assert latest_snapshot(root, "flights")["path"] == february.path
+    assert latest_snapshot(root, "flights", JAN)["rows"] == len(january)
+    assert find_new_snapshot(root, "flights", JAN, after=datetime.now(UTC)) is None
+
+
+def test_a_missing_bucket_is_an_error_naming_the_location_and_nothing_is_written(store, january, monkeypatch):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import DataWriteError, write_snapshot
+
+    server, bucket, _ = store
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", "s3://no-such-bucket-here/mlops")
+    missing = r"Cannot write s3://no-such-bucket-here/mlops/datasets/flights/.*bucket exists.*'mlops_store'"
+    with pytest.raises(DataWriteError, match=missing):
+        write_snapshot(january, storage.data_root() / "datasets", "flights", *JAN)
+    assert server.keys(bucket) == []
+
+
+# --- local copies for work that reads files ----------------------------------------------------
+
+
+def test_fetch_all_downloads_each_url_into_a_folder_of_its_key(store, tmp_path):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import write_table
+
+    root = storage.data_root()
+    frames = {"train": pd.DataFrame({"x": [1, 2, 3]}), "holdout": pd.DataFrame({"x": [4]})}
+    # the same file name for both: a folder per key keeps them apart
+    inputs = {name: write_table(df, root / name / "part.parquet") for name, df in frames.items()}
+    inputs["epochs"] = 3
+    inputs["local"] = str(tmp_path / "kept-as-is.parquet")
+    staged = storage.fetch_all(inputs, tmp_path / "work")
+    assert staged["epochs"] == 3 and staged["local"] == inputs["local"]
+    for name, df in frames.items():
+        assert staged[name] == str(tmp_path / "work" / name / "part.parquet")
+        pd.testing.assert_frame_equal(pd.read_parquet(staged[name]), df)
+    assert not list((tmp_path / "work").rglob(".*.partial"))
+
+
+def test_local_copy_of_a_folder_is_removed_after_the_block(store):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import write_table
+
+    folder = storage.data_root() / "site"
+    for name in ("a", "b"):
+        write_table(pd.DataFrame({"x": [1]}), folder / name / "f.parquet")
+    with storage.local_copy(storage.location(folder)) as local:
+        found = sorted(str(p.relative_to(local)) for p in local.rglob("*.parquet"))
+        assert found == ["a/f.parquet", "b/f.parquet"]
+    assert not local.exists()
+
+
+def test_fetching_what_is_not_there_names_the_location_and_the_connection(store, tmp_path):
+    from airflow_mlops import storage
+
+    _, bucket, _ = store
+    with pytest.raises(
+        FileNotFoundError, match=rf"s3://{bucket}/mlops/gone.parquet.*data_conn_id='{CONN_ID}'"
+    ):
+        storage.fetch(f"s3://{bucket}/mlops/gone.parquet", tmp_path)
+
+
+def test_the_drift_watcher_downloads_a_reference_once(store, tmp_path):
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import write_table
+    from airflow_mlops.triggers.drift import DriftEventTrigger, _Untestable
+
+    server, bucket, local = store
+    reference = write_table(pd.DataFrame({"temp": [1.0, 2.0]}), storage.data_root() / "ref" / "train.parquet")
+    watcher = DriftEventTrigger(deployment_name="d", numeric_features=["temp"])
+    first = watcher._local_reference(reference)
+    assert Path(first).is_relative_to(local) and pd.read_parquet(first)["temp"].tolist() == [1.0, 2.0]
+    server.client().delete_object(Bucket=bucket, Key="mlops/ref/train.parquet")
+    assert watcher._local_reference(reference) == first  # the cached copy, no second download
+    with pytest.raises(_Untestable, match=r"not in the object store"):
+        watcher._local_reference(f"s3://{bucket}/mlops/ref/other.parquet")
+
+
+# --- a DAG run: every task hands on through the bucket -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(jobs) -> dict:
+    if not (RUNTIMES / "drift" / "bin" / "python").exists():
+        pytest.skip("the drift runtime is not built")
+    start_jobs(jobs)
+    jobs.result(JOB).check()
+    return json.loads((jobs.workdir(JOB) / "result.json").read_text())
+
+
+def test_the_dag_run_succeeds_with_every_task(run):
+    assert run["import_errors"] == {}
+    assert run["state"] == "success", run["task_states"]
+    assert set(run["task_states"].values()) == {"success"}
+
+
+def test_snapshots_and_tables_are_in_the_bucket_and_not_on_the_worker(run, jobs):
+    work = jobs.workdir(JOB)
+    server = s3_server(work)
+    keys = server.keys("pipeline")
+    for task in ("ingest_april", "ingest_july"):
+        path = run["xcoms"][task]["return_value"]["path"]
+        assert path.startswith("s3://pipeline/mlops/datasets/flights/data/")
+        assert path.removeprefix("s3://pipeline/") in keys
+    for task in ("april_table", "july_table"):
+        table = run["xcoms"][task]["return_value"]
+        assert table.startswith("s3://pipeline/mlops/tables/flights/") and table.endswith("/train.parquet")
+        assert table.removeprefix("s3://pipeline/") in keys
+    local = work / "local"
+    assert not (local / "datasets").exists() and not (local / "tables").exists()
+
+
+def test_validation_read_the_snapshot_and_its_history_from_the_bucket(run):
+    summary = run["xcoms"]["validate"]["return_value"]
+    april = run["xcoms"]["ingest_april"]["return_value"]
+    assert (summary["success"], summary["rows"], summary["path"]) == (True, april["rows"], april["path"])
+    history = [
+        e["meta"]["history_row_counts"]
+        for e in json.loads(Path(summary["suite_path"]).read_text())["expectations"]
+        if "history_row_counts" in e.get("meta", {})
+    ]
+    months = [run["xcoms"][f"ingest_2013_{m:02d}"]["return_value"]["rows"] for m in (1, 2, 3)]
+    # scaled to April's 30 days: January's and March's 31, February's 28
+    assert history == [[round(rows * 30 / days) for rows, days in zip(months, (31, 28, 31), strict=True)]]
+
+
+def test_feast_read_its_file_sources_from_the_bucket(run, jobs):
+    server = s3_server(jobs.workdir(JOB))
+    materialized = run["xcoms"]["feast_materialize"]["return_value"]
+    assert {view: report["rows"] > 0 for view, report in materialized["views"].items()} == {
+        "weather_hourly": True,
+        "carrier_daily": True,
+    }
+    table = run["xcoms"]["build_training_set"]["return_value"]
+    april = run["xcoms"]["ingest_april"]["return_value"]
+    assert table["dataset_version"] == april["version"]
+    parts = {}
+    for name in ("train", "holdout"):
+        assert table[name].startswith(f"s3://pipeline/mlops/feature_tables/flights/{april['version']}/")
+        parts[name] = pd.read_parquet(
+            io.BytesIO(_object(server, "pipeline", table[name].split("pipeline/", 1)[1]))
+        )
+    assert sum(len(p) for p in parts.values()) == table["rows"]
+    # point-in-time weather joined from the weather snapshot in the bucket (a few hours lack it)
+    assert parts["train"]["temp"].notna().mean() > 0.9
+    assert parts["train"]["carrier_flights"].notna().mean() > 0.9
+
+
+def test_drift_compared_local_copies_of_the_two_tables(run, jobs):
+    server = s3_server(jobs.workdir(JOB))
+    drift = run["xcoms"]["drift"]["return_value"]
+    folder = Path(drift["report"]).parent
+    config = json.loads((folder / "config.json").read_text())
+    report = json.loads(Path(drift["report"]).read_text())
+    for name, task in (("reference", "april_table"), ("current", "july_table")):
+        # the runtime read the copy in the instance's folder: the same bytes as the bucket's table
+        assert config[name] == str(folder / "inputs" / name / "train.parquet")
+        key = run["xcoms"][task]["return_value"].removeprefix("s3://pipeline/")
+        assert Path(config[name]).read_bytes() == _object(server, "pipeline", key)
+        rows = len(pd.read_parquet(config[name]))
+        assert report[f"n_{name}"] == min(rows, config["max_rows"])
+    assert drift["is_drift"] is True  # April against July: the season's delays
