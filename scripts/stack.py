@@ -107,6 +107,9 @@ class Stack:
     object_store: bool = False
     s3_port: int = field(default_factory=free_port)
     bucket: str = "mlops"
+    #: Feast's registry (the ``feast_default`` connection's ``registry_path``): None, a file in the
+    #: data folder; a database URL makes it a SQL registry that every host shares
+    feast_registry: str | None = None
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -197,6 +200,8 @@ class Stack:
         """The environment of every Airflow process of this stack (also usable by a CLI)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
         feast_extra = {"repo_path": str(self.dags_folder / "feature_repo"), "project": "flights"}
+        if self.feast_registry:
+            feast_extra["registry_path"] = self.feast_registry
         env.update(
             {
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -1096,11 +1101,12 @@ def create_database(name: str, server_url: str = POSTGRES_URL) -> str:
 
 
 def celery_stack(home: Path = CELERY_HOME, database: str = "airflow_mlops_celery", **kwargs: Any) -> Stack:
-    """The CeleryExecutor topology: metadata DB and MLflow's store in databases of their own on
-    the PostgreSQL server (``database`` and ``<database>_mlflow``, created unless there), Redis
-    as the broker, two Celery workers, ``[mlops] data_dir`` and MLflow's artifacts in an S3 API
-    server (docs/deployment.md)."""
+    """The CeleryExecutor topology: metadata DB, MLflow's store and Feast's registry in databases
+    of their own on the PostgreSQL server (``database``, ``<database>_mlflow``, ``<database>_feast``,
+    created unless there), Redis as the broker, two Celery workers, ``[mlops] data_dir`` and
+    MLflow's artifacts in an S3 API server (docs/deployment.md)."""
     mlflow = create_database(f"{database}_mlflow")
+    feast = create_database(f"{database}_feast")
     database = create_database(database)
     kwargs.setdefault("object_store", True)
     return Stack(
@@ -1108,6 +1114,7 @@ def celery_stack(home: Path = CELERY_HOME, database: str = "airflow_mlops_celery
         executor="CeleryExecutor",
         database_url=database.replace("postgresql://", "postgresql+psycopg2://", 1),
         mlflow_database_url=mlflow,
+        feast_registry=feast.replace("postgresql://", "postgresql+psycopg2://", 1),
         **kwargs,
     )
 

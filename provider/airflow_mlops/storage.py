@@ -161,6 +161,27 @@ def local_copy(location: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def output_folder(dest: StorePath) -> Iterator[Path]:
+    """
+    A local folder to write ``dest``'s files in (work that needs local files: Great Expectations'
+    Data Docs build, a runtime's report). ``dest`` itself when it is local (created); with an
+    object store a temporary folder, uploaded to ``dest`` file by file when the block ends
+    without an error, and removed either way.
+    """
+    if isinstance(dest, Path):
+        dest.mkdir(parents=True, exist_ok=True)
+        yield dest
+        return
+    staging = Path(tempfile.mkdtemp(prefix="mlops-out-"))
+    try:
+        yield staging
+        for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+            upload(file, dest / file.relative_to(staging).as_posix())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def fetch_all(locations: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
     """
     ``locations`` with each object-store URL among its values replaced by a local copy under

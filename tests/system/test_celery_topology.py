@@ -71,7 +71,7 @@ def celery(tmp_path_factory):
         client = redis.Redis(host="127.0.0.1", port=6379, db=0)
         for key in client.scan_iter(match=f"{s.broker_prefix}:*"):
             client.delete(key)
-        for name in (database, f"{database}_mlflow"):
+        for name in (database, f"{database}_mlflow", f"{database}_feast"):
             drop_database(name)
 
 

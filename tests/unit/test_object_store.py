@@ -9,6 +9,7 @@ under test.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from s3_server import S3Server  # noqa: E402
 
 RUNTIMES = Path(os.environ.get("MLOPS_RUNTIMES_DIR") or REPO / ".runtimes").resolve()
 JOB = "object-store-dag-test"
+POSTGRES_URL = os.environ.get("MLOPS_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CONN_ID = "mlops_store"
 JAN = (datetime(2013, 1, 1, tzinfo=UTC), datetime(2013, 2, 1, tzinfo=UTC))
 FEB = (datetime(2013, 2, 1, tzinfo=UTC), datetime(2013, 3, 1, tzinfo=UTC))
@@ -52,21 +54,45 @@ def store_env(server: S3Server, bucket: str, local: Path) -> dict[str, str]:
     }
 
 
+def feast_registry_database() -> str:
+    """A PostgreSQL database of its own for the job's Feast SQL registry, dropped when pytest exits."""
+    import psycopg2
+    from psycopg2 import sql
+
+    name = f"mlops_test_feast_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(POSTGRES_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn.close()
+
+    def drop() -> None:
+        conn = psycopg2.connect(POSTGRES_URL)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.close()
+
+    atexit.register(drop)
+    base = POSTGRES_URL.rpartition("/")[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+    return f"{base}/{name}"
+
+
 def start_jobs(jobs) -> None:
     if not (RUNTIMES / "drift" / "bin" / "python").exists():
         return
     work = jobs.workdir(JOB)
     server = s3_server(work)
     bucket = server.create_bucket("pipeline")
+    # what several hosts share: a SQL registry (the file registry is one host's)
+    feast = {"repo_path": str(REPO / "dags" / "feature_repo"), "registry_path": feast_registry_database()}
     jobs.submit(
         JOB,
         [jobs.python, jobs.script("object_store_dag_test"), work, work / "result.json"],
         env=jobs.airflow_env(
             work / "airflow-home",
             AIRFLOW__MLOPS__RUNTIMES_DIR=str(RUNTIMES),
-            AIRFLOW_CONN_FEAST_DEFAULT=json.dumps(
-                {"conn_type": "feast", "extra": {"repo_path": str(REPO / "dags" / "feature_repo")}}
-            ),
+            AIRFLOW_CONN_FEAST_DEFAULT=json.dumps({"conn_type": "feast", "extra": feast}),
             PYTHONUNBUFFERED="1",
             **store_env(server, bucket, work / "local"),
         ),
@@ -273,18 +299,68 @@ def test_snapshots_and_tables_are_in_the_bucket_and_not_on_the_worker(run, jobs)
     assert not (local / "datasets").exists() and not (local / "tables").exists()
 
 
-def test_validation_read_the_snapshot_and_its_history_from_the_bucket(run):
+def test_validation_read_the_snapshot_and_its_history_from_the_bucket(run, jobs):
     summary = run["xcoms"]["validate"]["return_value"]
     april = run["xcoms"]["ingest_april"]["return_value"]
     assert (summary["success"], summary["rows"], summary["path"]) == (True, april["rows"], april["path"])
+    server = s3_server(jobs.workdir(JOB))
+    assert summary["suite_path"] == "s3://pipeline/mlops/data_docs/object_store/" + (
+        f"{run['run_id']}/validate/suite.json"
+    )
+    suite = json.loads(_object(server, "pipeline", summary["suite_path"].removeprefix("s3://pipeline/")))
     history = [
         e["meta"]["history_row_counts"]
-        for e in json.loads(Path(summary["suite_path"]).read_text())["expectations"]
+        for e in suite["expectations"]
         if "history_row_counts" in e.get("meta", {})
     ]
     months = [run["xcoms"][f"ingest_2013_{m:02d}"]["return_value"]["rows"] for m in (1, 2, 3)]
     # scaled to April's 30 days: January's and March's 31, February's 28
     assert history == [[round(rows * 30 / days) for rows, days in zip(months, (31, 28, 31), strict=True)]]
+
+
+def test_data_docs_are_in_the_bucket_and_served_from_there(run, jobs, monkeypatch):
+    from airflow_mlops.plugins import data_docs
+
+    server = s3_server(jobs.workdir(JOB))
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_STORE", server.connection_uri())
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", "s3://pipeline/mlops")
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", CONN_ID)
+    summary = run["xcoms"]["validate"]["return_value"]
+    page = summary["data_docs"].removeprefix("s3://pipeline/mlops/data_docs/")
+    assert summary["data_docs"].startswith("s3://pipeline/mlops/data_docs/object_store/")
+    assert summary["data_docs_url"].endswith("/data-docs/" + page.replace(":", "%3A").replace("+", "%2B"))
+    assert not (jobs.workdir(JOB) / "local" / "data_docs").exists()  # staged, uploaded, removed
+
+    authorized = []
+    monkeypatch.setattr(data_docs, "_authorize", lambda user, dag_id: authorized.append(dag_id))
+    response = data_docs.data_docs(page, user=object())
+    body = response.body.decode()
+    assert "<html" in body.lower()  # the page, rewritten to load nothing from another origin
+    assert response.headers["content-security-policy"] == data_docs.CONTENT_SECURITY_POLICY
+    css = next(k for k in server.keys("pipeline", "mlops/data_docs/") if k.endswith(".css"))
+    asset = data_docs.data_docs(css.removeprefix("mlops/data_docs/"), user=object())
+    assert asset.media_type == "text/css" and asset.body == _object(server, "pipeline", css)
+    # ".." is resolved on the key: it names another DAG's file, whose DAG is the one authorized
+    with pytest.raises(data_docs.HTTPException) as missing:
+        data_docs.data_docs("object_store/../other_dag/site/index.html", user=object())
+    assert missing.value.status_code == 404
+    assert authorized == ["object_store", "object_store", "other_dag"]
+
+
+def test_the_mlops_page_lists_the_datasets_in_the_bucket(run, jobs, monkeypatch):
+    from airflow_mlops import storage
+    from airflow_mlops.plugins import sources
+
+    server = s3_server(jobs.workdir(JOB))
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_STORE", server.connection_uri())
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", "s3://pipeline/mlops")
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", CONN_ID)
+    found = {d["name"]: d for d in sources.datasets(storage.data_root(), {}, {"object_store"})}
+    assert sorted(found) == ["carrier_daily", "flights", "weather"]
+    ingested = {run["xcoms"][t]["return_value"]["version"] for t in run["xcoms"] if t.startswith("ingest_")}
+    listed = {v["version"] for name in ("flights", "weather") for v in found[name]["versions"]}
+    assert listed == ingested
+    assert {v["dag_id"] for v in found["flights"]["versions"]} == {"object_store"}
 
 
 def test_feast_read_its_file_sources_from_the_bucket(run, jobs):
@@ -304,6 +380,10 @@ def test_feast_read_its_file_sources_from_the_bucket(run, jobs):
             io.BytesIO(_object(server, "pipeline", table[name].split("pipeline/", 1)[1]))
         )
     assert sum(len(p) for p in parts.values()) == table["rows"]
+    # the SQL registry (PostgreSQL) recorded the materialization: what the freshness trigger reads
+    assert (
+        run["xcoms"]["registry_watermark"]["return_value"] == "2013-05-01T00:00:00+00:00"
+    )  # April materialized
     # point-in-time weather joined from the weather snapshot in the bucket (a few hours lack it)
     assert parts["train"]["temp"].notna().mean() > 0.9
     assert parts["train"]["carrier_flights"].notna().mean() > 0.9

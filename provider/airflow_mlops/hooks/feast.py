@@ -45,6 +45,16 @@ def redact_redis(connection_string: str) -> str:
     return _REDIS_PASSWORD.sub(r"\1***", connection_string)
 
 
+def redact_url(url: str) -> str:
+    """A registry URL (``postgresql://user:password@host/db``) with its password replaced by ``***``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 def chunk_interval(
     start: datetime, end: datetime, chunk: timedelta | None
 ) -> list[tuple[datetime, datetime]]:
@@ -75,6 +85,31 @@ _registry_locks: dict[str, _HeldLock] = {}
 def is_local_registry(registry_path: str) -> bool:
     """A registry file on this host's file system (not ``s3://``, ``gs://``, a SQL registry...)."""
     return "://" not in registry_path or registry_path.startswith("file://")
+
+
+#: URL schemes of a database holding a SQL registry (SQLAlchemy's dialects, with a driver or not)
+_SQL_REGISTRY_SCHEMES = ("postgresql", "mysql", "sqlite")
+
+
+def is_sql_registry(registry_path: str) -> bool:
+    """A SQL registry (``postgresql://``, ``postgresql+psycopg2://``, ``mysql+pymysql://``...)."""
+    return (
+        registry_path.split("://", 1)[0].split("+", 1)[0] in _SQL_REGISTRY_SCHEMES and "://" in registry_path
+    )
+
+
+def registry_settings(registry_path: str, cache_ttl_seconds: int = 5) -> dict[str, Any]:
+    """
+    Feast's ``registry`` settings for ``registry_path``: a local file (replaced atomically, see
+    :mod:`.feast_registry`), a SQL registry — what several hosts share, each change a
+    transaction of its own — or a file in an object store (Feast's own S3/GCS stores).
+    A SQL registry's cache lives ``cache_ttl_seconds`` (Feast's 0 would mean "for ever").
+    """
+    if is_local_registry(registry_path):
+        return {"path": registry_path, "registry_store_type": ATOMIC_REGISTRY_STORE}
+    if is_sql_registry(registry_path):
+        return {"registry_type": "sql", "path": registry_path, "cache_ttl_seconds": cache_ttl_seconds}
+    return {"path": registry_path}
 
 
 @contextlib.contextmanager
@@ -136,13 +171,19 @@ def read_last_materialized_end(registry_path: str, project: str, feature_view: s
     from feast.infra.registry.registry import Registry
     from feast.repo_config import RegistryConfig
 
-    registry = Registry(project, RegistryConfig(path=registry_path, cache_ttl_seconds=0), repo_path=None)
+    if is_sql_registry(registry_path):
+        from feast.infra.registry.sql import SqlRegistry, SqlRegistryConfig
+
+        config = SqlRegistryConfig(**registry_settings(registry_path, cache_ttl_seconds=1))
+        registry = SqlRegistry(config, project, None)
+    else:
+        registry = Registry(project, RegistryConfig(path=registry_path, cache_ttl_seconds=0), repo_path=None)
     try:
         view = registry.get_feature_view(feature_view, project, allow_cache=False)
     except FeatureViewNotFoundException as err:
         raise LookupError(
-            f"Feature view '{feature_view}' is not in project '{project}' of registry {registry_path}: "
-            "run FeastApplyOperator first, or check the view and project names."
+            f"Feature view '{feature_view}' is not in project '{project}' of registry "
+            f"{redact_url(registry_path)}: run FeastApplyOperator first, or check the view and project names."
         ) from err
     return last_end_of(view)
 
@@ -236,22 +277,22 @@ class FeastHook(BaseHook):
         return {"type": "sqlite", "path": str(self.extras.get("online_store_path") or default)}
 
     def describe(self) -> str:
-        """Project, registry and online store in one line, the Redis password redacted."""
+        """Project, registry and online store in one line, the passwords redacted."""
         online = self.online_store_config()
         where = online.get("path") or redact_redis(online.get("connection_string", ""))
         kind = online["type"]
-        return f"project '{self.project}', registry {self.registry_path}, {kind} online store {where}"
+        registry = redact_url(self.registry_path)
+        return f"project '{self.project}', registry {registry}, {kind} online store {where}"
 
     @cached_property
     def repo_config(self):
         feast = require("feast", "feast")
-        Path(self.registry_path).parent.mkdir(parents=True, exist_ok=True)
+        if is_local_registry(self.registry_path):
+            Path(self.registry_path.removeprefix("file://")).parent.mkdir(parents=True, exist_ok=True)
         online = self.online_store_config()
         if online["type"] == "sqlite":
             Path(online["path"]).parent.mkdir(parents=True, exist_ok=True)
-        registry: Any = self.registry_path
-        if is_local_registry(registry):
-            registry = {"path": registry, "registry_store_type": ATOMIC_REGISTRY_STORE}
+        registry = registry_settings(self.registry_path)
         return feast.RepoConfig(
             project=self.project,
             registry=registry,

@@ -8,9 +8,10 @@ import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops import storage
 from airflow_mlops.exceptions import DataValidationError
 from airflow_mlops.hooks.great_expectations import ProfiledSuite, SuiteLike
 from airflow_mlops.links.great_expectations import DataDocsLink
@@ -203,14 +204,17 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         df = load_parquet(self.data_path)  # a file, or an object-store URL
         notes: list[tuple[int, str]] = []  # logged after the summary line: (level, message)
         spec = self._with_history(load_suite(self.suite), notes)
-        out_dir = self._output_dir(context)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # the suite that ran, as data: a profiled one can be inspected and reused from here
-        (out_dir / "suite.json").write_text(json.dumps(spec, indent=2, default=str))
-
+        folder = self._output_folder(context)
+        dest = storage.data_root() / "data_docs" / folder
         summary: dict[str, Any] = {"data_path": self.data_path, "path": self.data_path, "rows": len(df)}
-        summary["suite_path"] = str(out_dir / "suite.json")
-        with GreatExpectationsHook().session(spec, data_docs=self.data_docs) as session:
+        summary["suite_path"] = storage.location(dest / "suite.json")
+        # built in a local folder (uploaded afterwards when the data dir is an object store)
+        with (
+            storage.output_folder(dest) as out_dir,
+            GreatExpectationsHook().session(spec, data_docs=self.data_docs) as session,
+        ):
+            # the suite that ran, as data: a profiled one can be inspected and reused from here
+            (out_dir / "suite.json").write_text(json.dumps(spec, indent=2, default=str))
             result = session.validate(df, "snapshot", unexpected_rows=self.quarantine)
             if self.quarantine and result["unexpected_rows"]:
                 summary.update(self._quarantine(df, result, context, notes))
@@ -220,7 +224,7 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
             elif self.quarantine:
                 summary.update(quarantined_rows=0, quarantine_path=None, clean_rows=len(df))
             if self.data_docs:
-                summary.update(self._store_data_docs(session, result, out_dir, context))
+                summary.update(self._store_data_docs(session, result, out_dir, folder, dest, context))
         result.pop("unexpected_rows", None)
         # per-expectation records: for the lineage facets, not the XCom (28 records for the example)
         results = result.pop("results", [])
@@ -265,12 +269,11 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
 
     # --- pieces of execute -------------------------------------------------------------
 
-    def _output_dir(self, context: Context) -> Path:
-        from airflow_mlops import settings
-
+    def _output_folder(self, context: Context) -> PurePosixPath:
+        """This instance's folder under ``data_docs/``: ``<dag_id>/<run_id>/<task_id>[_<map index>]``."""
         ti = context["ti"]
         task = ti.task_id if ti.map_index in (None, -1) else f"{ti.task_id}_{ti.map_index}"
-        return settings.data_dir() / "data_docs" / ti.dag_id / ti.run_id / task
+        return PurePosixPath(ti.dag_id, ti.run_id, task)
 
     def _with_history(self, spec: dict[str, Any], notes: list[tuple[int, str]]) -> dict[str, Any]:
         if self.row_count_vs_history is None:
@@ -341,16 +344,22 @@ class GreatExpectationsValidateOperator(MlopsBaseOperator):
         }
 
     def _store_data_docs(
-        self, session: ValidationSession, result: dict[str, Any], out_dir: Path, context: Context
+        self,
+        session: ValidationSession,
+        result: dict[str, Any],
+        out_dir: Path,
+        folder: PurePosixPath,
+        dest: StorePath,
+        context: Context,
     ) -> dict[str, Any]:
-        from airflow_mlops import settings
+        """Data Docs built into ``out_dir`` (to become ``dest``, ``data_docs/<folder>``); the page's link."""
         from airflow_mlops.links.great_expectations import data_docs_url
 
         site = session.export_data_docs(out_dir / "site")
-        page = site / result.pop("data_docs_page")
-        url = data_docs_url(page.relative_to(settings.data_dir() / "data_docs"))
+        page = (site / result.pop("data_docs_page")).relative_to(out_dir).as_posix()
+        url = data_docs_url(folder / page)
         DataDocsLink.persist(context, url)
-        return {"data_docs": str(page), "data_docs_url": url}
+        return {"data_docs": storage.location(dest / page), "data_docs_url": url}
 
     def _log(self, summary: dict[str, Any], notes: Sequence[tuple[int, str]] = ()) -> None:
         """The task log's first line says what was validated and how it went; the details follow."""

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import functools
 import json
+import mimetypes
+import posixpath
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -80,18 +82,25 @@ _CSS_URL = re.compile(r"url\(\s*+(?P<quote>[\"']?)(?P<url>[^\"'()<>\s]*+)(?P=quo
 _CSS_IMPORT = re.compile(r"@import\s++(?P<quote>[\"'])(?P<url>[^\"'<>;\n]*+)(?P=quote)", re.IGNORECASE)
 
 
-def data_docs_root() -> Path:
-    from airflow_mlops import settings
+def data_docs_root() -> Any:
+    """``[mlops] data_dir``/``data_docs``: a folder, or a prefix of the object store."""
+    from airflow_mlops import storage
 
-    return settings.data_dir() / "data_docs"
+    return storage.data_root() / "data_docs"
 
 
-def owner(root: Path, path: str, what: str = "Data Docs file") -> tuple[str, Path]:
+def owner(root: Any, path: str, what: str = "Data Docs file") -> tuple[str, Any]:
     """
     ``(dag_id, file)``: the DAG whose folder holds what ``path`` names under ``root`` once
     resolved (``..`` and symbolic links followed), and that resolved path, which may not exist;
-    404 for a path that leaves ``root`` or names ``root`` itself.
+    404 for a path that leaves ``root`` or names ``root`` itself. In an object store (no links,
+    no folders) ``..`` is resolved on the key, which cannot climb above ``root``.
     """
+    if not isinstance(root, Path):
+        parts = PurePosixPath(posixpath.normpath("/" + path)).parts[1:]
+        if not parts:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No {what} {path!r}.")
+        return parts[0], root.joinpath(*parts)
     root = root.resolve()
     target = (root / path).resolve()
     if not target.is_relative_to(root) or target == root:
@@ -220,7 +229,10 @@ def data_docs(path: str, user: Annotated[Any, Depends(_page_user)]) -> Response:
     if not target.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No Data Docs file {path!r}.")
     if target.suffix.lower() not in (".html", ".htm"):
-        return FileResponse(target)
+        if isinstance(target, Path):
+            return FileResponse(target)
+        media_type = mimetypes.guess_type(target.name)[0] or _DEFAULT_MEDIA_TYPE
+        return Response(target.read_bytes(), media_type=media_type)  # an object of the store
     html = target.read_bytes().decode("utf-8", errors="surrogateescape")
     body = offline_html(html, relative_vendor_url(path)).encode("utf-8", errors="surrogateescape")
     return Response(

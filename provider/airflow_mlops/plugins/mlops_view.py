@@ -362,7 +362,10 @@ def datasets(user: User) -> dict[str, Any]:
 
     scope = dag_scope(user)
     by_version = sources.validations_by_dataset_version(sources.validations(scope.dag_ids))
-    found = sources.datasets(_data_dir(), by_version, _EveryDag())  # filtered and masked here
+    from airflow_mlops import storage
+
+    # the snapshots are where the tasks wrote them: a folder, or the object store
+    found = sources.datasets(storage.data_root(), by_version, _EveryDag())  # filtered and masked here
     return {"datasets": visible_datasets(found, scope)}
 
 

@@ -1081,9 +1081,7 @@ def _newest_first(version: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
-def datasets(
-    data_dir: Path, by_version: dict[str, dict[str, Any]], dag_ids: set[str]
-) -> list[dict[str, Any]]:
+def datasets(data_dir: Any, by_version: dict[str, dict[str, Any]], dag_ids: set[str]) -> list[dict[str, Any]]:
     """
     Every dataset under ``datasets/`` with its versions and their validation, the versions
     sorted by interval start, newest first (then by ingestion, newest first).
@@ -1092,7 +1090,8 @@ def datasets(
     carrier statistics of a flights snapshot) gets ``derived_from``: that version's dataset,
     ingestion run and validation.
 
-    :param data_dir: the provider's data folder.
+    :param data_dir: the provider's data root (:func:`airflow_mlops.storage.data_root`): a folder
+        or an object store.
     :param by_version: validation summaries by the dataset version they checked.
     :param dag_ids: the DAGs the caller may read; the runs of others that ingested are hidden.
     """
@@ -1100,7 +1099,7 @@ def datasets(
 
     root = data_dir / "datasets"
     out = []
-    for folder in sorted(p for p in root.glob("*") if (p / "manifests").is_dir()):
+    for folder in sorted((p for p in root.glob("*") if (p / "manifests").is_dir()), key=lambda p: p.name):
         manifests = list_snapshots(root, folder.name)[-MAX_DATASET_VERSIONS:]
         versions = [
             {

