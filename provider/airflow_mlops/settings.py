@@ -26,6 +26,8 @@ def data_dir() -> Path:
     configured = _conf("data_dir")
     if configured and is_url(configured):
         configured = _conf("local_data_dir")
+    if configured.startswith("file://"):  # file:///srv/mlops is the folder /srv/mlops
+        configured = configured.removeprefix("file://")
     if configured:
         # absolute: tasks and runtimes run in other working directories
         return Path(configured).expanduser().resolve()

@@ -93,13 +93,21 @@ class ComposeStack(Stack):
 
 
 def containers(docker, project: str) -> dict[str, object]:
-    found = docker.containers.list(all=True, filters={"label": f"io.podman.compose.project={project}"})
-    found += docker.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+    found = docker.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"io.podman.compose.project={project}"}
+    )
+    found += docker.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
     return {c.labels.get("com.docker.compose.service") or c.name: c for c in found}
 
 
 def serving_containers(docker) -> list:
-    return [c for c in docker.containers.list(all=True) if c.name.startswith("mlops-serving-flights-delay.")]
+    return [
+        c
+        for c in docker.containers.list(all=True, ignore_removed=True)
+        if c.name.startswith("mlops-serving-flights-delay.")
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,9 @@ def task_container(task_id: str, runtime: str) -> str:
 
 
 def container_exists(docker, name: str) -> bool:
-    return any(c.name == name for c in docker.containers.list(all=True, filters={"name": name}))
+    return any(
+        c.name == name for c in docker.containers.list(all=True, ignore_removed=True, filters={"name": name})
+    )
 
 
 def worker_env(docker_host: str, data_dir: Path) -> dict[str, str]:
@@ -98,7 +100,7 @@ def test_on_kill_stops_and_removes_the_container(tmp_path, mlflow_url, inputs, d
     name = task_container(task_id, "training")
     # the name is the same for every run of this test: a container an interrupted run left must
     # not be taken for this run's
-    for leftover in docker.containers.list(all=True, filters={"name": name}):
+    for leftover in docker.containers.list(all=True, ignore_removed=True, filters={"name": name}):
         leftover.remove(force=True)
     proc, log = start_operator(
         tmp_path,
@@ -227,4 +229,8 @@ def test_the_drift_watcher_checks_its_windows_in_drift_image_containers(
     assert report["is_drift"] is True and Path(event["report"]).stat().st_uid == os.getuid()
     # the drift worker (local mode's) was never started, and the window's container is gone
     assert not (tmp_path / "data" / "drift" / "worker" / "worker.json").exists()
-    assert not [c.name for c in docker.containers.list(all=True) if c.name.startswith("mlops-drift-watch-d")]
+    assert not [
+        c.name
+        for c in docker.containers.list(all=True, ignore_removed=True)
+        if c.name.startswith("mlops-drift-watch-d")
+    ]

@@ -133,6 +133,15 @@ def test_data_root_is_the_bucket_and_this_hosts_folder_is_local_data_dir(store):
     assert settings.data_dir() == local
 
 
+def test_a_file_url_is_a_local_folder(tmp_path, monkeypatch):
+    from airflow_mlops import settings, storage
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", f"file://{tmp_path}/mlops")
+    assert storage.data_root() == settings.data_dir() == tmp_path / "mlops"
+    assert storage.as_path(f"file://{tmp_path}/x.parquet") == tmp_path / "x.parquet"
+    assert not storage.is_remote(storage.data_root())
+
+
 def test_a_snapshot_is_written_to_the_bucket_and_read_back_whole(store, january):
     from airflow_mlops import storage
     from airflow_mlops.datasets import read_table, write_snapshot
