@@ -158,8 +158,7 @@ def pick_months(check_offset_months: int | None = None, **context: Any) -> dict[
 def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
     """Per carrier and day: flights, mean departure delay, share delayed; a Feast source."""
     import pandas as pd
-    from airflow_mlops import storage
-    from airflow_mlops.datasets import read_table, write_snapshot
+    from airflow_mlops.datasets import default_root, read_table, write_snapshot
 
     df = read_table(flights["path"])  # read_table / write_*: the task's lineage (docs/lineage.md)
     df["day"] = df["time_hour"].dt.floor("D")
@@ -178,7 +177,7 @@ def compute_carrier_stats(flights: dict[str, Any]) -> dict[str, Any]:
     start, end = (pd.Timestamp(flights[k]).to_pydatetime() for k in ("interval_start", "interval_end"))
     snapshot, _ = write_snapshot(
         stats,
-        storage.data_root() / "datasets",  # [mlops] data_dir: a folder or an object store
+        default_root(),  # [mlops] data_dir/datasets: a folder or an object store
         "carrier_daily",
         start,
         end,

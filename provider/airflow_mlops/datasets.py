@@ -89,6 +89,11 @@ def _to_key(interval: IntervalLike) -> str:
     return interval_key(to_utc(start), to_utc(end))
 
 
+def default_root() -> str:
+    """Where snapshots go when no root is given: ``[mlops] data_dir``/``datasets`` (a folder or a URL)."""
+    return storage.location(storage.data_root() / "datasets")
+
+
 def current_path(root: str | Path, dataset: str, start: datetime, end: datetime) -> StorePath:
     """The file of ``current/`` that holds the latest version of ``[start, end)``."""
     return storage.as_path(root) / dataset / "current" / f"{interval_key(start, end)}.parquet"
@@ -103,7 +108,7 @@ class DataWriteError(OSError):
     """
 
     def __init__(self, path: StorePath | str, err: OSError) -> None:
-        self.path = storage.as_path(path) if isinstance(path, str) else path
+        self.path = storage.as_path(path)
         where = storage.location(path)  # an object store's URL without the connection id
         reason = err.strerror or str(err) or type(err).__name__
         detail = f" ({err.filename})" if err.filename and str(err.filename) not in (str(path), where) else ""

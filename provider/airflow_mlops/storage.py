@@ -202,8 +202,9 @@ def aws_environment() -> dict[str, str]:
     than through ``ObjectStoragePath`` (Feast's offline store: dask and pyarrow); empty for a
     local data dir or another store. The secret is masked in Airflow's logs.
     """
-    root = data_root()
-    if not is_remote(root) or getattr(root, "protocol", "") not in ("s3", "s3a"):
+    from airflow_mlops import settings
+
+    if urlsplit(settings._conf("data_dir")).scheme not in ("s3", "s3a"):
         return {}
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk.log import mask_secret

@@ -93,9 +93,8 @@ _SQL_REGISTRY_SCHEMES = ("postgresql", "mysql", "sqlite")
 
 def is_sql_registry(registry_path: str) -> bool:
     """A SQL registry (``postgresql://``, ``postgresql+psycopg2://``, ``mysql+pymysql://``...)."""
-    return (
-        registry_path.split("://", 1)[0].split("+", 1)[0] in _SQL_REGISTRY_SCHEMES and "://" in registry_path
-    )
+    scheme, separator, _ = registry_path.partition("://")
+    return bool(separator) and scheme.split("+", 1)[0] in _SQL_REGISTRY_SCHEMES
 
 
 def registry_settings(registry_path: str, cache_ttl_seconds: int = 5) -> dict[str, Any]:

@@ -271,8 +271,7 @@ class IngestOperator(MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_mlops import storage
-        from airflow_mlops.datasets import snapshot_event_extra, write_snapshot
+        from airflow_mlops.datasets import default_root, snapshot_event_extra, write_snapshot
 
         start, end = resolve_interval(context, self.interval_start, self.interval_end, self.task_id)
         df, source = self._read(start, end)
@@ -287,7 +286,7 @@ class IngestOperator(MlopsBaseOperator):
             "task_id": self.task_id,
             "source": source,
         }
-        root = self.output_dir or storage.location(storage.data_root() / "datasets")
+        root = self.output_dir or default_root()
         snapshot, written = write_snapshot(df, root, self.dataset, start, end, lineage)
         self.log.info(
             "%s %s version %s: %d rows at %s",
@@ -310,14 +309,15 @@ class IngestOperator(MlopsBaseOperator):
         """
         import os
 
-        from airflow_mlops import lineage, storage
+        from airflow_mlops import lineage
+        from airflow_mlops.datasets import default_root
 
         inputs, run_facets, job_facets = self._source_lineage()
         result = self._lineage_result if stage == "complete" else None
         if result:
             outputs = [lineage.snapshot_output(result)]
         else:
-            root = self.output_dir or storage.location(storage.data_root() / "datasets")
+            root = self.output_dir or default_root()
             outputs = [lineage.output_dataset(lineage.path_dataset(os.path.join(root, self.dataset)))]
         return lineage.operator_lineage(inputs, outputs, run_facets, job_facets)
 

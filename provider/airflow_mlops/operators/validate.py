@@ -33,8 +33,6 @@ SUMMARY_KEY = "validation"
 
 def _snapshot_location(data_path: str) -> tuple[StorePath, str, StorePath]:
     """``(root, dataset, manifest)`` of a snapshot ``<root>/<dataset>/data/<interval>/<version>.parquet``."""
-    from airflow_mlops import storage
-
     path = storage.as_path(data_path)
     if len(path.parts) < 4 or path.parent.parent.name != "data":
         raise ValueError(
@@ -58,7 +56,6 @@ def history_row_counts(
     each count is scaled to an interval of that length (a quarter's rows are not a month's:
     the rate per day is what compares).
     """
-    from airflow_mlops import storage
     from airflow_mlops.datasets import read_manifest
 
     latest: dict[str, tuple[datetime, dict[str, Any]]] = {}

@@ -71,9 +71,9 @@ class DatasetVersionSensor(BaseSensorOperator):
     # -- what to look for ------------------------------------------------------------------
 
     def _root(self) -> str:
-        from airflow_mlops import storage
+        from airflow_mlops.datasets import default_root
 
-        return self.output_dir or storage.location(storage.data_root() / "datasets")
+        return self.output_dir or default_root()
 
     def _interval(self) -> tuple[datetime, datetime] | None:
         from airflow_mlops._time import to_utc
