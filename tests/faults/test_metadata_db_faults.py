@@ -176,6 +176,7 @@ def test_the_run_completes_across_a_metadata_db_restart(pg_stack, tmp_path):
     assert stack.wait_run(DAG_ID, run_id, timeout=WAIT_S) == "success", stack.task_states(DAG_ID, run_id)
     assert stack.task_states(DAG_ID, run_id) == {"before": "success", "hold": "success", "after": "success"}
     assert stack.xcom(DAG_ID, run_id, "after") == "after held"
+
     # whatever died of the outage is running again: a component may die late (the triggerer
     # meets the outage on its next DB call) and wait out its restart backoff after the run is done
     def all_running():

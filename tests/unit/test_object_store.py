@@ -327,13 +327,19 @@ def test_validation_read_the_snapshot_and_its_history_from_the_bucket(run, jobs)
     assert history == [[round(rows * 30 / days) for rows, days in zip(months, (31, 28, 31), strict=True)]]
 
 
-def test_data_docs_are_in_the_bucket_and_served_from_there(run, jobs, monkeypatch):
-    from airflow_mlops.plugins import data_docs
-
+def _point_at_the_jobs_bucket(jobs, monkeypatch) -> S3Server:
+    """This process reads the job's bucket as the API server would: same connection and data dir."""
     server = s3_server(jobs.workdir(JOB))
     monkeypatch.setenv("AIRFLOW_CONN_MLOPS_STORE", server.connection_uri())
     monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", "s3://pipeline/mlops")
     monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", CONN_ID)
+    return server
+
+
+def test_data_docs_are_in_the_bucket_and_served_from_there(run, jobs, monkeypatch):
+    from airflow_mlops.plugins import data_docs
+
+    server = _point_at_the_jobs_bucket(jobs, monkeypatch)
     summary = run["xcoms"]["validate"]["return_value"]
     page = summary["data_docs"].removeprefix("s3://pipeline/mlops/data_docs/")
     assert summary["data_docs"].startswith("s3://pipeline/mlops/data_docs/object_store/")
@@ -360,10 +366,7 @@ def test_the_mlops_page_lists_the_datasets_in_the_bucket(run, jobs, monkeypatch)
     from airflow_mlops import storage
     from airflow_mlops.plugins import sources
 
-    server = s3_server(jobs.workdir(JOB))
-    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_STORE", server.connection_uri())
-    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", "s3://pipeline/mlops")
-    monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", CONN_ID)
+    _point_at_the_jobs_bucket(jobs, monkeypatch)
     found = {d["name"]: d for d in sources.datasets(storage.data_root(), {}, {"object_store"})}
     assert sorted(found) == ["carrier_daily", "flights", "weather"]
     ingested = {run["xcoms"][t]["return_value"]["version"] for t in run["xcoms"] if t.startswith("ingest_")}
@@ -398,12 +401,19 @@ def test_feast_read_its_file_sources_from_the_bucket(run, jobs):
     assert parts["train"]["carrier_flights"].notna().mean() > 0.9
 
 
+def _drift_work_folder(jobs, run) -> Path:
+    """The drift task instance's folder on the worker (``local_data_dir``): where the runtime worked."""
+    from airflow_mlops.task_outputs import instance_folder
+
+    return jobs.workdir(JOB) / "local" / "drift" / instance_folder("object_store", run["run_id"], "drift")
+
+
 def test_drift_compared_local_copies_of_the_two_tables(run, jobs):
     server = s3_server(jobs.workdir(JOB))
     drift = run["xcoms"]["drift"]["return_value"]
-    folder = Path(drift["report"]).parent
+    folder = _drift_work_folder(jobs, run)
     config = json.loads((folder / "config.json").read_text())
-    report = json.loads(Path(drift["report"]).read_text())
+    report = json.loads((folder / "report.json").read_text())
     for name, task in (("reference", "april_table"), ("current", "july_table")):
         # the runtime read the copy in the instance's folder: the same bytes as the bucket's table
         assert config[name] == str(folder / "inputs" / name / "train.parquet")
@@ -412,3 +422,37 @@ def test_drift_compared_local_copies_of_the_two_tables(run, jobs):
         rows = len(pd.read_parquet(config[name]))
         assert report[f"n_{name}"] == min(rows, config["max_rows"])
     assert drift["is_drift"] is True  # April against July: the season's delays
+
+
+def test_the_drift_report_is_in_the_bucket_and_served_from_there(run, jobs, monkeypatch):
+    from airflow_mlops import storage
+    from airflow_mlops.plugins import drift_report, sources
+    from airflow_mlops.task_outputs import instance_folder
+
+    server = _point_at_the_jobs_bucket(jobs, monkeypatch)
+    drift = run["xcoms"]["drift"]["return_value"]
+    prefix = f"mlops/drift/{instance_folder('object_store', run['run_id'], 'drift')}/"
+    # what the task hands on names the bucket: the report and plot uploaded, byte for byte
+    assert (drift["report"], drift["plot"]) == (
+        f"s3://pipeline/{prefix}report.json",
+        f"s3://pipeline/{prefix}pvalues.png",
+    )
+    local = _drift_work_folder(jobs, run)
+    stored = _object(server, "pipeline", prefix + "report.json")
+    assert stored == (local / "report.json").read_bytes()
+    assert json.loads(stored)["is_drift"] is True
+
+    # the MLOps page's drift timeline lists it from the bucket
+    checks = sources.drift_reports(storage.data_root(), {"object_store"})
+    assert [(c["report"], c["is_drift"]) for c in checks] == [(drift["report"], True)]
+    assert sources.drift_reports(storage.data_root(), {"another_dag"}) == []
+
+    # the report's page and plot are read from the bucket (nothing of this process's disk)
+    authorized = []
+    monkeypatch.setattr(drift_report, "_authorize", lambda user, dag_id: authorized.append(dag_id))
+    page = drift_report.drift_report("object_store", run["run_id"], "drift", user=object()).body.decode()
+    assert 'class="verdict drift"' in page and 'id="pvalues" src="drift/pvalues.png"' in page
+    plot = drift_report.drift_report_plot("object_store", run["run_id"], "drift", user=object())
+    assert plot.media_type == "image/png"
+    assert plot.body == _object(server, "pipeline", prefix + "pvalues.png")
+    assert authorized == ["object_store", "object_store"]

@@ -46,7 +46,10 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     corrected for multiple tests — runs in the isolated drift runtime (alibi-detect cannot
     live beside Airflow). The JSON report and a p-value plot are stored under ``report_dir``:
     by default the task instance's own folder (:func:`airflow_mlops.task_outputs.task_output_dir`),
-    so two drift tasks of one run, or the instances of a mapped one, never share a file.
+    so two drift tasks of one run, or the instances of a mapped one, never share a file. With an
+    object-store ``data_dir`` the runtime works in that folder of this host's data dir and the
+    report, the plot and the scored windows are uploaded to the same place in the store, where
+    the MLOps page and a retry on another worker find them.
 
     When drift is found and ``drift_asset`` is given, an event for it is emitted through the
     task's ``AssetAlias`` outlets with the score, window and drifted features as extra; a DAG
@@ -75,8 +78,9 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     :param window: ``{"start", "end"}`` of the checked window, carried in the event (templated).
     :param drift_asset: the Asset announced on drift (through AssetAlias outlets).
     :param report_dir: where the report goes; defaults to the task instance's folder,
-        ``[mlops] data_dir``/drift/<dag>/<run>/<task>[/map_index=<n>]. A folder given here is used
-        as is, except by the instances of a mapped task, which each write in ``map_index=<n>/`` below it.
+        ``[mlops] data_dir``/drift/<dag>/<run>/<task>[/map_index=<n>]. A folder (or object-store
+        URL) given here is used as is, except by the instances of a mapped task, which each write
+        in ``map_index=<n>/`` below it.
     :param runtimes_dir: where the ``drift`` runtime environment lives (local mode; default: config).
     :param seldon_conn_id: the ``seldon`` connection used to score through ``endpoint``.
     :param mode: ``local`` (a subprocess of the drift runtime environment), ``docker``
@@ -196,25 +200,54 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
 
         return KIND
 
-    def _report_dir(self, context: Context) -> Path:
-        """This task instance's folder: its config, report, plot and scored files, no one else's."""
-        from airflow_mlops.task_outputs import MAP_INDEX_PREFIX, map_index, task_output_dir
+    def _report_location(self, context: Context) -> storage.StorePath:
+        """Where this task instance's report is kept, no one else's: ``report_dir`` (one folder
+        per map index) or ``[mlops] data_dir``/drift/<instance>, a folder or a store's prefix."""
+        from airflow_mlops.task_outputs import MAP_INDEX_PREFIX, instance_folder, map_index
 
         ti = context["ti"]
-        if not self.report_dir:
-            return task_output_dir(ti, "drift")
         index = map_index(ti)
+        if not self.report_dir:
+            return (
+                storage.data_root() / "drift" / str(instance_folder(ti.dag_id, ti.run_id, ti.task_id, index))
+            )
         # one report_dir for every instance of a mapped task: each its own folder below it
-        return Path(self.report_dir) / f"{MAP_INDEX_PREFIX}{index}" if index >= 0 else Path(self.report_dir)
+        base = storage.as_path(self.report_dir)
+        return base / f"{MAP_INDEX_PREFIX}{index}" if index >= 0 else base
 
-    def _scored(self, df: pd.DataFrame, request: pd.DataFrame, path: Path, what: str, log: bool) -> Path:
+    def _report_dir(self, context: Context) -> Path:
+        """This task instance's local folder: its config, report, plot and scored files. The
+        report's own folder when that is local; with an object store, the instance's folder in this
+        host's data dir, whose report, plot and scored files are uploaded (:meth:`_keep`)."""
+        from airflow_mlops.task_outputs import task_output_dir
+
+        kept = self._report_location(context)
+        return kept if isinstance(kept, Path) else task_output_dir(context["ti"], "drift")
+
+    def _keep(self, context: Context, path: Path) -> str:
+        """Upload ``path`` (a file of :meth:`_report_dir`) beside the report in the store, when
+        that is one; the location of the kept file."""
+        kept = self._report_location(context)
+        if isinstance(kept, Path):
+            return str(path)
+        target = kept / path.name
+        storage.upload(path, target)
+        return storage.location(target)
+
+    def _scored(
+        self, context: Context, df: pd.DataFrame, request: pd.DataFrame, path: Path, what: str, log: bool
+    ) -> Path:
         """``df`` with the endpoint's scores of ``request`` as ``prediction``, written to ``path``.
 
         A file left by an earlier try of this task instance is kept: scoring again would log the
-        window's requests into the inference log a second time.
+        window's requests into the inference log a second time. With an object store the file is
+        kept there too, for a retry that runs on another worker.
         """
         from airflow_mlops.hooks.seldon import SeldonHook
 
+        kept = self._report_location(context)
+        if not path.is_file() and not isinstance(kept, Path) and (kept / path.name).is_file():
+            storage.fetch(kept / path.name, path.parent)
         if path.is_file():
             self.log.info("Using the %s scored by an earlier try: %s", what, path)
             return path
@@ -230,9 +263,10 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         partial = path.with_name(f".{path.name}.partial")
         df.to_parquet(partial, index=False)
         partial.replace(path)  # whole or absent: a killed try leaves no half-written file to reuse
+        self._keep(context, path)
         return path
 
-    def _score_through_endpoint(self, current: Path, out_dir: Path) -> Path:
+    def _score_through_endpoint(self, context: Context, current: Path, out_dir: Path) -> Path:
         """The window's rows scored by the deployment, as served traffic (logged, with event times)."""
         import pandas as pd
 
@@ -240,9 +274,9 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         request = df[self.model_features or self.numeric_features].copy()
         if self.event_time_column:
             request[EVENT_TIME] = df[self.event_time_column].astype("int64") // 10**9
-        return self._scored(df, request, out_dir / "current_scored.parquet", "rows", log=True)
+        return self._scored(context, df, request, out_dir / "current_scored.parquet", "rows", log=True)
 
-    def _score_reference(self, reference: Path, out_dir: Path) -> Path:
+    def _score_reference(self, context: Context, reference: Path, out_dir: Path) -> Path:
         """
         The deployed model's scores on (a sample of ``max_rows``) reference rows, not logged: the
         baseline of the prediction test. A reference that carries ``prediction`` is used as is.
@@ -254,7 +288,8 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
             return reference
         df = df.sample(n=min(len(df), self.max_rows), random_state=0).reset_index(drop=True)
         request = df[self.model_features or self.numeric_features]
-        return self._scored(df, request, out_dir / "reference_scored.parquet", "reference rows", log=False)
+        path = out_dir / "reference_scored.parquet"
+        return self._scored(context, df, request, path, "reference rows", log=False)
 
     def _config(self, context: Context) -> dict[str, Any]:
         """``drift_detect.py``'s config (the window and reference scored first when ``endpoint`` is set)."""
@@ -267,8 +302,8 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
             for name, path in (("current", self.current_path), ("reference", self.reference_path))
         )
         if self.endpoint:
-            current = self._score_through_endpoint(current, out_dir)
-            reference = self._score_reference(reference, out_dir)
+            current = self._score_through_endpoint(context, current, out_dir)
+            reference = self._score_reference(context, reference, out_dir)
         return drift_config(
             reference=reference,
             current=current,
@@ -321,6 +356,9 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
 
         out_dir = self._report_dir(context)
         report = json.loads((out_dir / REPORT_FILE).read_text())
+        # the report and its plot where every host (and the MLOps page) reads them
+        plot = self._keep(context, out_dir / PLOT_FILE) if (out_dir / PLOT_FILE).is_file() else None
+        kept = self._keep(context, out_dir / REPORT_FILE)
         ti = context["ti"]
         DriftReportLink.persist(context, drift_report_url(ti.dag_id, ti.run_id, ti.task_id, map_index(ti)))
         summary = {
@@ -330,8 +368,8 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
             "window": self.window,
             # the deployment scored (the MLOps page puts the check with that deployment's model)
             "endpoint": self.endpoint,
-            "report": str(out_dir / REPORT_FILE),
-            "plot": str(out_dir / PLOT_FILE),
+            "report": kept,
+            "plot": plot,
         }
         self.log.info(
             "Drift %s: score %.3f, drifted %s (report %s)",
@@ -394,7 +432,7 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
     @staticmethod
     def _read_report(path: str | None) -> dict[str, Any]:
         try:
-            return json.loads(Path(path).read_text()) if path else {}
+            return json.loads(storage.as_path(path).read_text()) if path else {}
         except (OSError, ValueError):
             return {}
 

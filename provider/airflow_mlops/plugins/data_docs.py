@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import functools
 import json
-import mimetypes
-import posixpath
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +35,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
 from fastapi.responses import FileResponse, Response
 
 from airflow_mlops.links.great_expectations import DATA_DOCS_ROUTE
+from airflow_mlops.plugins import files
 from airflow_mlops.plugins.auth import authorize_dag_tasks as _authorize
 from airflow_mlops.plugins.auth import current_user as _user
 from airflow_mlops.plugins.auth import page_user as _page_user
@@ -96,25 +95,13 @@ def owner(root: Any, path: str, what: str = "Data Docs file") -> tuple[str, Any]
     404 for a path that leaves ``root`` or names ``root`` itself. In an object store (no links,
     no folders) ``..`` is resolved on the key, which cannot climb above ``root``.
     """
-    if not isinstance(root, Path):
-        parts = PurePosixPath(posixpath.normpath("/" + path)).parts[1:]
-        if not parts:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No {what} {path!r}.")
-        return parts[0], root.joinpath(*parts)
-    root = root.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No {what} {path!r}.")
-    return target.relative_to(root).parts[0], target
+    parts, target = files.under(root, path, f"No {what} {path!r}.")
+    return parts[0], target
 
 
 def resolve(root: Path, path: str, what: str = "Data Docs file") -> Path:
     """The file ``path`` names under ``root``; 404 for anything else (``..``, links out, folders)."""
-    root = root.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No {what} {path!r}.")
-    return target
+    return files.stored_file(root, path, f"No {what} {path!r}.")
 
 
 @functools.cache
@@ -229,10 +216,7 @@ def data_docs(path: str, user: Annotated[Any, Depends(_page_user)]) -> Response:
     if not target.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No Data Docs file {path!r}.")
     if target.suffix.lower() not in (".html", ".htm"):
-        if isinstance(target, Path):
-            return FileResponse(target)
-        media_type = mimetypes.guess_type(target.name)[0] or _DEFAULT_MEDIA_TYPE
-        return Response(target.read_bytes(), media_type=media_type)  # an object of the store
+        return files.file_response(target)
     html = target.read_bytes().decode("utf-8", errors="surrogateescape")
     body = offline_html(html, relative_vendor_url(path)).encode("utf-8", errors="surrogateescape")
     return Response(

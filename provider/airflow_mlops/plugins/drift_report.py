@@ -10,19 +10,21 @@ Mounted by the API server at ``/mlops`` (with the MLOps view, see :mod:`.mlops_v
 * ``.../pvalues.png`` below either — its p-value plot;
 * ``GET /mlops/drift-window/<deployment>/<window_id>`` (and ``.../pvalues.png``) — the same page
   for a window of served traffic tested by a ``DriftEventTrigger``
-  (``drift/watchers/<deployment>/<window_id>/``), for callers who may read a DAG that rolled the
-  deployment out (``auth.deployers``; a caller who may read every DAG reads every window).
+  (``drift/watchers/<deployment>/<window_id>/`` of this host's data folder, where the triggerer
+  writes them), for callers who may read a DAG that rolled the deployment out
+  (``auth.deployers``; a caller who may read every DAG reads every window).
 
 The report is where the task instance's result (XCom ``return_value`` of that map index, key
 ``report``) says — reports of earlier versions, in ``drift/<dag_id>/<run>/``, are found that way —
 else in the instance's own folder (``[mlops] data_dir``/drift/<dag_id>/<run>/<task_id>[/map_index=<n>],
 :mod:`airflow_mlops.task_outputs`), as long as it is inside the ``drift`` folder: nothing else is
-served. Every request needs read access to the task instances of
-the DAG (401 without credentials, 403 otherwise), as the Data Docs route, and of the DAG whose
-folder holds the report once its path is resolved (a result may point into another DAG's folder;
-into a watcher's, it needs what that window's page needs); a browser without a
-session asking for a page is sent to Airflow's login page instead. Each page links back to the
-MLOps page ("← MLOps"): it opens in the same frame as the MLOps page, inside Airflow's UI.
+served. With an object-store ``data_dir`` the reports are read from the store. Every request
+needs read access to the task instances of the DAG (401 without credentials, 403 otherwise), as
+the Data Docs route, and of the DAG whose folder holds the report once its path is resolved (a
+result may point into another DAG's folder; into a watcher's, it needs what that window's page
+needs); a browser without a session asking for a page is sent to Airflow's login page instead.
+Each page links back to the MLOps page ("← MLOps"): it opens in the same frame as the MLOps page,
+inside Airflow's UI.
 
 Only light imports at module level: plugins are loaded by every Airflow process.
 """
@@ -36,11 +38,12 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from airflow_mlops.drift_config import PLOT_FILE, REPORT_FILE
 from airflow_mlops.links.drift import DRIFT_REPORT_ROUTE
 from airflow_mlops.links.great_expectations import URL_PREFIX
+from airflow_mlops.plugins import files
 from airflow_mlops.plugins.auth import authorize_dag_tasks as _authorize
 from airflow_mlops.plugins.auth import authorize_deployment
 from airflow_mlops.plugins.auth import current_user as _user
@@ -49,6 +52,8 @@ from airflow_mlops.plugins.auth import page_user as _page_user
 router = APIRouter()
 #: the page of a window of served traffic a ``DriftEventTrigger`` tested
 DRIFT_WINDOW_ROUTE = "/drift-window"
+#: the watchers' folder under ``drift/`` (``drift/watchers/<deployment>/<window_id>/``): not a DAG's
+WATCHERS = "watchers"
 User = Annotated[Any, Depends(_user)]
 #: the caller of a page: a browser without a session is sent to Airflow's login page
 PageUser = Annotated[Any, Depends(_page_user)]
@@ -63,19 +68,25 @@ def mlops_page_path() -> str:
     return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/") + URL_PREFIX + "/"
 
 
-def drift_root() -> Path:
+def drift_root() -> Any:
+    """Where drift checks leave their reports: ``[mlops] data_dir``/``drift``, a folder or a
+    prefix of the object store."""
+    from airflow_mlops import storage
+
+    return storage.data_root() / "drift"
+
+
+def watchers_root() -> Path:
+    """Where the drift watchers (in the triggerer) write the windows they test: a folder of this
+    host's ``[mlops] data_dir`` (``[mlops] local_data_dir`` when that is an object store)."""
     from airflow_mlops import settings
 
-    return settings.data_dir() / "drift"
+    return settings.data_dir() / "drift" / WATCHERS
 
 
-def resolve(root: Path, path: str | Path, what: str) -> Path:
+def resolve(root: Any, path: str | Path, what: str) -> Any:
     """The file ``path`` names under ``root``; 404 for anything else (``..``, links out, folders)."""
-    root = root.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=what)
-    return target
+    return files.stored_file(root, path, what)
 
 
 def task_result(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
@@ -103,7 +114,7 @@ def task_result(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> 
     return value if isinstance(value, dict) else {}
 
 
-def report_dir(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> tuple[Path, dict[str, Any]]:
+def report_dir(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> tuple[Any, dict[str, Any]]:
     """The folder of a task instance's report (inside :func:`drift_root`) and its result; 404 if none."""
     from airflow_mlops.task_outputs import instance_folder
 
@@ -115,10 +126,10 @@ def report_dir(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> t
         f"not run yet, failed before writing it, or wrote it outside {root}."
     )
     candidates = []
-    if isinstance(result.get("report"), str):
-        candidates.append(Path(result["report"]))
+    if isinstance(result.get("report"), str):  # a location: a file path, or s3://... in a store
+        candidates.append(result["report"])
     try:
-        candidates.append(Path(instance_folder(dag_id, run_id, task_id, map_index)) / REPORT_FILE)
+        candidates.append(str(instance_folder(dag_id, run_id, task_id, map_index) / REPORT_FILE))
     except ValueError:  # ids that name no folder: only the task's own result can point at a report
         pass
     for candidate in candidates:
@@ -220,17 +231,15 @@ def render_report(
 """
 
 
-#: the watchers' folder under ``drift/`` (``drift/watchers/<deployment>/<window_id>/``): not a DAG's
-WATCHERS = "watchers"
-
-
-def authorize_report_folder(user: Any, dag_id: str, folder: Path) -> None:
+def authorize_report_folder(user: Any, dag_id: str, folder: Any) -> None:
     """
     Refuse (403) a report whose resolved ``folder`` belongs to what the caller may not read: the
     DAG whose folder it is, when that is not ``dag_id`` (already authorized), or the deployment of
     a watcher's window.
     """
-    parts = folder.resolve().relative_to(drift_root().resolve()).parts
+    from airflow_mlops import storage
+
+    parts = files.under(drift_root(), storage.location(folder), "No drift report.")[0]
     if parts and parts[0] == WATCHERS:
         authorize_deployment(user, parts[1] if len(parts) > 1 else "")
     elif parts and parts[0] != dag_id:
@@ -263,12 +272,15 @@ def _report_page(dag_id: str, run_id: str, task_id: str, map_index: int, user: A
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
-def _report_plot(dag_id: str, run_id: str, task_id: str, map_index: int, user: Any) -> FileResponse:
+def _report_plot(dag_id: str, run_id: str, task_id: str, map_index: int, user: Any) -> Response:
+    from airflow_mlops import storage
+
     _authorize(user, dag_id)
     folder, _ = report_dir(dag_id, run_id, task_id, map_index)
     authorize_report_folder(user, dag_id, folder)
     missing = f"No p-value plot for the drift report of {dag_id!r} / {run_id!r} / {task_id!r}."
-    return FileResponse(resolve(drift_root(), folder / PLOT_FILE, missing), media_type="image/png")
+    plot = resolve(drift_root(), storage.location(folder / PLOT_FILE), missing)
+    return files.file_response(plot, media_type="image/png")
 
 
 @router.get(
@@ -280,7 +292,7 @@ def drift_report(dag_id: str, run_id: str, task_id: str, user: PageUser) -> HTML
 
 
 @router.get(DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}/pvalues.png", name="drift_report_plot")
-def drift_report_plot(dag_id: str, run_id: str, task_id: str, user: User) -> FileResponse:
+def drift_report_plot(dag_id: str, run_id: str, task_id: str, user: User) -> Response:
     """The p-value plot of one drift report."""
     return _report_plot(dag_id, run_id, task_id, -1, user)
 
@@ -301,9 +313,7 @@ def drift_report_mapped(
     DRIFT_REPORT_ROUTE + "/{dag_id}/{run_id}/{task_id}/{map_index:int}/pvalues.png",
     name="drift_report_mapped_plot",
 )
-def drift_report_mapped_plot(
-    dag_id: str, run_id: str, task_id: str, map_index: int, user: User
-) -> FileResponse:
+def drift_report_mapped_plot(dag_id: str, run_id: str, task_id: str, map_index: int, user: User) -> Response:
     """The p-value plot of one mapped instance's drift report."""
     return _report_plot(dag_id, run_id, task_id, map_index, user)
 
@@ -316,7 +326,7 @@ def authorize_window(user: Any, deployment: str, window_id: str) -> None:
     Refuse (403) a caller who may not read the deployment owning the window the path names once
     resolved (``auth.authorize_deployment``); 404 for a path that leaves the watchers' folder.
     """
-    root = (drift_root() / WATCHERS).resolve()
+    root = watchers_root().resolve()
     target = (root / deployment / window_id).resolve()
     if not target.is_relative_to(root) or target == root:
         raise HTTPException(
@@ -328,8 +338,7 @@ def authorize_window(user: Any, deployment: str, window_id: str) -> None:
 def window_dir(deployment: str, window_id: str) -> tuple[Path, dict[str, Any]]:
     """The folder of a window a ``DriftEventTrigger`` tested and its ``window.json``; 404 if none."""
     missing = f"No drift report for window {window_id!r} of deployment {deployment!r}."
-    root = drift_root() / "watchers"
-    report = resolve(root, Path(deployment) / window_id / "report.json", missing)
+    report = resolve(watchers_root(), Path(deployment) / window_id / "report.json", missing)
     try:
         meta = json.loads((report.parent / "window.json").read_text())
     except (OSError, ValueError):
@@ -364,9 +373,11 @@ def drift_window(deployment: str, window_id: str, user: PageUser) -> HTMLRespons
 
 
 @router.get(DRIFT_WINDOW_ROUTE + "/{deployment}/{window_id}/pvalues.png", name="drift_window_plot")
-def drift_window_plot(deployment: str, window_id: str, user: User) -> FileResponse:
+def drift_window_plot(deployment: str, window_id: str, user: User) -> Response:
     """The p-value plot of one watched window."""
     authorize_window(user, deployment, window_id)
     folder, _ = window_dir(deployment, window_id)
     missing = f"No p-value plot for window {window_id!r} of deployment {deployment!r}."
-    return FileResponse(resolve(drift_root(), folder / "pvalues.png", missing), media_type="image/png")
+    return files.file_response(
+        resolve(watchers_root(), folder / "pvalues.png", missing), media_type="image/png"
+    )

@@ -329,12 +329,15 @@ def drift(user: User) -> dict[str, Any]:
     Drift per model: the windows of served traffic its deployment's watcher tested and the
     checks DAGs ran, each with score, threshold, window and the retraining runs it caused.
     """
+    from airflow_mlops import storage
     from airflow_mlops.plugins import sources
 
     scope = dag_scope(user)
     dag_ids = set(scope.dag_ids)
+    # the checks' reports are in [mlops] data_dir (maybe a store); deployments and the watchers'
+    # windows in this host's folder
     data_dir = _data_dir()
-    checks = sources.drift_reports(data_dir, dag_ids)
+    checks = sources.drift_reports(storage.data_root(), dag_ids)
     sources.attach_drift_runs(checks, sources.xcoms({p["dag_id"] for p in checks}, "return_value"))
     for check in checks:  # the runs a check's event started may belong to DAGs the caller may not read
         check["triggered_runs"] = [r for r in check["triggered_runs"] if r.get("dag_id") in dag_ids]

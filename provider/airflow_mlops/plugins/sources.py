@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -828,10 +828,12 @@ def _min_p(report: dict[str, Any]) -> float | None:
     return min(values) if values else None
 
 
-def _drift_point(report: dict[str, Any], path: Path) -> dict[str, Any]:
-    """What the timeline shows of one drift report, whoever wrote it."""
+def _drift_point(report: dict[str, Any], path: Any) -> dict[str, Any]:
+    """What the timeline shows of one drift report (a file, or an object of the store), whoever wrote it."""
+    from airflow_mlops import storage
+
     return {
-        "report": str(path),
+        "report": storage.location(path),
         "is_drift": bool(report.get("is_drift")),
         "drift_score": report.get("drift_score"),
         "min_p_value": _min_p(report),
@@ -854,17 +856,25 @@ DRIFT_REPORT_GLOBS = ("*/*/*/report.json", "*/*/*/map_index=*/report.json", "*/*
 WATCHERS = "watchers"
 
 
-def drift_reports(data_dir: Path, dag_ids: set[str]) -> list[dict[str, Any]]:
+def drift_reports(data_root: Any, dag_ids: set[str]) -> list[dict[str, Any]]:
     """
     The drift checks of readable DAGs (``drift/<dag_id>/<run>/<task_id>[/map_index=<n>]/report.json``,
     written by ``DriftDetectOperator``; ``drift/<dag_id>/<run>/report.json`` by earlier versions),
     oldest first; :func:`attach_drift_runs` adds their task instances and runs.
+
+    :param data_root: ``[mlops] data_dir`` as a path object (:func:`airflow_mlops.storage.data_root`):
+        a folder, or a prefix of the object store.
     """
-    root = data_dir / "drift"
+    from airflow_mlops import storage
+
+    root = data_root / "drift"
+    prefix = storage.location(root).rstrip("/") + "/"
     points = []
     for pattern in DRIFT_REPORT_GLOBS:
         for path in root.glob(pattern):
-            dag_id = path.relative_to(root).parts[0]
+            # the key below drift/, the same for a folder and a store (whose paths have no relative_to)
+            parts = PurePosixPath(storage.location(path).removeprefix(prefix)).parts
+            dag_id = parts[0]
             if dag_id == WATCHERS or dag_id not in dag_ids:
                 continue
             report = _read_json(path)
@@ -873,7 +883,7 @@ def drift_reports(data_dir: Path, dag_ids: set[str]) -> list[dict[str, Any]]:
             points.append(
                 _drift_point(report, path)
                 | {"source": "check", "dag_id": dag_id, "window": None}
-                | {"folder": path.parent.relative_to(root / dag_id).as_posix()}
+                | {"folder": PurePosixPath(*parts[1:-1]).as_posix()}
                 | {"run_id": None, "task_id": None, "map_index": None}
                 | {"deployment": None, "model_version": None}
             )
