@@ -8,9 +8,11 @@ an S3 API server (moto's standalone server: S3's protocol, in memory; not AWS or
 The scheduler runs the pipeline by itself; every task succeeds, and the task instances'
 ``hostname`` (each worker's name) shows that both workers ran tasks, among them a task and its
 direct downstream on different workers. Snapshots, feature tables and the model's artifacts are
-in the bucket (listed with boto3), not in the stack's local data folder. What stays in that
-folder, shared by the workers, is what has not moved to the store yet (Feast's registry and
-online store, Data Docs, drift reports, local deployments: the rest of issue 17).
+in the bucket (listed with boto3), not in the stack's local data folder, and so are the drift
+check's report and the deployment's routing and inference log (published by its supervisor for
+the drift watcher). What stays in that folder, shared by the workers, is what has not moved to
+the store yet (Feast's online store, local deployments' own files, the watchers' windows: the
+rest of issue 17).
 """
 
 from __future__ import annotations
@@ -121,3 +123,33 @@ def test_what_tasks_hand_each_other_is_in_the_bucket(celery, run):
     assert any(key.startswith("mlflow/") and key.endswith("/MLmodel") for key in keys), sorted(keys)[:20]
     assert not (celery.data_dir / "datasets").exists()
     assert not (celery.data_dir / "feature_tables").exists()
+
+
+def _keys(celery, prefix: str) -> list[str]:
+    pages = celery.s3_client().get_paginator("list_objects_v2").paginate(Bucket=celery.bucket, Prefix=prefix)
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+def test_the_deployment_and_its_traffic_are_published_to_the_bucket(celery, run):
+    """What the drift watcher (in the triggerer, maybe on another host) reads: the routing and
+    the inference log, published by the deployment's supervisor; the drift check's report too."""
+    import json
+    import time
+
+    assert run["state"] == "success"
+    deployed = celery.xcom(PIPELINE, run["dag_run_id"], "deploy")
+    prefix = f"data/deployments/{deployed['deployment']}/"
+    # the detect_drift task scored the checked month through the endpoint: its requests are logged,
+    # and published within the publisher's interval (polled, not slept)
+    deadline = time.monotonic() + 300
+    while not _keys(celery, prefix + "inference_log/") and time.monotonic() < deadline:
+        time.sleep(1)
+    logged = _keys(celery, prefix + "inference_log/")
+    assert logged and all(k.endswith(".parquet") and "/hour=" in k for k in logged), logged
+    routing = json.loads(
+        celery.s3_client().get_object(Bucket=celery.bucket, Key=prefix + "current.json")["Body"].read()
+    )
+    assert str(routing["version"]) == str(deployed["version"]) and routing["served_on"]
+    drift = celery.xcom(PIPELINE, run["dag_run_id"], "detect_drift")
+    assert drift["report"].startswith(f"s3://{celery.bucket}/data/drift/{PIPELINE}/")
+    assert drift["report"].removeprefix(f"s3://{celery.bucket}/") in _keys(celery, "data/drift/")

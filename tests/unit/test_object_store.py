@@ -274,6 +274,200 @@ def test_the_drift_watcher_downloads_a_reference_once(store, tmp_path):
         watcher._local_reference(f"s3://{bucket}/mlops/ref/other.parquet")
 
 
+# --- a deployment published to the bucket, watched from another host -----------------------------
+
+
+def _drift_helpers():
+    """The inference-log helpers of tests/unit/triggers/test_drift_trigger.py."""
+    sys.path.insert(0, str(REPO / "tests" / "unit" / "triggers"))
+    import test_drift_trigger
+
+    return test_drift_trigger
+
+
+def _serving_host(store, tmp_path, monkeypatch, flights) -> Path:
+    """A deployment "d" serving version 1 on the serving host (its own local data dir), with its
+    training data in the bucket; its inference log folder."""
+    from airflow_mlops import storage
+    from airflow_mlops.datasets import write_table
+    from airflow_mlops.hooks.seldon import SeldonHook
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(tmp_path / "serving-host"))
+    reference = write_table(flights["reference"], storage.data_root() / "reference" / "train.parquet")
+    _drift_helpers().deploy("d", reference)
+    return SeldonHook.inference_log_dir("d")
+
+
+def test_the_publisher_uploads_the_routing_and_each_log_file_once_in_order(store, tmp_path, monkeypatch):
+    from airflow_mlops.serving.publish import Publisher, publish_environ
+
+    server, bucket, _ = store
+    helpers = _drift_helpers()
+    flights = {"reference": pd.DataFrame({"x": [1.0]})}
+    log_dir = _serving_host(store, tmp_path, monkeypatch, flights)
+    rows = helpers.flight_samples()["january"]
+    first = helpers.log_requests(log_dir, rows, 100)
+    env = publish_environ("d")
+    assert env["MLOPS_PUBLISH_TO"] == f"s3://{bucket}/mlops/deployments/d"
+    assert env["AIRFLOW__MLOPS__DATA_CONN_ID"] == CONN_ID and f"AIRFLOW_CONN_{CONN_ID.upper()}" in env
+    publisher = Publisher(log_dir.parent, env["MLOPS_PUBLISH_TO"])
+    publisher.publish()
+    prefix = "mlops/deployments/d/"
+    key = f"{prefix}inference_log/{first.parent.name}/{first.name}"
+    assert server.keys(bucket, prefix) == sorted([f"{prefix}current.json", key])
+    assert _object(server, bucket, key) == first.read_bytes()
+    routing = json.loads(_object(server, bucket, f"{prefix}current.json"))
+    assert routing["predictors"][0]["version"] == "1" and routing["served_on"] == os.uname().nodename
+
+    # a file published is not published again: the cursor is past it (gone from the bucket, it stays gone)
+    server.client().delete_object(Bucket=bucket, Key=key)
+    second = helpers.log_requests(log_dir, rows, 100)
+    publisher.publish()
+    assert server.keys(bucket, f"{prefix}inference_log/") == [
+        f"{prefix}inference_log/{second.parent.name}/{second.name}"
+    ]
+
+    # the MLOps page on another host (nothing of the deployment on its disk) lists it from the bucket
+    from airflow_mlops import settings
+    from airflow_mlops.plugins import sources
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(tmp_path / "api-server-host"))
+    (listed,) = sources.deployments(settings.data_dir(), health=True)
+    assert (listed["name"], listed["model_name"], listed["traffic"][0]["version"]) == (
+        "d",
+        "flights_delay",
+        "1",
+    )
+    assert listed["served_on"] == os.uname().nodename and listed["processes"] == []
+    assert listed["health"] == "unhealthy"  # judged by its endpoint alone: nothing answers there
+
+
+def _wait_for(what: str, check, timeout: float = 180):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.2)
+    return value
+
+
+def _publishers(supervisor_pid: int) -> list[int]:
+    """The publisher processes the supervisor ``supervisor_pid`` started (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == supervisor_pid and b"airflow_mlops.serving.publish" in argv:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_deployments_supervisor_keeps_its_publisher_running(store, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+
+    from airflow_mlops.serving import supervisor
+    from airflow_mlops.serving.publish import publish_environ
+    from airflow_mlops.serving.state import DeploymentStore, process_record, stop_group
+
+    server, bucket, _ = store
+    helpers = _drift_helpers()
+    log_dir = _serving_host(store, tmp_path, monkeypatch, {"reference": pd.DataFrame({"x": [1.0]})})
+    deployment = DeploymentStore(log_dir.parent)
+    rows = helpers.flight_samples()["january"]
+    prefix = "mlops/deployments/d/inference_log/"
+
+    def published(path: Path) -> bool:
+        return f"{prefix}{path.parent.name}/{path.name}" in server.keys(bucket, prefix)
+
+    # as SeldonHook.ensure_supervisor starts it: the publisher's settings in its environment only
+    with open(tmp_path / "supervisor.log", "ab") as log:
+        proc = subprocess.Popen(
+            supervisor.command(deployment.dir),
+            env={**os.environ, **publish_environ("d")},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deployment.write_supervisor(process_record(proc.pid))
+    try:
+        first = helpers.log_requests(log_dir, rows, 100)
+        _wait_for("the first log file in the bucket", lambda: published(first))
+        (publisher,) = _publishers(proc.pid)
+        os.kill(publisher, signal.SIGKILL)
+        restarted = _wait_for("a new publisher", lambda: [p for p in _publishers(proc.pid) if p != publisher])
+        second = helpers.log_requests(log_dir, rows.iloc[100:], 100)
+        _wait_for("the second log file in the bucket", lambda: published(second))
+        assert len(server.keys(bucket, prefix)) == 2 and _publishers(proc.pid) == restarted
+    finally:
+        deployment.write_supervisor(None)
+        stop_group(proc.pid, process_record(proc.pid)["pid_start"])
+        proc.wait(30)
+    said = (tmp_path / "supervisor.log").read_text()
+    assert f"the publisher (pid {publisher}) died: starting a new one" in said, said
+
+
+def test_a_watcher_on_another_host_reads_the_published_log_and_fires_on_drift(store, tmp_path, monkeypatch):
+    import asyncio
+    import shutil
+
+    from airflow_mlops.drift_worker import DriftWorker
+    from airflow_mlops.serving.publish import Publisher
+
+    if not (RUNTIMES / "drift" / "bin" / "python").exists():
+        pytest.skip("the drift runtime is not built")
+    monkeypatch.setenv("AIRFLOW__MLOPS__RUNTIMES_DIR", str(RUNTIMES))
+    server, bucket, _ = store
+    helpers = _drift_helpers()
+    flights = helpers.flight_samples()
+    log_dir = _serving_host(store, tmp_path, monkeypatch, flights)
+    # a window across two files; log_requests reuses request ids, so a few rows of the second
+    # (same hour's weather, same id) repeat rows of the first and count once: 100 spare rows
+    half = helpers.WINDOW // 2
+    first = helpers.log_requests(log_dir, flights["july"], half)
+    second = helpers.log_requests(log_dir, flights["july"].iloc[half:], half + 100)
+    Publisher(log_dir.parent, f"s3://{bucket}/mlops/deployments/d").publish()
+    # the triggerer's host: a data dir of its own, and the serving host's folder gone
+    shutil.rmtree(log_dir.parent)
+    watcher_host = tmp_path / "triggerer-host"
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(watcher_host))
+    try:
+        events = asyncio.run(helpers.run_until(helpers.trigger(), lambda found: found))
+    finally:
+        DriftWorker(watcher_host).stop()
+    (event,) = events
+    assert event["is_drift"] is True and event["model_version"] == "1" and event["rows"] == helpers.WINDOW
+    assert event["window"]["start"].startswith("2013-07") and "temp" in event["drifted_features"]
+    assert Path(event["report"]).is_relative_to(watcher_host / "drift" / "watchers" / "d")
+    # the copy of a file the cursor has passed is removed; the second is not used up (the window
+    # ended inside it) and stays, beside the file published since
+    third = helpers.log_requests(log_dir, flights["july"].iloc[helpers.WINDOW :], 10)
+    Publisher(log_dir.parent, f"s3://{bucket}/mlops/deployments/d").publish()
+    folder = watcher_host / "drift" / "watchers" / "d"
+    helpers.trigger()._copy_published_log(json.loads((folder / "cursor.json").read_text()))
+    assert json.loads((folder / "cursor.json").read_text())["after"].endswith(first.name)
+    copies = sorted(p.name for p in (folder / "inference_log").rglob("*.parquet"))
+    assert copies == [second.name, third.name]
+
+
+def test_a_watcher_of_a_deployment_nobody_published_names_the_location(store, tmp_path, monkeypatch):
+    import asyncio
+
+    from airflow_mlops.triggers.drift import DriftEventTrigger
+
+    _, bucket, _ = store
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(tmp_path / "triggerer-host"))
+    watcher = DriftEventTrigger(deployment_name="nobody", numeric_features=["temp"], poll_interval=0.1)
+    helpers = _drift_helpers()
+    assert asyncio.run(helpers.events_within(watcher, 3)) == []
+    status = json.loads(
+        (tmp_path / "triggerer-host" / "drift" / "watchers" / "nobody" / "status.json").read_text()
+    )
+    assert f"s3://{bucket}/mlops/deployments/nobody/current.json does not exist" in status["error"]
+
+
 # --- a DAG run: every task hands on through the bucket -------------------------------------------
 
 

@@ -512,17 +512,20 @@ class SeldonHook(BaseHook):
         The deployment's supervisor (``serving/supervisor.py``): the running one, or a new one.
 
         It restarts the router and model servers that die, on their ports, with the environment
-        they were started with; one started without what ``feature_lookup`` (default: the
-        routing's) needs is replaced.
+        they were started with, and with an object-store ``[mlops] data_dir`` keeps the
+        deployment published there (:mod:`airflow_mlops.serving.publish`); one started without
+        what ``feature_lookup`` (default: the routing's) or publishing needs is replaced.
         """
         import subprocess
 
+        from airflow_mlops.serving.publish import publish_environ
         from airflow_mlops.serving.supervisor import command as supervisor_command
 
         store = self.store(name)
         if feature_lookup is None:
             feature_lookup = store.read_or_empty().feature_lookup
-        env = supervisor_environ(feature_lookup)
+        # with an object-store data dir it also publishes the routing and inference log there
+        env = {**supervisor_environ(feature_lookup), **publish_environ(name)}
         record = store.read_supervisor()
         if record and tracked_alive(record) and set(env) <= set(record.get("env_keys") or []):
             if store.read_or_empty().supervisor != record:

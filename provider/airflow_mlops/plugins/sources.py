@@ -602,11 +602,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def endpoint_health(state: DeploymentState) -> str:
-    """``healthy``, ``unhealthy`` (answers badly or not at all) or ``stopped`` (no process runs)."""
+def endpoint_health(state: DeploymentState, processes: bool = True) -> str:
+    """``healthy``, ``unhealthy`` (answers badly or not at all) or ``stopped`` (no process runs).
+
+    :param processes: whether this host runs the deployment's processes (it can tell ``stopped``);
+        a deployment published by another host is judged by its endpoint alone.
+    """
     import httpx
 
-    if not state.any_alive():
+    if processes and not state.any_alive():
         return "stopped"
     try:
         ok = httpx.get(f"{state.endpoint}/health/ping", timeout=HEALTH_TIMEOUT_S).is_success
@@ -615,9 +619,49 @@ def endpoint_health(state: DeploymentState) -> str:
     return "healthy" if ok else "unhealthy"
 
 
+def _deployment(state: DeploymentState, name: str, health: str | None, here: bool) -> dict[str, Any]:
+    """What the MLOps page shows of a local deployment (``here``: its processes run on this host)."""
+    main = state.main or {}
+    traffic = [
+        {"version": str(p.get("version")), "percent": p.get("traffic", 0)}
+        | ({} if p.get("role") == "main" else {"role": p.get("role")})
+        for p in state.predictors
+    ]
+    if state.shadow:
+        traffic.append({"version": str(state.shadow.get("version")), "percent": 0, "role": "shadow"})
+    return {
+        "name": state.name or name,
+        "namespace": None,
+        "model_name": main.get("model_name"),
+        "mode": "local",
+        "version": state.version,
+        "previous_version": state.previous_version,
+        # what a rollback can go back to: the versions served before, newest first
+        "served_before": state.served_before,
+        "endpoint": state.endpoint,
+        "health": health,
+        "traffic": traffic,
+        "started_at": _iso(datetime.fromtimestamp(main["started_at"], UTC))
+        if main.get("started_at")
+        else None,
+        "last_rollout": None,
+        # recorded by the deploy itself: a failed rollout leaves the old version serving
+        "rollout_outcome": state.last_rollout,
+        # each process (supervisor, router, every model server replica): live or dead, and how
+        # often its supervisor restarted it; another host's are not seen from here
+        "processes": state.health() if here else [],
+        "restarts": state.restarts,
+        "supervised": state.supervised if here else None,
+        # the host serving it, for a deployment published by another host (serving/publish.py)
+        "served_on": None if here else state.raw.get("served_on"),
+    }
+
+
 def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
     """
-    The local Seldon deployments, read through :mod:`airflow_mlops.serving.state`.
+    The local Seldon deployments, read through :mod:`airflow_mlops.serving.state`; with an
+    object-store ``[mlops] data_dir`` also those other hosts serve, as their supervisors publish
+    them (:mod:`airflow_mlops.serving.publish`).
 
     :param health: ask each endpoint whether it answers (else ``health`` is None).
     """
@@ -631,41 +675,30 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
             continue
         if state is None or state.main is None:
             continue
-        main = state.main
-        traffic = [
-            {"version": str(p.get("version")), "percent": p.get("traffic", 0)}
-            | ({} if p.get("role") == "main" else {"role": p.get("role")})
-            for p in state.predictors
-        ]
-        if state.shadow:
-            traffic.append({"version": str(state.shadow.get("version")), "percent": 0, "role": "shadow"})
-        out.append(
-            {
-                "name": state.name or name,
-                "namespace": None,
-                "model_name": main.get("model_name"),
-                "mode": "local",
-                "version": state.version,
-                "previous_version": state.previous_version,
-                # what a rollback can go back to: the versions served before, newest first
-                "served_before": state.served_before,
-                "endpoint": state.endpoint,
-                "health": endpoint_health(state) if health else None,
-                "traffic": traffic,
-                "started_at": _iso(datetime.fromtimestamp(main["started_at"], UTC))
-                if main.get("started_at")
-                else None,
-                "last_rollout": None,
-                # recorded by the deploy itself: a failed rollout leaves the old version serving
-                "rollout_outcome": state.last_rollout,
-                # each process (supervisor, router, every model server replica): live or dead,
-                # and how often its supervisor restarted it
-                "processes": state.health(),
-                "restarts": state.restarts,
-                "supervised": state.supervised,
-            }
-        )
+        out.append(_deployment(state, name, endpoint_health(state) if health else None, here=True))
+    here = {d["name"] for d in out}
+    for name, state in published_deployments():
+        if name not in here and state.main is not None:
+            out.append(
+                _deployment(state, name, endpoint_health(state, False) if health else None, here=False)
+            )
     return out
+
+
+def published_deployments() -> list[tuple[str, DeploymentState]]:
+    """``(name, routing)`` of each deployment published to an object-store ``[mlops] data_dir``
+    (none for a local one); unreadable records are left out."""
+    from airflow_mlops import settings, storage
+    from airflow_mlops.serving.state import CURRENT, DeploymentState
+
+    if not storage.is_url(settings._conf("data_dir")):
+        return []
+    found = []
+    for path in (storage.data_root() / "deployments").glob(f"*/{CURRENT}"):
+        raw = _read_json(path)
+        if raw:
+            found.append((path.parent.name, DeploymentState(raw)))
+    return sorted(found, key=lambda item: item[0])
 
 
 def kubernetes_health(value: dict[str, Any]) -> tuple[str, str]:

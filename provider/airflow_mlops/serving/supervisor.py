@@ -25,8 +25,12 @@ process group, the guard with it, so nothing is restarted behind a stop.
 
 Each restart is logged (with pid, version and port) to the supervisor's log,
 ``deployments/<name>/supervisor.log``. ``SeldonHook.stop`` stops the supervisor before the
-processes, so nothing is restarted behind a stop. Standard library only (it never imports
-Airflow); it runs as::
+processes, so nothing is restarted behind a stop.
+
+With ``MLOPS_PUBLISH_TO`` in its environment (``[mlops] data_dir`` in an object store) it also
+keeps the deployment's publisher running (:mod:`.publish`: the routing and the inference log to
+the store, for hosts that share nothing else), restarting it when it dies. Standard library only
+(it never imports Airflow; the publisher does, in its own process); it runs as::
 
     python -m airflow_mlops.serving.supervisor --dir DATA_DIR/deployments/NAME
 """
@@ -44,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from airflow_mlops.serving.publish import PUBLISH_TO_ENV
+from airflow_mlops.serving.publish import command as publish_command
 from airflow_mlops.serving.state import (
     EMPTY,
     CorruptState,
@@ -63,6 +69,8 @@ STABLE_S = 10.0
 BACKOFF_S = 0.5
 #: ... up to this
 MAX_BACKOFF_S = 30.0
+#: seconds between two starts of the publisher (it retries failed uploads itself)
+PUBLISHER_RESTART_S = 5.0
 
 
 def command(directory: str | Path, guard_of: int | None = None) -> list[str]:
@@ -100,6 +108,10 @@ class Supervisor:
         self._warned: set[tuple[str, Any]] = set()
         self.guard: subprocess.Popen | None = None
         self._guard_not_before = 0.0
+        #: the deployment's publisher (serving/publish.py), when ``data_dir`` is an object store
+        self.publish_to = os.environ.get(PUBLISH_TO_ENV) or None
+        self.publisher: subprocess.Popen | None = None
+        self._publisher_not_before = 0.0
 
     # -- what to watch -------------------------------------------------------------------------
     @staticmethod
@@ -124,6 +136,7 @@ class Supervisor:
             while not self.stopping.is_set():
                 self._reap()
                 self._keep_guard()
+                self._keep_publisher()
                 checks += 1
                 if checks % 50 == 0 and not self._mine():
                     _log("another supervisor took over: exiting")
@@ -132,6 +145,7 @@ class Supervisor:
                 self.stopping.wait(self.interval)
         finally:
             self._release_guard()
+            self._stop_publisher()
         _log("stopped")
 
     # -- the guard: restarts this supervisor when it dies --------------------------------------
@@ -155,6 +169,31 @@ class Supervisor:
                 guard.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 guard.wait(10)
+
+    # -- the publisher: the routing and inference log to the object store ---------------------
+    def _keep_publisher(self) -> None:
+        if not self.publish_to or (self.publisher is not None and self.publisher.poll() is None):
+            return
+        if time.monotonic() < self._publisher_not_before:
+            return
+        if self.publisher is not None:
+            _log(f"the publisher (pid {self.publisher.pid}) died: starting a new one")
+        self._publisher_not_before = time.monotonic() + PUBLISHER_RESTART_S
+        # same process group: stopping the supervisor's group stops it; same log as this one
+        self.publisher = subprocess.Popen(
+            publish_command(self.store.dir, self.publish_to), stdin=subprocess.DEVNULL
+        )
+        _log(f"publishing to {self.publish_to} (publisher pid {self.publisher.pid})")
+
+    def _stop_publisher(self) -> None:
+        """Stopping on purpose: the publisher publishes once more, then exits."""
+        publisher, self.publisher = self.publisher, None
+        if publisher is not None and publisher.poll() is None:
+            publisher.terminate()
+            try:
+                publisher.wait(PUBLISHER_RESTART_S * 6)
+            except subprocess.TimeoutExpired:
+                publisher.kill()
 
     def _check(self) -> None:
         try:

@@ -72,7 +72,13 @@ class DriftEventTrigger(BaseEventTrigger):
     drift runtime (alibi-detect: Kolmogorov-Smirnov per numeric feature, Chi-squared per
     categorical one, one family corrected for multiple tests; MMD on the joint numeric features
     as an option) against the ``reference_path`` the deployment recorded for that version. The
-    report of every window is kept under ``[mlops] data_dir``/drift/watchers/<deployment>/.
+    report of every window is kept under ``[mlops] data_dir``/drift/watchers/<deployment>/ (the
+    triggerer host's folder, ``[mlops] local_data_dir``, when ``data_dir`` is an object store).
+
+    With ``data_dir`` in an object store the model servers may run on another host: the routing
+    and the inference log are then read from where the deployment's supervisor publishes them
+    (``<data_dir>/deployments/<deployment>/``, :mod:`airflow_mlops.serving.publish`), and the log
+    files after the cursor are copied into the watcher's folder first (removed once passed).
 
     It fires once per drifted window — never twice for one window: the cursor moves past a
     window before its event is yielded and is persisted (in Airflow's asset state store when
@@ -242,20 +248,100 @@ class DriftEventTrigger(BaseEventTrigger):
         _write_json(self.watch_dir / "cursor.json", cursor)
 
     # -- what is served, and the next window of it -------------------------------------------
+    @staticmethod
+    def _published() -> bool:
+        """Whether deployments are read from the object store (``[mlops] data_dir`` is one), where
+        their supervisors publish them (:mod:`airflow_mlops.serving.publish`): the model servers
+        may run on another host than this triggerer."""
+        from airflow_mlops import settings, storage
+
+        return storage.is_url(settings._conf("data_dir"))
+
+    def _publication(self) -> Any:
+        """The deployment's folder in the object store (built in a thread: the amazon provider's
+        file system runs an event loop of its own)."""
+        from airflow_mlops import storage
+
+        return storage.data_root() / "deployments" / self.deployment_name
+
+    def _log_dir(self) -> Path:
+        """The inference log read here: the deployment's own folder, or this watcher's copy of
+        what was published to the object store (:meth:`_copy_published_log`)."""
+        from airflow_mlops.hooks.seldon import SeldonHook
+
+        if self._published():
+            return self.watch_dir / "inference_log"
+        return SeldonHook.inference_log_dir(self.deployment_name)
+
+    def _state_file(self) -> Any:
+        """The deployment's routing (``current.json``): its own, or the one published to the store."""
+        from airflow_mlops.hooks.seldon import SeldonHook
+        from airflow_mlops.serving.state import CURRENT
+
+        if self._published():
+            return self._publication() / CURRENT
+        return SeldonHook.store(self.deployment_name).current_path
+
+    @staticmethod
+    def _read_state(state_file: Any):
+        """The deployment's state, None when never deployed. :raises ValueError: unreadable."""
+        from airflow_mlops.serving.state import DeploymentState, DeploymentStore
+
+        if isinstance(state_file, Path):
+            return DeploymentStore.for_state_file(state_file).read()
+        if not state_file.exists():
+            return None
+        raw = json.loads(state_file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        return DeploymentState(raw)
+
+    def _copy_published_log(self, cursor: dict[str, Any]) -> None:
+        """
+        Download the published log files after the cursor that this watcher has not copied yet
+        into :meth:`_log_dir` (each whole: a download lands under a hidden name first), and
+        remove the copies the cursor has passed. The log's order and cursors are the same there.
+        """
+        from airflow_mlops import storage
+        from airflow_mlops.inference_log import FILE_PREFIX, FILE_SUFFIX, PARTITION_PREFIX, list_files
+
+        copies = self._log_dir()
+        after = cursor.get("after")
+        position = tuple(str(after).split("/", 1)) if after else None
+        for path in list_files(copies):
+            if position is not None and (path.parent.name, path.name) <= position:
+                path.unlink(missing_ok=True)  # used up
+        published = self._publication() / "inference_log"
+        if not published.exists():
+            return
+        for partition in sorted(published.iterdir(), key=lambda p: p.name):
+            if not partition.name.startswith(PARTITION_PREFIX):
+                continue
+            if position is not None and partition.name < position[0]:
+                continue
+            for stored in sorted(partition.iterdir(), key=lambda p: p.name):
+                name = stored.name
+                if not (name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)):
+                    continue
+                if position is not None and (partition.name, name) <= position:
+                    continue
+                if not (copies / partition.name / name).exists():  # same relative path: cursors hold
+                    storage.fetch(stored, copies / partition.name)
+
     def _served(self) -> dict[str, Any]:
         """The predictor the deployment serves now (``version``, ``reference_path``...).
 
         :raises _Unwatchable: saying why there is nothing to watch and what to fix.
         """
-        from airflow_mlops.hooks.seldon import SeldonHook
+        from airflow_mlops import storage
 
-        store = SeldonHook.store(self.deployment_name)
-        state_file = store.current_path
+        state_file = self._state_file()
         try:
-            state = store.read()
+            state = self._read_state(state_file)
         except (OSError, ValueError) as err:  # CorruptState is a ValueError
             raise _Unwatchable(
-                f"cannot read the state of deployment {self.deployment_name!r} ({state_file}): {err}"
+                f"cannot read the state of deployment {self.deployment_name!r} "
+                f"({storage.location(state_file)}): {err}"
             ) from err
         if state is None:
             raise _Unwatchable(self._not_deployed(state_file))
@@ -267,18 +353,23 @@ class DriftEventTrigger(BaseEventTrigger):
             )
         return main
 
-    def _not_deployed(self, state_file: Path) -> str:
+    def _not_deployed(self, state_file: Any) -> str:
         """Why a deployment name has no local state, with the names that do and a guess."""
         import difflib
 
-        from airflow_mlops.serving.state import deployment_names
+        from airflow_mlops import storage
+        from airflow_mlops.serving.state import CURRENT, deployment_names
 
-        names = deployment_names(state_file.parent.parent.parent)
+        if isinstance(state_file, Path):
+            names = deployment_names(state_file.parent.parent.parent)
+        else:  # published: every deployment folder in the store with a routing
+            names = sorted(p.parent.name for p in state_file.parent.parent.glob(f"*/{CURRENT}"))
         close = difflib.get_close_matches(self.deployment_name, names, n=1)
         guess = f" Did you mean {close[0]!r}?" if close else ""
         return (
-            f"no local deployment {self.deployment_name!r}: {state_file} does not exist, so there is no "
-            f"inference log to watch.{guess} Local deployments: {', '.join(names) or 'none yet'}. Fix "
+            f"no local deployment {self.deployment_name!r}: {storage.location(state_file)} does not exist, "
+            f"so there is no inference log to watch.{guess} "
+            f"Local deployments: {', '.join(names) or 'none yet'}. Fix "
             "DriftEventTrigger(deployment_name=...) if the name is misspelled. A deployment on Kubernetes "
             "(SeldonDeployment) cannot be watched: its traffic is not in a local inference log (see "
             "docs/monitoring.md). A deployment not made yet: the watch starts when it is."
@@ -288,11 +379,12 @@ class DriftEventTrigger(BaseEventTrigger):
         """(exactly ``window_rows`` rows of ``version``, the cursor after them), or None when there
         is no full window yet. A window may end inside a log file: the rest starts the next.
         Unreadable files are skipped and added to ``unreadable``."""
-        from airflow_mlops.hooks.seldon import SeldonHook
         from airflow_mlops.inference_log import next_window
 
+        if self._published():
+            self._copy_published_log(cursor)
         return next_window(
-            SeldonHook.inference_log_dir(self.deployment_name),
+            self._log_dir(),
             rows=self.window_rows,
             after=cursor.get("after"),
             skip=int(cursor.get("skip") or 0),
@@ -302,12 +394,11 @@ class DriftEventTrigger(BaseEventTrigger):
 
     def _drop_stale(self, cursor: dict[str, Any]) -> bool:
         """Move the cursor past an incomplete window older than ``max_window_age_seconds``."""
-        from airflow_mlops.hooks.seldon import SeldonHook
         from airflow_mlops.inference_log import cursor_of, list_files
 
         if self.max_window_age_seconds is None:
             return False
-        log_dir = SeldonHook.inference_log_dir(self.deployment_name)
+        log_dir = self._log_dir()
         if not log_dir.is_dir():
             return False
         files = list_files(log_dir, after=cursor.get("after"))
@@ -529,13 +620,12 @@ class DriftEventTrigger(BaseEventTrigger):
 
     async def _note_unreadable(self, files: list[tuple[Path, str]]) -> None:
         """Report each unreadable log file once (logged, counted, listed in the status record)."""
-        from airflow_mlops.hooks.seldon import SeldonHook
         from airflow_mlops.inference_log import cursor_of
 
         status = self._status
         if status is None or not files:
             return
-        log_dir = SeldonHook.inference_log_dir(self.deployment_name)
+        log_dir = self._log_dir()
         known = {entry.get("file") for entry in status["unreadable_files"]}
         new = False
         for path, reason in files:
