@@ -196,6 +196,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "/var/lib/airflow/mlops",
                         "default": "",
                     },
+                    "serving_queue": {
+                        "description": "Celery queue the Seldon operators (deploy, promote, "
+                        "rollback) run on unless a task or its default_args names one: the queue "
+                        "only the serving host's worker takes, since a local deployment is "
+                        "processes on one host. Empty: the default queue.",
+                        "version_added": "0.4.0",
+                        "type": "string",
+                        "example": "serving",
+                        "default": "",
+                    },
                     "ui_mlflow_conn_id": {
                         "description": "MLflow connection the MLOps page of the Airflow UI reads "
                         "registered models from.",

@@ -45,3 +45,25 @@ def test_deferrable_defaults_follow_the_airflow_setting(setting, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     defaults = json.loads(done.stdout.strip().splitlines()[-1])
     assert defaults == {name: setting == "True" for names in CLASSES.values() for name in names}
+
+
+def test_serving_queue_routes_the_seldon_tasks_unless_a_queue_is_named(monkeypatch):
+    """``[mlops] serving_queue``: deploy, promote and rollback go where the deployment runs."""
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+    from airflow_mlops.operators.deploy import SeldonDeployOperator, SeldonRollbackOperator
+
+    monkeypatch.setenv("AIRFLOW__MLOPS__SERVING_QUEUE", "serving")
+    with DAG("serving_queue", start_date=datetime(2024, 1, 1), schedule=None):
+        routed = SeldonDeployOperator(task_id="routed", deployment_name="x", model_name="m", version="1")
+        named = SeldonRollbackOperator(task_id="named", deployment_name="x", queue="mine")
+    with DAG(
+        "queue_in_defaults", start_date=datetime(2024, 1, 1), schedule=None, default_args={"queue": "dq"}
+    ):
+        defaulted = SeldonRollbackOperator(task_id="defaulted", deployment_name="x")
+    assert (routed.queue, named.queue, defaulted.queue) == ("serving", "mine", "dq")
+    monkeypatch.delenv("AIRFLOW__MLOPS__SERVING_QUEUE")
+    with DAG("no_serving_queue", start_date=datetime(2024, 1, 1), schedule=None):
+        plain = SeldonDeployOperator(task_id="plain", deployment_name="x", model_name="m", version="1")
+    assert plain.queue == "default"

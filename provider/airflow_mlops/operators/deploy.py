@@ -73,6 +73,11 @@ class _SeldonOperator(MlopsBaseOperator):
         poll_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
+        # a local deployment is processes on one host: with several workers, its tasks go to the
+        # queue only that host's worker takes, unless the task (or default_args) names a queue
+        serving_queue = conf.get("mlops", "serving_queue", fallback="") or ""
+        if serving_queue and "queue" not in kwargs and "queue" not in (kwargs.get("default_args") or {}):
+            kwargs["queue"] = serving_queue
         super().__init__(**kwargs)
         self.deployment_name = deployment_name
         self.poll_interval = poll_interval
