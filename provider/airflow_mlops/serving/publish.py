@@ -33,9 +33,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from airflow_mlops.inference_log import cursor_of, list_files
-from airflow_mlops.serving.state import CURRENT, DeploymentStore, read_json, write_json
+from airflow_mlops.serving.state import CURRENT, DeploymentState, DeploymentStore, read_json, write_json
 
 #: the environment variable that turns publishing on: where the deployment's folder goes
 PUBLISH_TO_ENV = "MLOPS_PUBLISH_TO"
@@ -47,6 +48,26 @@ PUBLISHED_AT = "published_at"
 INTERVAL_S = 2.0
 
 log = logging.getLogger(__name__)
+
+
+def published_dir(name: str) -> Any:
+    """Where deployment ``name`` is published: ``<data_dir>/deployments/<name>`` in the store."""
+    from airflow_mlops import storage
+
+    return storage.data_root() / "deployments" / name
+
+
+def read_published(path: Any) -> DeploymentState | None:
+    """The routing published at ``path`` (a ``current.json`` in the store); None when there is none.
+
+    :raises ValueError: it is not a JSON object.
+    """
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    return DeploymentState(raw)
 
 
 def publish_environ(name: str) -> dict[str, str]:
@@ -61,7 +82,7 @@ def publish_environ(name: str) -> dict[str, str]:
     root = storage.data_root()
     if not storage.is_remote(root):
         return {}
-    env = {PUBLISH_TO_ENV: storage.location(root / "deployments" / name)}
+    env = {PUBLISH_TO_ENV: storage.location(published_dir(name))}
     conn_id = storage.data_conn_id()
     if conn_id:
         from airflow.sdk import BaseHook

@@ -260,9 +260,9 @@ class DriftEventTrigger(BaseEventTrigger):
     def _publication(self) -> Any:
         """The deployment's folder in the object store (built in a thread: the amazon provider's
         file system runs an event loop of its own)."""
-        from airflow_mlops import storage
+        from airflow_mlops.serving.publish import published_dir
 
-        return storage.data_root() / "deployments" / self.deployment_name
+        return published_dir(self.deployment_name)
 
     def _log_dir(self) -> Path:
         """The inference log read here: the deployment's own folder, or this watcher's copy of
@@ -285,16 +285,12 @@ class DriftEventTrigger(BaseEventTrigger):
     @staticmethod
     def _read_state(state_file: Any):
         """The deployment's state, None when never deployed. :raises ValueError: unreadable."""
-        from airflow_mlops.serving.state import DeploymentState, DeploymentStore
+        from airflow_mlops.serving.publish import read_published
+        from airflow_mlops.serving.state import DeploymentStore
 
         if isinstance(state_file, Path):
             return DeploymentStore.for_state_file(state_file).read()
-        if not state_file.exists():
-            return None
-        raw = json.loads(state_file.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-        return DeploymentState(raw)
+        return read_published(state_file)
 
     def _copy_published_log(self, cursor: dict[str, Any]) -> None:
         """
