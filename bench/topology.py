@@ -115,13 +115,9 @@ def main() -> int:
     results = {"standalone": measure(Stack(home=root / "standalone", **common))}
     database = f"bench_topology_{uuid.uuid4().hex[:8]}"
     try:
-        celery = celery_stack(root / "celery", database, **common)
+        celery = celery_stack(root / "celery", database, feast_project=f"flights_{database[-8:]}", **common)
         results["celery"] = measure(celery)
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=6379, db=0)
-        for key in client.scan_iter(match=f"{celery.broker_prefix}:*"):
-            client.delete(key)
+        celery.clear_redis()
     finally:
         drop_databases(database, f"{database}_mlflow", f"{database}_feast")
     shutil.rmtree(root, ignore_errors=True)

@@ -110,6 +110,16 @@ class Stack:
     #: Feast's registry (the ``feast_default`` connection's ``registry_path``): None, a file in the
     #: data folder; a database URL makes it a SQL registry that every host shares
     feast_registry: str | None = None
+    #: Feast's online store (the ``feast_default`` connection's ``redis_connection_string``): None,
+    #: SQLite in the data folder (one host's); ``host:port,db=N``, a Redis every host reads
+    feast_online_store: str | None = None
+    #: the Feast project: Feast's Redis keys end with its name, so a stack sharing a Redis server
+    #: with another one (a test run beside ``make stack-celery``) takes a project of its own
+    feast_project: str = "flights"
+    #: ``[mlops] serving_queue``: the Celery queue the Seldon operators run on. The first worker
+    #: takes it besides the default queue: the one host that runs local deployments (their
+    #: processes and files are in its private data folder)
+    serving_queue: str | None = None
     #: the log servers of the scheduler (LocalExecutor's tasks) and the triggerer: free ports by
     #: default, so two stacks (a demo and a test run) never fight over 8793/8794
     worker_log_port: int = field(default_factory=free_port)
@@ -199,9 +209,11 @@ class Stack:
     def env(self) -> dict[str, str]:
         """The environment of every Airflow process of this stack (also usable by a CLI)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
-        feast_extra = {"repo_path": str(self.dags_folder / "feature_repo"), "project": "flights"}
+        feast_extra = {"repo_path": str(self.dags_folder / "feature_repo"), "project": self.feast_project}
         if self.feast_registry:
             feast_extra["registry_path"] = self.feast_registry
+        if self.feast_online_store:
+            feast_extra.update(online_store="redis", redis_connection_string=self.feast_online_store)
         env.update(
             {
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -256,6 +268,9 @@ class Stack:
             env["AIRFLOW__MLOPS__EXECUTION_MODE"] = self.execution_mode
         if self.object_store:
             env.update(self._object_store_env())
+        if self.serving_queue:
+            # read where DAG files are parsed: the queue is an operator's argument
+            env["AIRFLOW__MLOPS__SERVING_QUEUE"] = self.serving_queue
         return env
 
     def _celery_env(self) -> dict[str, str]:
@@ -276,6 +291,19 @@ class Stack:
 
         return "mlops-" + hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
 
+    def clear_redis(self) -> None:
+        """Delete this stack's keys from the Redis server it shares: Celery's (its prefix) and,
+        with Feast's online store there, the Feast project's (Feast's keys end with its name)."""
+        import redis
+
+        client = redis.Redis.from_url(self.broker_url)  # the online store's server too, here
+        patterns = [f"{self.broker_prefix}:*"]
+        if self.feast_online_store:
+            patterns.append(f"*{self.feast_project}")
+        for pattern in patterns:
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
+
     def worker_names(self) -> list[str]:
         """The Celery workers' names: each is the ``hostname`` of the task instances it runs."""
         if self.executor != "CeleryExecutor":
@@ -285,6 +313,22 @@ class Stack:
     def worker_dir(self, name: str) -> Path:
         """A worker's private working folder (its cwd and TMPDIR)."""
         return self.home / "workers" / name
+
+    def worker_data_dir(self, name: str) -> Path:
+        """A worker's ``[mlops] local_data_dir``: with an object store, a folder of its own (as on
+        a host of its own: what tasks hand each other goes through the store); else the stack's."""
+        return self.worker_dir(name) / "data" if self.object_store else self.data_dir
+
+    @property
+    def serving_worker(self) -> str | None:
+        """The worker that takes :attr:`serving_queue` (the first), or None."""
+        names = self.worker_names()
+        return names[0] if names and self.serving_queue else None
+
+    def local_data_dirs(self) -> list[Path]:
+        """Every ``[mlops] local_data_dir`` of the stack: the control plane's, then the workers' (found
+        on disk, so ``stop`` finds them whichever settings the stopping ``Stack`` was made with)."""
+        return [self.data_dir, *sorted((self.home / "workers").glob("*/data"))]
 
     # -- processes -------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> int:
@@ -375,6 +419,9 @@ class Stack:
         for name in self.worker_names():
             folder = self.worker_dir(name)
             (folder / "tmp").mkdir(parents=True, exist_ok=True)
+            queues = ["default"]  # [operators] default_queue
+            if name == self.serving_worker:
+                queues.append(self.serving_queue)
             commands[name] = [
                 airflow,
                 "celery",
@@ -383,10 +430,13 @@ class Stack:
                 f"{name}@%h",
                 "--concurrency",
                 "2",
+                "--queues",
+                ",".join(queues),
             ]
             cwd[name] = str(folder)
             environ[name] = {
                 "TMPDIR": str(folder / "tmp"),
+                "AIRFLOW__MLOPS__LOCAL_DATA_DIR": str(self.worker_data_dir(name)),
                 # the name its task instances report as their hostname (all workers share this host)
                 "MLOPS_WORKER_NAME": name,
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack.worker_hostname",
@@ -473,7 +523,8 @@ class Stack:
         """Stop model deployments started by the pipeline (servers and routers), then the servers, by pid."""
         from airflow_mlops.serving.state import DeploymentStore
 
-        for deployment in sorted((self.data_dir / "deployments").glob("*/")):
+        roots = self.local_data_dirs()
+        for deployment in sorted(d for root in roots for d in (root / "deployments").glob("*/")):
             # the supervisor first, then every process by group, also a group whose leader died
             # (pid and start time: an old record's pid may belong to someone else by now)
             for record in DeploymentStore(deployment).stop_all():
@@ -483,11 +534,12 @@ class Stack:
             grace = 30.0 if pid_file.stem == "airflow" else 10.0
             self._kill_group(int(pid_file.read_text()), pid_file.stem, grace)
             pid_file.unlink()
-        # the drift watcher's worker (started by the triggerer, in a session of its own)
+        # the drift workers (started by the triggerer and by drift checks, in sessions of their own)
         from airflow_mlops.drift_worker import DriftWorker
 
-        if DriftWorker(self.data_dir).stop():
-            _log("stopped the drift worker")
+        for root in roots:
+            if DriftWorker(root).stop():
+                _log(f"stopped the drift worker of {root}")
         # what the supervisor started and did not stop (it was killed itself, or too slow)
         for record_file in sorted((self.pid_dir / "components").glob("*.json")):
             try:
@@ -1103,12 +1155,16 @@ def create_database(name: str, server_url: str = POSTGRES_URL) -> str:
 def celery_stack(home: Path = CELERY_HOME, database: str = "airflow_mlops_celery", **kwargs: Any) -> Stack:
     """The CeleryExecutor topology: metadata DB, MLflow's store and Feast's registry in databases
     of their own on the PostgreSQL server (``database``, ``<database>_mlflow``, ``<database>_feast``,
-    created unless there), Redis as the broker, two Celery workers, ``[mlops] data_dir`` and
-    MLflow's artifacts in an S3 API server (docs/deployment.md)."""
+    created unless there), Redis as the broker and Feast's online store, two Celery workers with
+    data folders of their own, the first one also taking the ``serving`` queue (the Seldon
+    operators' tasks: it serves the local deployments), ``[mlops] data_dir`` and MLflow's
+    artifacts in an S3 API server (docs/deployment.md)."""
     mlflow = create_database(f"{database}_mlflow")
     feast = create_database(f"{database}_feast")
     database = create_database(database)
     kwargs.setdefault("object_store", True)
+    kwargs.setdefault("serving_queue", "serving")
+    kwargs.setdefault("feast_online_store", "127.0.0.1:6379,db=0")
     return Stack(
         home=home,
         executor="CeleryExecutor",
@@ -1135,7 +1191,8 @@ def main(argv: list[str]) -> int:
         _log(
             f"CeleryExecutor stack up: Airflow {stack.airflow_url} (user {stack.username}, password in "
             f"{stack.password_file}), MLflow {stack.mlflow_url}; workers {', '.join(stack.worker_names())} "
-            f"(logs in {stack.home / 'logs'}); stop it with `make stop-celery`"
+            f"({stack.serving_worker} also takes the {stack.serving_queue!r} queue: it serves the local "
+            f"deployments; logs in {stack.home / 'logs'}); stop it with `make stop-celery`"
         )
         return 0
     if command == "stop-celery":

@@ -468,6 +468,38 @@ def test_a_watcher_of_a_deployment_nobody_published_names_the_location(store, tm
     assert f"s3://{bucket}/mlops/deployments/nobody/current.json does not exist" in status["error"]
 
 
+def test_a_deployment_sensor_on_another_host_reads_the_published_routing(store, tmp_path, monkeypatch):
+    """The rollback DAG's ``SeldonDeploymentSensor`` waits in the triggerer, which may run on another
+    host than the deployment: it reads the routing the serving host published, and judges the
+    endpoint alone (the recorded pids are the serving host's, not checked from here)."""
+    import subprocess
+
+    sys.path.insert(0, str(REPO / "tests" / "unit" / "triggers"))
+    from airflow_mlops.serving.publish import Publisher, publish_environ
+    from test_seldon_trigger import PingServer, _events, _trigger, _write_current
+
+    _, bucket, _ = store
+    serving_host = tmp_path / "serving-host"
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(serving_host))
+    server = subprocess.Popen(["sleep", "300"])
+    with PingServer(503, 200) as ping:
+        current = _write_current(serving_host, ping.url, server, version="4")
+        Publisher(current.parent, publish_environ("flights")["MLOPS_PUBLISH_TO"]).publish()
+        server.kill()
+        server.wait()  # here (on the "serving host") its pid is now dead: the sensor must not look
+        monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(tmp_path / "triggerer-host"))
+        (event,) = _events(_trigger(mode="local", namespace=None, expected_version="4"))
+    payload = event.payload
+    assert (payload["status"], payload["state"], payload["endpoint"]) == ("success", "Available", ping.url)
+    assert f"version 4; served on {os.uname().nodename}" in payload["message"]
+    assert ping.pings == 2
+
+    # a name nobody published fails after the grace, naming where it was looked for
+    (event,) = _events(_trigger(mode="local", namespace=None, deployment_name="nobody", missing_grace=0))
+    assert event.payload["status"] == "failed"
+    assert f"s3://{bucket}/mlops/deployments/nobody/current.json" in event.payload["message"]
+
+
 # --- a DAG run: every task hands on through the bucket -------------------------------------------
 
 

@@ -20,7 +20,7 @@ from airflow_mlops.kubernetes.seldon import (
 )
 
 if TYPE_CHECKING:
-    from airflow_mlops.serving.state import DeploymentStore
+    from airflow_mlops.serving.state import DeploymentState, DeploymentStore
 
 MODES = ("kubernetes", "local")
 
@@ -45,7 +45,10 @@ class SeldonDeploymentTrigger(BaseTrigger):
       predictor's process gone (pid and start time) → failed, the file missing for
       ``missing_grace`` seconds → failed ("no deployment"), ``GET {endpoint}/health/ping``
       answering 200 → success (when ``expected_version`` is set, only once the routing names
-      that version).
+      that version). With ``data_dir`` an object store and no record on this host (the
+      deployment is served by another one, the triggerer runs elsewhere), the routing its host
+      published (:mod:`airflow_mlops.serving.publish`) is read instead; its processes run
+      there, so its endpoint alone tells whether it serves.
 
     :param deployment_name: the deployment's name.
     :param mode: ``kubernetes`` or ``local``.
@@ -205,15 +208,54 @@ class SeldonDeploymentTrigger(BaseTrigger):
             Path(self.data_dir) if self.data_dir else settings.data_dir(), self.deployment_name
         )
 
+    def _published(self) -> tuple[str, DeploymentState | None] | None:
+        """``(where, routing or None)`` published for this deployment by the host serving it, when
+        ``[mlops] data_dir`` is an object store (and no ``data_dir`` was given); else None.
+        Builds an ``ObjectStoragePath``: call it in a thread (a store's file system may run an
+        event loop of its own)."""
+        from airflow_mlops import storage
+        from airflow_mlops.serving.publish import published_dir, read_published
+
+        if self.data_dir or not storage.is_remote(storage.data_root()):
+            return None
+        path = published_dir(self.deployment_name) / "current.json"
+        return storage.location(path), read_published(path)
+
+    async def _read_local(self, store: DeploymentStore) -> tuple[DeploymentState | None, str, bool]:
+        """``(routing or None, where it was looked for, published by another host)``.
+
+        :raises CorruptState: a record that is not a routing (a bad file stays bad).
+        """
+        from airflow_mlops.serving.state import CorruptState
+
+        where = str(store.current_path)
+        try:
+            current = store.read()
+        except OSError as err:  # unreadable now: count it as not there yet
+            self.log.warning("Reading %s failed: %s", where, err)
+            return None, where, False
+        if current is not None:
+            return current, where, False
+        try:
+            published = await asyncio.to_thread(self._published)
+        except ValueError as err:
+            raise CorruptState(str(err)) from err
+        except Exception as err:  # the store unreachable now: not there yet
+            self.log.warning("Reading the published routing of %s failed: %s", self.deployment_name, err)
+            return None, where, False
+        if published is None:
+            return None, where, False
+        location, current = published
+        return current, f"{where} (nor {location})", current is not None
+
     async def _check_local(self, client, store: DeploymentStore, missing_since: float | None):
         """One look: ``(final status or None, state, message, endpoint, missing since)``."""
         import httpx
 
         from airflow_mlops.serving.state import CorruptState
 
-        path = store.current_path
         try:
-            current = store.read()
+            current, path, published = await self._read_local(store)
         except CorruptState as err:  # written atomically: a bad file stays bad
             return (
                 "failed",
@@ -222,9 +264,6 @@ class SeldonDeploymentTrigger(BaseTrigger):
                 None,
                 None,
             )
-        except OSError as err:  # unreadable now: count it as not there yet
-            self.log.warning("Reading %s failed: %s", path, err)
-            current = None
         if current is None:
             now = time.monotonic()
             missing_since = now if missing_since is None else missing_since
@@ -232,11 +271,15 @@ class SeldonDeploymentTrigger(BaseTrigger):
                 why = f"no deployment {self.deployment_name!r}: {path} is missing"
                 return "failed", "Failed", why, None, missing_since
             return None, "Creating", f"{path} does not exist yet", None, missing_since
-        url = current.endpoint
-        failure = current.failure(self.deployment_name)
+        url, name = current.endpoint, self.deployment_name
+        if published:  # its processes run on the host that published it: not checked from here
+            failure = None if current.main and url else f"deployment {name!r} names no endpoint"
+            recovering = None
+        else:
+            failure = current.failure(name)
+            recovering = current.recovering()  # a process died and its supervisor restarts it
         if failure:
             return "failed", "Failed", failure, url, None
-        recovering = current.recovering()  # a process died and its supervisor restarts it
         version = current.version
         if self.expected_version is not None and version != self.expected_version:
             why = f"serving version {version}, waiting for {self.expected_version}"
@@ -251,7 +294,8 @@ class SeldonDeploymentTrigger(BaseTrigger):
         if response.status_code == 200:
             from airflow_mlops.serving.state import health_summary
 
-            why = f"{url} answers /health/ping (version {version}; {health_summary(current)})"
+            served = f"served on {current.raw.get('served_on')}" if published else health_summary(current)
+            why = f"{url} answers /health/ping (version {version}; {served})"
             return "success", "Available", why, url, None
         return None, "Creating", f"{url}/health/ping answered {response.status_code}", url, None
 
