@@ -87,6 +87,35 @@ def list_files(log_dir: str | os.PathLike[str], after: str | os.PathLike[str] | 
     return [p for _, p in found]
 
 
+def write_time(name: str) -> float | None:
+    """The UTC write time in a log file's name (``part-20261122T051502.123456Z-...``), as epoch
+    seconds; None for a name without one."""
+    from datetime import UTC, datetime
+
+    stamp = name.removeprefix(FILE_PREFIX).split("-", 1)[0]
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def settled(files: list[Path], seconds: float, now: float | None = None) -> list[Path]:
+    """``files`` (as :func:`list_files` sorts them) up to the first one named less than ``seconds``
+    ago. A file is named just before it is renamed into place, so a writer paused in between may
+    put a file in *before* one already listed; a reader whose cursor moved past that one would
+    skip it for good. Files named ``seconds`` ago are all in place."""
+    import time
+
+    cutoff = (time.time() if now is None else now) - seconds
+    out = []
+    for path in files:
+        written = write_time(path.name)
+        if written is not None and written > cutoff:
+            break
+        out.append(path)
+    return out
+
+
 def _empty() -> pd.DataFrame:
     import pandas as pd
 

@@ -106,6 +106,41 @@ def upload(local: str | os.PathLike, dest: StorePath) -> None:
     dest.fs.put_file(os.fspath(local), dest.path)
 
 
+class Mirror:
+    """
+    Keep copies of a local folder's files in a folder of the store: each :meth:`sync` uploads the
+    files matching ``patterns`` (in that order) that are new or changed (size or modification
+    time) since they were last uploaded by this object, each whole. For records one host writes
+    and others read (a drift watcher's windows, read by the MLOps page wherever it runs); a new
+    ``Mirror`` (a restarted process) uploads everything once again, to the same keys.
+
+    :param local: the folder.
+    :param dest: its copy in the store.
+    :param patterns: globs relative to ``local``; order them so that a file a reader needs
+        first (a report) goes up before the one that points to it (its window record).
+    """
+
+    def __init__(self, local: str | os.PathLike, dest: StorePath, patterns: tuple[str, ...]) -> None:
+        self.local, self.dest, self.patterns = Path(local), dest, patterns
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def sync(self) -> int:
+        """Upload what changed; how many files."""
+        count = 0
+        for pattern in self.patterns:
+            for path in sorted(self.local.glob(pattern)):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # replaced or removed meanwhile: the next sync sees it
+                    continue
+                key, mark = path.relative_to(self.local).as_posix(), (stat.st_size, stat.st_mtime_ns)
+                if self._sent.get(key) != mark:
+                    upload(path, self.dest / key)
+                    self._sent[key] = mark
+                    count += 1
+        return count
+
+
 def copy(src: StorePath, dest: StorePath) -> None:
     """Make ``dest`` hold ``src`` (in the same store): a server-side copy, whole or not at all."""
     src.fs.copy(src.path, dest.path)

@@ -89,6 +89,21 @@ def test_list_files_sorted_across_partitions_and_ignores_other_files(tmp_path: P
     ]
 
 
+def test_settled_stops_at_the_first_file_named_too_recently(tmp_path: Path) -> None:
+    """A reader that moves a cursor (the publisher) takes files named ``seconds`` ago only: a file
+    named earlier but renamed into place later would otherwise fall behind the cursor."""
+    a = _write(tmp_path, "2026-11-22T05:59:59.000000Z", 2)
+    b = _write(tmp_path, "2026-11-22T06:00:00.400000Z", 2)
+    c = _write(tmp_path, "2026-11-22T06:00:00.900000Z", 2, pid=200)
+    now = pd.Timestamp("2026-11-22T06:00:01Z").timestamp()
+    files = list_files(tmp_path)
+    assert inference_log.settled(files, 1.0, now=now) == [a]
+    assert inference_log.settled(files, 0.5, now=now) == [a, b]
+    assert inference_log.settled(files, 0.0, now=now) == [a, b, c]
+    assert inference_log.write_time(b.name) == pd.Timestamp("2026-11-22T06:00:00.4Z").timestamp()
+    assert inference_log.write_time("part-x.parquet") is None
+
+
 def test_list_files_missing_or_empty_dir(tmp_path: Path) -> None:
     assert list_files(tmp_path / "nope") == []
     assert list_files(tmp_path) == []

@@ -310,7 +310,8 @@ def test_the_publisher_uploads_the_routing_and_each_log_file_once_in_order(store
     env = publish_environ("d")
     assert env["MLOPS_PUBLISH_TO"] == f"s3://{bucket}/mlops/deployments/d"
     assert env["AIRFLOW__MLOPS__DATA_CONN_ID"] == CONN_ID and f"AIRFLOW_CONN_{CONN_ID.upper()}" in env
-    publisher = Publisher(log_dir.parent, env["MLOPS_PUBLISH_TO"])
+    # settle=0: the files of this test are complete when written (the settling: test_inference_log)
+    publisher = Publisher(log_dir.parent, env["MLOPS_PUBLISH_TO"], settle=0)
     publisher.publish()
     prefix = "mlops/deployments/d/"
     key = f"{prefix}inference_log/{first.parent.name}/{first.name}"
@@ -428,7 +429,7 @@ def test_a_watcher_on_another_host_reads_the_published_log_and_fires_on_drift(st
     half = helpers.WINDOW // 2
     first = helpers.log_requests(log_dir, flights["july"], half)
     second = helpers.log_requests(log_dir, flights["july"].iloc[half:], half + 100)
-    Publisher(log_dir.parent, f"s3://{bucket}/mlops/deployments/d").publish()
+    Publisher(log_dir.parent, f"s3://{bucket}/mlops/deployments/d", settle=0).publish()
     # the triggerer's host: a data dir of its own, and the serving host's folder gone
     shutil.rmtree(log_dir.parent)
     watcher_host = tmp_path / "triggerer-host"
@@ -441,10 +442,32 @@ def test_a_watcher_on_another_host_reads_the_published_log_and_fires_on_drift(st
     assert event["is_drift"] is True and event["model_version"] == "1" and event["rows"] == helpers.WINDOW
     assert event["window"]["start"].startswith("2013-07") and "temp" in event["drifted_features"]
     assert Path(event["report"]).is_relative_to(watcher_host / "drift" / "watchers" / "d")
+    # it published the window's records; the MLOps page on a third host (the api-server's, with an
+    # empty folder) lists the window, and serves its report and plot, from the bucket
+    window = f"mlops/drift/watchers/d/{event['window_id']}/"
+    assert server.keys(bucket, window) == [
+        window + name for name in ("pvalues.png", "report.json", "window.json")
+    ]
+    assert _object(server, bucket, window + "report.json") == Path(event["report"]).read_bytes()
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(tmp_path / "api-server-host"))
+    from airflow_mlops import storage
+    from airflow_mlops.plugins import drift_report, sources
+
+    (point,) = [p for p in sources.watcher_windows(storage.data_root()) if p.get("window_id")]
+    assert (point["window_id"], point["is_drift"]) == (event["window_id"], True)
+    assert point["report"] == f"s3://{bucket}/{window}report.json"
+    authorized = []
+    monkeypatch.setattr(drift_report, "authorize_deployment", lambda user, name: authorized.append(name))
+    page = drift_report.drift_window("d", event["window_id"], user=object()).body.decode()
+    assert 'class="verdict drift"' in page and "pvalues.png" in page
+    plot = drift_report.drift_window_plot("d", event["window_id"], user=object())
+    assert plot.body == _object(server, bucket, window + "pvalues.png")
+    assert authorized == ["d", "d"]
+    monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(watcher_host))
     # the copy of a file the cursor has passed is removed; the second is not used up (the window
     # ended inside it) and stays, beside the file published since
     third = helpers.log_requests(log_dir, flights["july"].iloc[helpers.WINDOW :], 10)
-    Publisher(log_dir.parent, f"s3://{bucket}/mlops/deployments/d").publish()
+    Publisher(log_dir.parent, f"s3://{bucket}/mlops/deployments/d", settle=0).publish()
     folder = watcher_host / "drift" / "watchers" / "d"
     helpers.trigger()._copy_published_log(json.loads((folder / "cursor.json").read_text()))
     assert json.loads((folder / "cursor.json").read_text())["after"].endswith(first.name)

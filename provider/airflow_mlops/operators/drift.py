@@ -92,8 +92,10 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         below apply to Kubernetes mode only.
     :param shared_volume_claim: PersistentVolumeClaim the pod mounts at ``shared_volume_path``; the
         reference, the window and ``report_dir`` must lie under that path, which Airflow's workers
-        mount too (a ReadWriteMany volume).
-    :param shared_volume_path: where both sides mount the volume; defaults to ``[mlops] data_dir``.
+        mount too (a ReadWriteMany volume). Inputs in an object store are fetched there first,
+        into the instance's folder of ``[mlops] local_data_dir``.
+    :param shared_volume_path: where both sides mount the volume; defaults to ``[mlops] data_dir``
+        (``local_data_dir`` when that is an object store).
     :param kubernetes_conn_id: the cncf-kubernetes ``kubernetes`` connection.
     :param namespace: namespace of the job; None takes the connection's, else ``default`` (templated).
     :param container_resources: requests/limits of the pod, default ``{"cpu": "1", "memory": "2Gi"}``
@@ -454,12 +456,11 @@ class DriftDetectOperator(KubernetesJobMixin, MlopsBaseOperator):
         from airflow_mlops.kubernetes import drift
 
         mount = self._mount_path()
-        paths = {
-            "reference_path": self.reference_path,
-            "current_path": self.current_path,
-            "report_dir": str(self._report_dir(context)),
-        }
-        drift.check_on_volume(paths, mount)
+        # inputs in an object store are fetched by _config into the instance's folder (report_dir's
+        # local side), which must be on the volume too: the pod reads those copies
+        inputs = {"reference_path": self.reference_path, "current_path": self.current_path}
+        paths = {what: path for what, path in inputs.items() if not storage.is_url(path)}
+        drift.check_on_volume({**paths, "report_dir": str(self._report_dir(context))}, mount)
         config = self._config(context)
         volume, volume_mount = drift.shared_volume(self.shared_volume_claim, mount)
         spec = self._job_spec(

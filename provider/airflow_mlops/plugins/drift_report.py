@@ -10,7 +10,7 @@ Mounted by the API server at ``/mlops`` (with the MLOps view, see :mod:`.mlops_v
 * ``.../pvalues.png`` below either — its p-value plot;
 * ``GET /mlops/drift-window/<deployment>/<window_id>`` (and ``.../pvalues.png``) — the same page
   for a window of served traffic tested by a ``DriftEventTrigger``
-  (``drift/watchers/<deployment>/<window_id>/`` of this host's data folder, where the triggerer
+  (``drift/watchers/<deployment>/<window_id>/`` of ``[mlops] data_dir``, where the triggerer
   writes them), for callers who may read a DAG that rolled the deployment out
   (``auth.deployers``; a caller who may read every DAG reads every window).
 
@@ -76,12 +76,11 @@ def drift_root() -> Any:
     return storage.data_root() / "drift"
 
 
-def watchers_root() -> Path:
-    """Where the drift watchers (in the triggerer) write the windows they test: a folder of this
-    host's ``[mlops] data_dir`` (``[mlops] local_data_dir`` when that is an object store)."""
-    from airflow_mlops import settings
-
-    return settings.data_dir() / "drift" / WATCHERS
+def watchers_root() -> Any:
+    """Where the windows the drift watchers (in the triggerer) tested are read: ``drift/watchers``
+    of ``[mlops] data_dir``, a folder of the triggerer's host or, with an object store, its prefix
+    there, to which the watchers publish their records."""
+    return drift_root() / WATCHERS
 
 
 def resolve(root: Any, path: str | Path, what: str) -> Any:
@@ -326,16 +325,12 @@ def authorize_window(user: Any, deployment: str, window_id: str) -> None:
     Refuse (403) a caller who may not read the deployment owning the window the path names once
     resolved (``auth.authorize_deployment``); 404 for a path that leaves the watchers' folder.
     """
-    root = watchers_root().resolve()
-    target = (root / deployment / window_id).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, detail=f"No drift report for window {window_id!r} of {deployment!r}."
-        )
-    authorize_deployment(user, target.relative_to(root).parts[0])
+    missing = f"No drift report for window {window_id!r} of {deployment!r}."
+    parts = files.under(watchers_root(), f"{deployment}/{window_id}", missing)[0]
+    authorize_deployment(user, parts[0])
 
 
-def window_dir(deployment: str, window_id: str) -> tuple[Path, dict[str, Any]]:
+def window_dir(deployment: str, window_id: str) -> tuple[Any, dict[str, Any]]:
     """The folder of a window a ``DriftEventTrigger`` tested and its ``window.json``; 404 if none."""
     missing = f"No drift report for window {window_id!r} of deployment {deployment!r}."
     report = resolve(watchers_root(), Path(deployment) / window_id / "report.json", missing)
@@ -376,8 +371,7 @@ def drift_window(deployment: str, window_id: str, user: PageUser) -> HTMLRespons
 def drift_window_plot(deployment: str, window_id: str, user: User) -> Response:
     """The p-value plot of one watched window."""
     authorize_window(user, deployment, window_id)
-    folder, _ = window_dir(deployment, window_id)
     missing = f"No p-value plot for window {window_id!r} of deployment {deployment!r}."
     return files.file_response(
-        resolve(watchers_root(), folder / "pvalues.png", missing), media_type="image/png"
+        resolve(watchers_root(), f"{deployment}/{window_id}/pvalues.png", missing), media_type="image/png"
     )

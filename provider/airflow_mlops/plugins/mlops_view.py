@@ -334,15 +334,15 @@ def drift(user: User) -> dict[str, Any]:
 
     scope = dag_scope(user)
     dag_ids = set(scope.dag_ids)
-    # the checks' reports are in [mlops] data_dir (maybe a store); deployments and the watchers'
-    # windows in this host's folder
-    data_dir = _data_dir()
-    checks = sources.drift_reports(storage.data_root(), dag_ids)
+    # the checks' reports and the watchers' windows are in [mlops] data_dir (maybe a store);
+    # deployments in this host's folder (and those other hosts published)
+    data_dir, data_root = _data_dir(), storage.data_root()
+    checks = sources.drift_reports(data_root, dag_ids)
     sources.attach_drift_runs(checks, sources.xcoms({p["dag_id"] for p in checks}, "return_value"))
     for check in checks:  # the runs a check's event started may belong to DAGs the caller may not read
         check["triggered_runs"] = [r for r in check["triggered_runs"] if r.get("dag_id") in dag_ids]
     found = sources.deployments(data_dir, health=False)
-    windows = sources.watcher_windows(data_dir)
+    windows = sources.watcher_windows(data_root)
     if not scope.every_dag:  # the watchers of deployments a readable DAG rolled out
         results, catalog = sources.xcoms(dag_ids, "return_value"), sources.dag_catalog(dag_ids)
         found = visible_deployments(found, scope, results, catalog)

@@ -949,15 +949,18 @@ def _epoch_iso(value: Any) -> str | None:
         return None
 
 
-def watcher_windows(data_dir: Path) -> list[dict[str, Any]]:
+def watcher_windows(data_root: Any) -> list[dict[str, Any]]:
     """
     The windows of served traffic a ``DriftEventTrigger`` tested, oldest first
     (``drift/watchers/<deployment>/<window_id>/``: ``window.json`` beside the report), with the
     windows it could not test (``error`` instead of a report) and what each watcher has to say
     (``status.json``, see :func:`watcher_status_points`).
+
+    :param data_root: ``[mlops] data_dir`` as a path object (a folder, or a prefix of the store
+        to which the watchers publish their records).
     """
     points = []
-    for meta_path in (data_dir / "drift" / WATCHERS).glob("*/*/window.json"):
+    for meta_path in (data_root / "drift" / WATCHERS).glob("*/*/window.json"):
         meta = _read_json(meta_path)
         if not meta:
             continue
@@ -980,11 +983,11 @@ def watcher_windows(data_dir: Path) -> list[dict[str, Any]]:
             # tested during the watcher's cooldown: {"until", "state": held/fired/superseded/no drift}
             | {"cooldown": meta.get("cooldown") if isinstance(meta.get("cooldown"), dict) else None}
         )
-    points += watcher_status_points(data_dir)
+    points += watcher_status_points(data_root)
     return sorted(points, key=lambda p: p["checked_at"])
 
 
-def watcher_status_points(data_dir: Path) -> list[dict[str, Any]]:
+def watcher_status_points(data_root: Any) -> list[dict[str, Any]]:
     """
     What each drift watcher reports about itself (``drift/watchers/<deployment>/status.json``),
     as one ``source: "watcher"``, ``kind: "status"`` entry per watcher that has something to say:
@@ -995,7 +998,7 @@ def watcher_status_points(data_dir: Path) -> list[dict[str, Any]]:
     when the cooldown ends) with ``windows_held``.
     """
     points = []
-    for path in (data_dir / "drift" / WATCHERS).glob("*/status.json"):
+    for path in (data_root / "drift" / WATCHERS).glob("*/status.json"):
         status = _read_json(path)
         if not status:
             continue

@@ -9,7 +9,8 @@ when ``data_dir`` is a store; every ``interval`` seconds it
   serves it, to ``<data_dir>/deployments/<name>/current.json``;
 * uploads each complete inference-log file the model servers wrote since the last one, in the
   order they were written, to ``<data_dir>/deployments/<name>/inference_log/`` under the same
-  relative path (``hour=.../part-....parquet``), so a log cursor means the same file here and there.
+  relative path (``hour=.../part-....parquet``), so a log cursor means the same file here and there
+  (a file once it is ``SETTLE_S`` old: one named earlier may still be on its way into place).
 
 An object is PUT whole: a reader sees a log file complete or not at all. A file is uploaded
 before the cursor passes it (``published.json`` in the deployment's folder), so a publisher
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_mlops.inference_log import cursor_of, list_files
+from airflow_mlops.inference_log import cursor_of, list_files, settled
 from airflow_mlops.serving.state import CURRENT, DeploymentState, DeploymentStore, read_json, write_json
 
 #: the environment variable that turns publishing on: where the deployment's folder goes
@@ -46,6 +47,8 @@ PUBLISHED = "published.json"
 SERVED_ON = "served_on"
 PUBLISHED_AT = "published_at"
 INTERVAL_S = 2.0
+#: a log file is published once it was named this long ago (:func:`inference_log.settled`)
+SETTLE_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +100,17 @@ def publish_environ(name: str) -> dict[str, str]:
 
 
 class Publisher:
-    """Publish the deployment in ``directory`` to the store location ``to`` (see the module doc)."""
+    """Publish the deployment in ``directory`` to the store location ``to`` (see the module doc).
 
-    def __init__(self, directory: str | os.PathLike, to: str) -> None:
+    :param settle: seconds a log file must have been named before it is published.
+    """
+
+    def __init__(self, directory: str | os.PathLike, to: str, settle: float = SETTLE_S) -> None:
         from airflow_mlops import storage
 
         self.store = DeploymentStore(directory)
         self.to = storage.as_path(to)
+        self.settle = settle
         self.host = socket.gethostname()
         self._routing: bytes | None = None
 
@@ -134,7 +141,7 @@ class Publisher:
 
         log_dir = self.store.inference_log_dir
         count = 0
-        for path in list_files(log_dir, after=self._cursor()):
+        for path in settled(list_files(log_dir, after=self._cursor()), self.settle):
             key = cursor_of(log_dir, path)
             storage.upload(path, self.to / "inference_log" / key)
             write_json(self._published_path, {"after": key, "published_at": time.time()})

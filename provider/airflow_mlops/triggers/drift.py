@@ -48,6 +48,9 @@ EVENT_TIME = "event_time"
 STATUS_FILE = "status.json"
 #: what was tested (or why not) in each window's folder
 WINDOW_FILE = "window.json"
+#: what a watcher publishes of its folder (its status, each window's report, plot and record) for
+#: the MLOps page when ``[mlops] data_dir`` is a store: reports before the records naming them
+PUBLISHED_RECORDS = (f"*/{REPORT_FILE}", "*/pvalues.png", f"*/{WINDOW_FILE}", STATUS_FILE)
 #: unreadable log files listed in the status record at most (the count goes on)
 MAX_LISTED_FILES = 200
 #: the exclusive lock of one step of the watch, in its folder (two instances never step at once)
@@ -181,6 +184,9 @@ class DriftEventTrigger(BaseEventTrigger):
         self._said: str | None = None
         #: run()'s start of the drift worker (a reference, so the task is not collected)
         self._warm_up: asyncio.Future | None = None
+        #: the records' copy in the store (``data_dir`` a store), and whether publishing fails now
+        self._mirror: Any = None
+        self._publish_failing = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -897,6 +903,37 @@ class DriftEventTrigger(BaseEventTrigger):
         self._record(window_id, payload)
         return payload
 
+    def _sync_records(self) -> int:
+        """Upload this watcher's new or changed records (:data:`PUBLISHED_RECORDS`) to
+        ``<data_dir>/drift/watchers/<deployment>/`` in the store, where the MLOps page reads them
+        (the api-server may run on another host). Builds an ``ObjectStoragePath``: call it in a thread."""
+        from airflow_mlops import storage
+
+        if self._mirror is None:
+            dest = storage.data_root() / "drift" / "watchers" / self.deployment_name
+            self._mirror = storage.Mirror(self.watch_dir, dest, PUBLISHED_RECORDS)
+        return self._mirror.sync()
+
+    async def _publish_records(self) -> None:
+        """With ``[mlops] data_dir`` a store, publish the records; a failure is logged once and
+        retried on the next poll (the watch goes on, the records are kept here)."""
+        if not self._published():
+            return
+        try:
+            await asyncio.to_thread(self._sync_records)
+        except Exception as err:
+            if not self._publish_failing:
+                self.log.warning(
+                    "%s: publishing the watcher's records to the store failed (retried): %s",
+                    self.deployment_name,
+                    err,
+                )
+            self._publish_failing = True
+        else:
+            if self._publish_failing:
+                self.log.info("%s: the watcher's records are published again", self.deployment_name)
+            self._publish_failing = False
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._status = await asyncio.to_thread(self._load_status)
         self._said = None
@@ -916,6 +953,7 @@ class DriftEventTrigger(BaseEventTrigger):
                         "%s: %s (and the status record is not writable)", self.deployment_name, message
                     )
                 outcome = False
+            await self._publish_records()  # before an event: the page shows the window that fired
             if isinstance(outcome, dict):
                 yield TriggerEvent(outcome)
             elif not outcome:

@@ -173,6 +173,50 @@ def test_the_check_runs_as_a_job_on_the_shared_volume_and_announces_drift(cluste
     assert len(polls) >= 2  # it waited while the pod ran
 
 
+def test_inputs_in_an_object_store_are_fetched_onto_the_volume_and_the_report_kept_there(
+    cluster, flights, tmp_path, monkeypatch
+):
+    """``[mlops] data_dir`` in a bucket (moto's S3 API server): the worker fetches the tables into
+    the instance's folder of its ``local_data_dir`` (the shared volume), the pod reads those
+    copies, and the report and plot go up to the bucket, where the task's result names them."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "support"))
+    from s3_server import S3Server
+
+    server = S3Server(tmp_path / "moto.log").start()
+    try:
+        bucket = server.create_bucket("k8s-drift")
+        for name in ("reference", "window"):
+            source = flights / "tables" / f"{name}.parquet"
+            server.client().upload_file(str(source), bucket, f"mlops/tables/{name}.parquet")
+        monkeypatch.setenv("AIRFLOW_CONN_MLOPS_STORE", server.connection_uri())
+        monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", "mlops_store")
+        monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", f"s3://{bucket}/mlops")
+        monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(flights))  # the volume, as mounted
+        op = _operator(
+            flights,
+            reference_path=f"s3://{bucket}/mlops/tables/reference.parquet",
+            current_path=f"s3://{bucket}/mlops/tables/window.parquet",
+            report_dir=None,
+            shared_volume_path=None,  # the default: the worker's local_data_dir
+        )
+        result = op.execute(_context())
+        prefix = "mlops/drift/flights/manual__2026-01-01/detect_drift/"
+        assert result["is_drift"] is True
+        assert (result["report"], result["plot"]) == (
+            f"s3://{bucket}/{prefix}report.json",
+            f"s3://{bucket}/{prefix}pvalues.png",
+        )
+        config = json.loads(cluster.calls("POST")[0].body["data"]["config.json"])
+        work = flights / "drift" / "flights" / "manual__2026-01-01" / "detect_drift"
+        assert config["current"] == str(work / "inputs" / "current" / "window.parquet")
+        stored = server.client().get_object(Bucket=bucket, Key=prefix + "report.json")["Body"].read()
+        assert stored == (work / "report.json").read_bytes()
+    finally:
+        server.stop()
+
+
 def test_bad_input_fails_the_task_with_the_checks_own_message_and_announces_nothing(cluster, flights):
     from airflow_mlops.exceptions import MlopsError
 
