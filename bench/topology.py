@@ -9,7 +9,8 @@ ports, each running the same DAG files and the same month (the scheduler's own r
   SQLite, ``[mlops] data_dir`` a local folder, MLflow's artifacts in a folder;
 * ``celery``: what ``make stack-celery`` runs — CeleryExecutor with two workers, PostgreSQL for
   Airflow and MLflow (databases made here and dropped after), Redis as broker, ``[mlops]
-  data_dir`` and MLflow's artifacts in a bucket of moto's S3 API server.
+  data_dir`` and MLflow's artifacts in a bucket of moto's S3 API server, each worker with a
+  data folder of its own, the Seldon operators on the serving queue, Feast's online store in Redis.
 
 Reported per stack, from the task instances Airflow recorded: the run's wall time (first task
 start to last task end), the sum of the tasks' own durations, and the per-task overhead:
