@@ -17,8 +17,9 @@ pandas and pyarrow are imported inside the functions (this module is imported by
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePath, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,34 +58,53 @@ def cursor_of(log_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> 
     return "/".join(_cursor_key(Path(log_dir), path))
 
 
-def list_files(log_dir: str | os.PathLike[str], after: str | os.PathLike[str] | None = None) -> list[Path]:
+def list_files(log_dir: Any, after: str | os.PathLike[str] | None = None) -> list[Any]:
     """The complete log files, sorted by (partition, file name), strictly after the cursor ``after``
     (the relative path of the last file consumed; an absolute path inside ``log_dir`` works too).
 
     Temporary files of a write in progress (they do not end in ``.parquet``) and anything outside
     the ``hour=...`` partitions are ignored; a missing ``log_dir`` holds no files.
+
+    :param log_dir: a folder, or an ``ObjectStoragePath`` (a log published to the object store,
+        :mod:`airflow_mlops.serving.publish`): the same layout, the same cursors.
     """
-    root = Path(log_dir)
+    from airflow_mlops import storage
+
+    root = log_dir if storage.is_remote(log_dir) else Path(log_dir)
     cursor = _cursor_key(root, after) if after is not None else None
-    if not root.is_dir():
-        return []
-    found: list[tuple[tuple[str, str], Path]] = []
-    with os.scandir(root) as partitions:
-        for part in partitions:
-            if not part.name.startswith(PARTITION_PREFIX) or not part.is_dir():
-                continue
-            if cursor is not None and part.name < cursor[0]:
-                continue
-            with os.scandir(part.path) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if not (name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)):
-                        continue
-                    key = (part.name, name)
-                    if (cursor is None or key > cursor) and entry.is_file():
-                        found.append((key, Path(entry.path)))
+    since = cursor[0] if cursor is not None else ""  # older partitions are not even listed
+    entries = _scan(root, since) if isinstance(root, Path) else _list_store(root, since)
+    found = [
+        ((partition, name), path)
+        for (partition, name), path in entries
+        if name.startswith(FILE_PREFIX)
+        and name.endswith(FILE_SUFFIX)
+        and (cursor is None or (partition, name) > cursor)
+    ]
     found.sort(key=lambda kp: kp[0])
     return [p for _, p in found]
+
+
+def _scan(root: Path, since: str) -> Iterator[tuple[tuple[str, str], Path]]:
+    """``((partition, name), path)`` of the files in ``root``'s partitions from ``since`` on
+    (``os.scandir``: a watcher looks every second)."""
+    if not root.is_dir():
+        return
+    with os.scandir(root) as partitions:
+        for part in partitions:
+            if part.name.startswith(PARTITION_PREFIX) and part.name >= since and part.is_dir():
+                with os.scandir(part.path) as entries:
+                    yield from (((part.name, e.name), Path(e.path)) for e in entries if e.is_file())
+
+
+def _list_store(root: Any, since: str) -> Iterator[tuple[tuple[str, str], Any]]:
+    """``((partition, name), path)`` of the objects in ``root``'s partitions from ``since`` on,
+    in the object store."""
+    if not root.exists():
+        return
+    for part in root.iterdir():
+        if part.name.startswith(PARTITION_PREFIX) and part.name >= since:
+            yield from (((part.name, stored.name), stored) for stored in part.iterdir())
 
 
 def write_time(name: str) -> float | None:

@@ -305,30 +305,18 @@ class DriftEventTrigger(BaseEventTrigger):
         remove the copies the cursor has passed. The log's order and cursors are the same there.
         """
         from airflow_mlops import storage
-        from airflow_mlops.inference_log import FILE_PREFIX, FILE_SUFFIX, PARTITION_PREFIX, list_files
+        from airflow_mlops.inference_log import list_files
 
         copies = self._log_dir()
         after = cursor.get("after")
-        position = tuple(str(after).split("/", 1)) if after else None
+        unused = set(list_files(copies, after=after))
         for path in list_files(copies):
-            if position is not None and (path.parent.name, path.name) <= position:
+            if path not in unused:
                 path.unlink(missing_ok=True)  # used up
-        published = self._publication() / "inference_log"
-        if not published.exists():
-            return
-        for partition in sorted(published.iterdir(), key=lambda p: p.name):
-            if not partition.name.startswith(PARTITION_PREFIX):
-                continue
-            if position is not None and partition.name < position[0]:
-                continue
-            for stored in sorted(partition.iterdir(), key=lambda p: p.name):
-                name = stored.name
-                if not (name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)):
-                    continue
-                if position is not None and (partition.name, name) <= position:
-                    continue
-                if not (copies / partition.name / name).exists():  # same relative path: cursors hold
-                    storage.fetch(stored, copies / partition.name)
+        for stored in list_files(self._publication() / "inference_log", after=after):
+            partition = stored.parent.name
+            if not (copies / partition / stored.name).exists():  # same relative path: cursors hold
+                storage.fetch(stored, copies / partition)
 
     def _served(self) -> dict[str, Any]:
         """The predictor the deployment serves now (``version``, ``reference_path``...).
