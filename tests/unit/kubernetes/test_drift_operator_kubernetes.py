@@ -190,8 +190,10 @@ def test_inputs_in_an_object_store_are_fetched_onto_the_volume_and_the_report_ke
         for name in ("reference", "window"):
             source = flights / "tables" / f"{name}.parquet"
             server.client().upload_file(str(source), bucket, f"mlops/tables/{name}.parquet")
-        monkeypatch.setenv("AIRFLOW_CONN_MLOPS_STORE", server.connection_uri())
-        monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", "mlops_store")
+        # a connection id of this test's own: Airflow caches a store's file system per connection
+        # id for the process, and this server is gone after the test
+        monkeypatch.setenv("AIRFLOW_CONN_K8S_DRIFT_STORE", server.connection_uri())
+        monkeypatch.setenv("AIRFLOW__MLOPS__DATA_CONN_ID", "k8s_drift_store")
         monkeypatch.setenv("AIRFLOW__MLOPS__DATA_DIR", f"s3://{bucket}/mlops")
         monkeypatch.setenv("AIRFLOW__MLOPS__LOCAL_DATA_DIR", str(flights))  # the volume, as mounted
         op = _operator(
