@@ -534,7 +534,8 @@ class Stack:
             grace = 30.0 if pid_file.stem == "airflow" else 10.0
             self._kill_group(int(pid_file.read_text()), pid_file.stem, grace)
             pid_file.unlink()
-        # the drift workers (started by the triggerer and by drift checks, in sessions of their own)
+        # the drift watchers' worker (started by the triggerer, in a session of its own), in
+        # whichever local data folder it runs
         from airflow_mlops.drift_worker import DriftWorker
 
         for root in roots:

@@ -85,6 +85,14 @@ def is_remote(path: Any) -> bool:
     return not isinstance(path, Path) and (not isinstance(path, str) or is_url(path))
 
 
+def data_root_is_remote() -> bool:
+    """Whether ``[mlops] data_dir`` names an object store: read from the configuration alone
+    (no path object built, so cheap and safe on an event loop)."""
+    from airflow_mlops import settings
+
+    return is_url(settings._conf("data_dir") or "")
+
+
 def data_root() -> StorePath:
     """
     The root under which tasks hand each other files: ``[mlops] data_dir`` as a path object
@@ -92,9 +100,8 @@ def data_root() -> StorePath:
     """
     from airflow_mlops import settings
 
-    configured = settings._conf("data_dir")
-    if configured and is_url(configured):
-        return as_path(configured.rstrip("/"))
+    if data_root_is_remote():
+        return as_path(settings._conf("data_dir").rstrip("/"))
     return settings.data_dir()
 
 

@@ -204,8 +204,11 @@ def test_drift_retrains_and_the_gate_decides_the_redeploy_on_the_serving_worker(
     assert gate["previous_champion"] == first["version"] and gate["champion"] is not None
 
     # every deploy ran on the worker that takes the serving queue, where the deployment lives
-    deploys = [ti for ti in _instances(celery, (PIPELINE, run["dag_run_id"]), (RETRAIN, run_id))]
-    deploys = [ti for ti in deploys if ti["task_id"] == "deploy" and ti["state"] == "success"]
+    deploys = [
+        ti
+        for ti in _instances(celery, (PIPELINE, run["dag_run_id"]), (RETRAIN, run_id))
+        if ti["task_id"] == "deploy" and ti["state"] == "success"
+    ]
     assert deploys and {ti["queue"] for ti in deploys} == {celery.serving_queue}, deploys
     assert {ti["hostname"] for ti in deploys} == {celery.serving_worker}, deploys
 

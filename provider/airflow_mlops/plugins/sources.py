@@ -688,10 +688,10 @@ def deployments(data_dir: Path, health: bool = True) -> list[dict[str, Any]]:
 def published_deployments() -> list[tuple[str, DeploymentState]]:
     """``(name, routing)`` of each deployment published to an object-store ``[mlops] data_dir``
     (none for a local one); unreadable records are left out."""
-    from airflow_mlops import settings, storage
+    from airflow_mlops import storage
     from airflow_mlops.serving.state import CURRENT, DeploymentState
 
-    if not storage.is_url(settings._conf("data_dir")):
+    if not storage.data_root_is_remote():
         return []
     found = []
     for path in (storage.data_root() / "deployments").glob(f"*/{CURRENT}"):

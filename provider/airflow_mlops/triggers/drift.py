@@ -184,8 +184,10 @@ class DriftEventTrigger(BaseEventTrigger):
         self._said: str | None = None
         #: run()'s start of the drift worker (a reference, so the task is not collected)
         self._warm_up: asyncio.Future | None = None
-        #: the records' copy in the store (``data_dir`` a store), and whether publishing fails now
+        #: the records' copy in the store (``data_dir`` a store); whether a record was written
+        #: since it was last synced (so an idle poll lists nothing), and whether publishing fails now
         self._mirror: Any = None
+        self._unpublished = True
         self._publish_failing = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -259,9 +261,9 @@ class DriftEventTrigger(BaseEventTrigger):
         """Whether deployments are read from the object store (``[mlops] data_dir`` is one), where
         their supervisors publish them (:mod:`airflow_mlops.serving.publish`): the model servers
         may run on another host than this triggerer."""
-        from airflow_mlops import settings, storage
+        from airflow_mlops import storage
 
-        return storage.is_url(settings._conf("data_dir"))
+        return storage.data_root_is_remote()
 
     def _publication(self) -> Any:
         """The deployment's folder in the object store (built in a thread: the amazon provider's
@@ -562,6 +564,7 @@ class DriftEventTrigger(BaseEventTrigger):
     def _record(self, window_id: str, summary: dict[str, Any]) -> None:
         """``window.json`` in the window's folder: what was tested, or why it was not, for the MLOps page."""
         _write_json(self.watch_dir / window_id / WINDOW_FILE, summary)
+        self._unpublished = True
 
     # -- the status record: what the watcher has to say --------------------------------------
     def _load_status(self) -> dict[str, Any]:
@@ -589,6 +592,7 @@ class DriftEventTrigger(BaseEventTrigger):
         assert self._status is not None
         self._status["updated_at"] = time.time()
         _write_json(self.watch_dir / STATUS_FILE, self._status)
+        self._unpublished = True
 
     async def _set_error(self, message: str | None, exc_info: bool = False) -> None:
         """The watcher's current problem (None: there is none): logged once per run of the trigger
@@ -903,13 +907,17 @@ class DriftEventTrigger(BaseEventTrigger):
         return self._mirror.sync()
 
     async def _publish_records(self) -> None:
-        """With ``[mlops] data_dir`` a store, publish the records; a failure is logged once and
-        retried on the next poll (the watch goes on, the records are kept here)."""
-        if not self._published():
+        """With ``[mlops] data_dir`` a store, publish the records written since the last time (all
+        of them once per run); a failure is logged once and retried on the next poll (the watch
+        goes on, the records are kept here)."""
+        if not self._unpublished or not self._published():
             return
+        # cleared before the sync: a record written while it runs is synced on the next poll
+        self._unpublished = False
         try:
             await asyncio.to_thread(self._sync_records)
         except Exception as err:
+            self._unpublished = True
             if not self._publish_failing:
                 self.log.warning(
                     "%s: publishing the watcher's records to the store failed (retried): %s",
@@ -925,6 +933,7 @@ class DriftEventTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._status = await asyncio.to_thread(self._load_status)
         self._said = None
+        self._unpublished = True  # the records an earlier run of this watcher wrote: synced once
         if not self.mmd and await asyncio.to_thread(_local_mode):
             # the drift worker imports alibi-detect now, not when the first window waits for it
             self._warm_up = asyncio.ensure_future(asyncio.to_thread(_start_drift_worker))

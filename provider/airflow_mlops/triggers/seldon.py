@@ -216,7 +216,7 @@ class SeldonDeploymentTrigger(BaseTrigger):
         from airflow_mlops import storage
         from airflow_mlops.serving.publish import published_dir, read_published
 
-        if self.data_dir or not storage.is_remote(storage.data_root()):
+        if self.data_dir or not storage.data_root_is_remote():
             return None
         path = published_dir(self.deployment_name) / "current.json"
         return storage.location(path), read_published(path)
